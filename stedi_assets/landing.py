@@ -1,0 +1,45 @@
+"""Landing zone: the raw JSON-lines sources, parsed into typed tables with their quarantine."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from stedi_assets import transforms
+from stedi_assets.resources import LandingZone
+from stedi_assets.schemas import LANDING, QUARANTINE, SOURCES, landing_table_name, rejects_table_name, table
+
+KINDS = {"polars", "delta"}
+STORAGE_RETRY = dg.RetryPolicy(max_retries=3, delay=1.0, backoff=dg.Backoff.EXPONENTIAL)
+
+
+def _ingest_asset(source: str) -> dg.AssetsDefinition:
+    landing_name, rejects_name = landing_table_name(source), rejects_table_name(source)
+
+    @dg.multi_asset(
+        name=f"ingest_{source}",
+        outs={
+            landing_name: dg.AssetOut(
+                group_name=LANDING, kinds=KINDS, description=table(landing_name).description
+            ),
+            rejects_name: dg.AssetOut(
+                group_name=QUARANTINE, kinds=KINDS, description=table(rejects_name).description
+            ),
+        },
+        retry_policy=STORAGE_RETRY,
+        pool="lakehouse_writes",
+    )
+    def ingest(landing: LandingZone):
+        lines = landing.read_lines(source).lazy()
+        parsed = transforms.parse_landing(lines, source, transforms.json_keys(lines)).collect()
+        accepted = transforms.accepted_rows(parsed.lazy(), source)
+        rejected = transforms.rejected_rows(parsed.lazy())
+        yield dg.MaterializeResult(asset_key=landing_name, value=accepted, metadata={"lines_read": parsed.height})
+        yield dg.MaterializeResult(asset_key=rejects_name, value=rejected)
+
+    ingest.__doc__ = f"Reads every *.json file of the {source} source; lines that fail to parse are quarantined."
+    return ingest
+
+
+customer_landing, accelerometer_landing, step_trainer_landing = (_ingest_asset(s) for s in SOURCES)
+landing_assets = [customer_landing, accelerometer_landing, step_trainer_landing]
+

@@ -1,0 +1,30 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: install demo test dev clean
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/stedi generate --out data/landing
+	$(BIN)/stedi run --landing data/landing --lakehouse lakehouse
+
+test: install
+	$(BIN)/python -m pytest
+
+dev: install
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev
+
+clean:
+	rm -rf data lakehouse .dagster_home

@@ -1,0 +1,179 @@
+"""`stedi`: generate sample data, run the lakehouse through Dagster, query it with SQL."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import dagster as dg
+
+from stedi_assets.resources import DEFAULT_LAKEHOUSE_URI, DEFAULT_LANDING_URI, StediSettings
+from stedi_assets.transforms import MlJoin
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stedi", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="write deterministic synthetic landing data")
+    generate.add_argument("--out", default=DEFAULT_LANDING_URI, help="landing folder to write")
+    generate.add_argument("--customers", type=int, default=200)
+    generate.add_argument("--seed", type=int, default=42)
+
+    run = commands.add_parser("run", help="materialize assets and their checks through Dagster")
+    run.add_argument("--landing", help=f"landing root, folder or s3:// (default {DEFAULT_LANDING_URI})")
+    run.add_argument("--lakehouse", help=f"lakehouse root, folder or s3:// (default {DEFAULT_LAKEHOUSE_URI})")
+    run.add_argument("--select", default="*", help="Dagster asset selection, e.g. 'key:customer_trusted+'")
+    run.add_argument("--ml-join", choices=[m.value for m in MlJoin])
+    run.add_argument("--expectations", help="JSON file of exact row counts to check")
+    run.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    sql = commands.add_parser("sql", help="query the lakehouse tables with DuckDB")
+    sql.add_argument("query")
+    sql.add_argument("--lakehouse", help=f"lakehouse root (default {DEFAULT_LAKEHOUSE_URI})")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "generate":
+        return _generate(args)
+    if args.command == "run":
+        return _run(args)
+    return _sql(args)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from stedi_assets.generate import generate_landing
+
+    counts = generate_landing(args.out, customers=args.customers, seed=args.seed)
+    print(f"wrote {', '.join(f'{n} {source}' for source, n in counts.items())} lines under {args.out}")
+    return 0
+
+
+def run_lakehouse(
+    settings: StediSettings,
+    select: str | dg.AssetSelection = "*",
+    instance: dg.DagsterInstance | None = None,
+) -> dict[str, Any]:
+    """Materializes the selection with its checks in process; returns the run summary."""
+    from stedi_assets.checks import all_checks
+    from stedi_assets.definitions import all_assets, build_resources
+
+    if instance is None:
+        instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    if isinstance(select, dg.AssetSelection):
+        selection = select
+    elif select.strip() in ("", "*"):
+        selection = dg.AssetSelection.all()
+    else:
+        selection = dg.AssetSelection.from_string(select)
+    result = dg.materialize(
+        [*all_assets, *all_checks],
+        selection=selection,
+        instance=instance,
+        resources=build_resources(settings),
+        raise_on_error=False,
+        tags={"stedi/launched_by": "stedi run"},
+    )
+    return summarize(result)
+
+
+def summarize(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    tables = {
+        event.asset_key.to_user_string(): {
+            "rows": event.materialization.metadata["dagster/row_count"].value,
+            "uri": event.materialization.metadata["table_uri"].value,
+        }
+        for event in result.get_asset_materialization_events()
+    }
+    checks = [
+        {
+            "asset": evaluation.asset_key.to_user_string(),
+            "name": evaluation.check_name,
+            "passed": evaluation.passed,
+            "severity": evaluation.severity.value,
+            "summary": evaluation.description,
+        }
+        for evaluation in result.get_asset_check_evaluations()
+    ]
+    errors = [_failure_message(event) for event in result.all_events if event.is_step_failure]
+    error_checks_passed = all(c["passed"] for c in checks if c["severity"] == "ERROR")
+    return {
+        "success": result.success and error_checks_passed,
+        "run_id": result.run_id,
+        "tables": tables,
+        "checks": checks,
+        "errors": errors,
+    }
+
+
+def _failure_message(event: dg.DagsterEvent) -> str:
+    failure = event.step_failure_data
+    if failure.user_failure_data and failure.user_failure_data.description:
+        return f"{event.step_key}: {failure.user_failure_data.description}"
+    error = failure.error
+    while error.cause is not None and error.cls_name.startswith("Dagster"):
+        error = error.cause
+    return f"{event.step_key}: {error.message.strip().splitlines()[0]}"
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = StediSettings(
+        landing_uri=args.landing,
+        lakehouse_uri=args.lakehouse,
+        ml_join=args.ml_join,
+        expectations_file=args.expectations,
+    )
+    try:
+        summary = run_lakehouse(settings, args.select)
+    except dg.DagsterInvalidSubsetError as error:
+        print(f"stedi run: invalid --select {args.select!r}: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        print(format_summary(summary))
+    return 0 if summary["success"] else 1
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = ["table                       rows  uri"]
+    lines += [f"{name:<24}{info['rows']:>8}  {info['uri']}" for name, info in sorted(summary["tables"].items())]
+    lines += ["", f"{'check':<58}severity  result"]
+    for check in summary["checks"]:
+        outcome = "pass" if check["passed"] else ("warn" if check["severity"] == "WARN" else "FAIL")
+        label = f"{check['asset']}.{check['name']}"
+        lines.append(f"{label:<58}{check['severity']:<10}{outcome}  {check['summary'] or ''}")
+    for error in summary["errors"]:
+        lines.append(f"error: {error}")
+    lines.append("" if summary["success"] else "run FAILED")
+    return "\n".join(lines).rstrip()
+
+
+def _sql(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from stedi_assets.sql import connect
+
+    lakehouse = StediSettings(lakehouse_uri=args.lakehouse).resolved().lakehouse_uri
+    connection, tables = connect(lakehouse)
+    if not tables:
+        print(f"stedi sql: no tables under {lakehouse}; run `stedi run` first", file=sys.stderr)
+        return 2
+    try:
+        relation = connection.sql(args.query)
+    except duckdb.Error as error:
+        print(f"stedi sql: {error}\ntables: {', '.join(tables)}", file=sys.stderr)
+        return 2
+    if relation is not None:
+        relation.show(max_rows=10_000, max_width=10_000)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+import dagster as dg
+
+from stedi_assets.definitions import defs
+
+ASSETS = {
+    "customer_landing": "landing",
+    "accelerometer_landing": "landing",
+    "step_trainer_landing": "landing",
+    "customer_rejects": "quarantine",
+    "accelerometer_rejects": "quarantine",
+    "step_trainer_rejects": "quarantine",
+    "customer_trusted": "trusted",
+    "accelerometer_trusted": "trusted",
+    "step_trainer_trusted": "trusted",
+    "customer_curated": "curated",
+    "machine_learning_curated": "curated",
+}
+
+CHECKS = {
+    ("customer_landing", "schema_as_declared"),
+    ("customer_landing", "row_count"),
+    ("customer_landing", "lines_conserved"),
+    ("customer_landing", "reject_rate"),
+    ("accelerometer_landing", "schema_as_declared"),
+    ("accelerometer_landing", "row_count"),
+    ("accelerometer_landing", "lines_conserved"),
+    ("accelerometer_landing", "reject_rate"),
+    ("step_trainer_landing", "schema_as_declared"),
+    ("step_trainer_landing", "row_count"),
+    ("step_trainer_landing", "lines_conserved"),
+    ("step_trainer_landing", "reject_rate"),
+    ("customer_rejects", "schema_as_declared"),
+    ("accelerometer_rejects", "schema_as_declared"),
+    ("step_trainer_rejects", "schema_as_declared"),
+    ("customer_trusted", "consent_given"),
+    ("customer_trusted", "schema_as_declared"),
+    ("customer_trusted", "row_count"),
+    ("customer_trusted", "no_duplicate_rows"),
+    ("customer_trusted", "unique_by_email"),
+    ("accelerometer_trusted", "users_are_trusted_customers"),
+    ("accelerometer_trusted", "schema_as_declared"),
+    ("accelerometer_trusted", "row_count"),
+    ("accelerometer_trusted", "no_duplicate_rows"),
+    ("accelerometer_trusted", "no_profile_columns"),
+    ("step_trainer_trusted", "serials_belong_to_curated_customers"),
+    ("step_trainer_trusted", "shared_serials_excluded"),
+    ("step_trainer_trusted", "schema_as_declared"),
+    ("step_trainer_trusted", "row_count"),
+    ("step_trainer_trusted", "no_duplicate_rows"),
+    ("step_trainer_trusted", "no_profile_columns"),
+    ("customer_curated", "customers_have_accelerometer_data"),
+    ("customer_curated", "schema_as_declared"),
+    ("customer_curated", "row_count"),
+    ("customer_curated", "no_duplicate_rows"),
+    ("customer_curated", "unique_by_email"),
+    ("machine_learning_curated", "rows_have_both_sides"),
+    ("machine_learning_curated", "cross_customer_pairs"),
+    ("machine_learning_curated", "schema_as_declared"),
+    ("machine_learning_curated", "row_count"),
+    ("machine_learning_curated", "no_duplicate_rows"),
+    ("machine_learning_curated", "no_profile_columns"),
+}
+
+BLOCKING = {
+    ("customer_trusted", "consent_given"),
+    ("accelerometer_trusted", "users_are_trusted_customers"),
+    ("step_trainer_trusted", "serials_belong_to_curated_customers"),
+    ("customer_curated", "customers_have_accelerometer_data"),
+    ("machine_learning_curated", "rows_have_both_sides"),
+    ("customer_landing", "lines_conserved"),
+    ("accelerometer_landing", "lines_conserved"),
+    ("step_trainer_landing", "lines_conserved"),
+    ("accelerometer_trusted", "no_profile_columns"),
+    ("step_trainer_trusted", "no_profile_columns"),
+    ("machine_learning_curated", "no_profile_columns"),
+}
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+
+
+def _graph():
+    return defs.resolve_asset_graph()
+
+
+def test_asset_keys_groups_and_kinds():
+    graph = _graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == set(ASSETS)
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.group_name == ASSETS[key.to_user_string()]
+        assert {"polars", "delta"} <= set(node.kinds)
+        assert node.description
+
+
+def test_lineage_between_zones():
+    graph = _graph()
+    parents = {
+        key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
+        for key in graph.get_all_asset_keys()
+    }
+    assert parents["customer_trusted"] == {"customer_landing"}
+    assert parents["accelerometer_trusted"] == {"accelerometer_landing", "customer_trusted"}
+    assert parents["customer_curated"] == {"customer_trusted", "accelerometer_trusted"}
+    assert parents["step_trainer_trusted"] == {"step_trainer_landing", "customer_curated", "customer_landing"}
+    assert parents["machine_learning_curated"] == {
+        "step_trainer_trusted",
+        "accelerometer_trusted",
+        "customer_curated",
+    }
+
+
+def test_checks_and_their_blocking():
+    graph = _graph()
+    specs = {
+        (key.asset_key.to_user_string(), key.name): graph.get_check_spec(key)
+        for key in graph.asset_check_keys
+    }
+    assert set(specs) == CHECKS
+    assert {name for name, spec in specs.items() if spec.blocking} == BLOCKING
+    assert all(spec.description for spec in specs.values())
+
+
+def test_jobs_and_schedules():
+    assert {job.name for job in defs.resolve_all_job_defs()} >= {"stedi_lakehouse_job"}
+    schedule = defs.resolve_schedule_def("stedi_daily_refresh")
+    assert schedule.cron_schedule == "0 3 * * *"
+    assert schedule.job_name == "stedi_lakehouse_job"
+    assert [s.name for s in defs.schedules] == ["stedi_daily_refresh"]
+    assert not list(defs.sensors or [])

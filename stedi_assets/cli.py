@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sql = commands.add_parser("sql", help="query the lakehouse tables with DuckDB")
     sql.add_argument("query")
+    sql.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     sql.add_argument("--lakehouse", help=f"lakehouse root (default {DEFAULT_LAKEHOUSE_URI})")
     return parser
 
@@ -71,7 +72,7 @@ def run_lakehouse(
     elif select.strip() in ("", "*"):
         selection = dg.AssetSelection.all()
     else:
-        selection = dg.AssetSelection.from_string(select)
+        selection = dg.AssetSelection.from_string(select).required_multi_asset_neighbors()
     result = dg.materialize(
         [*all_assets, *all_checks],
         selection=selection,
@@ -101,7 +102,7 @@ def summarize(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
         }
         for evaluation in result.get_asset_check_evaluations()
     ]
-    errors = [_failure_message(event) for event in result.all_events if event.is_step_failure]
+    errors = _step_errors(result.all_events)
     error_checks_passed = all(c["passed"] for c in checks if c["severity"] == "ERROR")
     return {
         "success": result.success and error_checks_passed,
@@ -112,14 +113,30 @@ def summarize(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
     }
 
 
-def _failure_message(event: dg.DagsterEvent) -> str:
-    failure = event.step_failure_data
-    if failure.user_failure_data and failure.user_failure_data.description:
-        return f"{event.step_key}: {failure.user_failure_data.description}"
-    error = failure.error
+def _step_errors(events: Sequence[dg.DagsterEvent]) -> list[str]:
+    """One readable line per failed step: the user's Failure text or the root exception, not a traceback.
+
+    A step that exhausted its RetryPolicy reports the error of its last attempt.
+    """
+    last_error: dict[str, str] = {}
+    failed = []
+    for event in events:
+        if event.is_step_up_for_retry:
+            last_error[event.step_key] = _error_line(event.event_specific_data.error)
+        elif event.is_step_failure:
+            failure = event.step_failure_data
+            if failure.user_failure_data and failure.user_failure_data.description:
+                last_error[event.step_key] = failure.user_failure_data.description
+            elif not failure.error.message.startswith("Exceeded max_retries"):
+                last_error[event.step_key] = _error_line(failure.error)
+            failed.append(event.step_key)
+    return [f"{step}: {last_error.get(step, 'failed')}" for step in failed]
+
+
+def _error_line(error: Any) -> str:
     while error.cause is not None and error.cls_name.startswith("Dagster"):
         error = error.cause
-    return f"{event.step_key}: {error.message.strip().splitlines()[0]}"
+    return error.message.strip().splitlines()[0]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -170,7 +187,11 @@ def _sql(args: argparse.Namespace) -> int:
     except duckdb.Error as error:
         print(f"stedi sql: {error}\ntables: {', '.join(tables)}", file=sys.stderr)
         return 2
-    if relation is not None:
+    if relation is None:
+        return 0
+    if args.csv:
+        sys.stdout.write(relation.pl().write_csv())
+    else:
         relation.show(max_rows=10_000, max_width=10_000)
     return 0
 

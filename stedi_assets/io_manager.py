@@ -12,9 +12,9 @@ from typing import Any
 import dagster as dg
 import polars as pl
 from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from stedi_assets.resources import StediSettings, storage_options, table_uri
+from stedi_assets.resources import StediSettings, delta_error_message, storage_options, table_uri
 from stedi_assets.schemas import TABLES, Table
 
 PREVIEW_ROWS = 5
@@ -66,14 +66,18 @@ class DeltaLakehouseIOManager(dg.ConfigurableIOManager):
             return
         uri = self.uri_for(context.asset_key)
         options = storage_options(uri)
-        frame = obj.lazy()
-        frame.sink_delta(
-            uri,
-            mode="overwrite",
-            storage_options=options,
-            delta_write_options={"schema_mode": "overwrite"},
-        )
-        context.add_output_metadata(table_metadata(uri, asset_table(context.asset_key)))
+        try:
+            obj.lazy().sink_delta(
+                uri,
+                mode="overwrite",
+                storage_options=options,
+                credential_provider=None,
+                delta_write_options={"schema_mode": "overwrite"},
+            )
+            metadata = table_metadata(uri, asset_table(context.asset_key))
+        except (OSError, DeltaError) as error:
+            raise dg.Failure(delta_error_message(uri, error)) from error
+        context.add_output_metadata(metadata)
 
     def load_input(self, context: dg.InputContext) -> pl.LazyFrame | pl.DataFrame:
         uri = self.uri_for(context.asset_key)
@@ -93,6 +97,8 @@ def scan_table(uri: str, version: int | None = None) -> pl.LazyFrame:
             f"STEDI_LAKEHOUSE_URI).",
             allow_retries=False,
         ) from None
+    except (OSError, DeltaError) as error:
+        raise dg.Failure(delta_error_message(uri, error)) from error
     return pl.scan_delta(uri, version=version, storage_options=storage_options(uri), credential_provider=None)
 
 

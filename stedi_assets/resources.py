@@ -8,6 +8,7 @@ laptop. dg.EnvVar has no default, so the environment is read here, at run time, 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -87,8 +88,7 @@ def storage_options(uri: str) -> dict[str, str] | None:
     endpoint = options.get("AWS_ENDPOINT_URL", "")
     if endpoint.startswith("http://"):
         options["AWS_ALLOW_HTTP"] = "true"
-    options.setdefault("AWS_CONDITIONAL_PUT", "etag")
-    options.update({"max_retries": "4", "retry_timeout": "30s", "connect_timeout": "5s", "timeout": "60s"})
+    options.update({"connect_timeout": "5s", "timeout": "60s", "retry_timeout": "60s"})
     return options
 
 
@@ -152,6 +152,25 @@ def _transient(error: Exception) -> bool:
     if isinstance(error, ClientError):
         return error.response.get("Error", {}).get("Code") in {"SlowDown", "InternalError", "ServiceUnavailable"}
     return isinstance(error, EndpointConnectionError)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def delta_error_message(uri: str, error: Exception) -> str:
+    """One readable sentence for a delta-rs / object-store failure on a lakehouse table."""
+    text = _ANSI.sub("", str(error))
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
+    if "NoSuchBucket" in text:
+        return f"Bucket of {uri} does not exist at {endpoint}: create it or fix --lakehouse / STEDI_LAKEHOUSE_URI."
+    if "Connection refused" in text or "operation timed out" in text or "dns error" in text:
+        return f"Cannot reach {endpoint} for {uri}: check AWS_ENDPOINT_URL and that the S3 server is running."
+    if "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or "AccessDenied" in text or "403" in text:
+        return f"Access to {uri} was denied: check the AWS credentials and the bucket policy."
+    if "URL scheme is not allowed" in text:
+        return f"{endpoint} is plain http: set AWS_ALLOW_HTTP=true (done automatically for http AWS_ENDPOINT_URL)."
+    first = next((line.strip(" ↳") for line in text.splitlines() if line.strip()), text)
+    return f"Storage error on {uri}: {first}"
 
 
 def s3_error_message(uri: str, error: Exception) -> str:

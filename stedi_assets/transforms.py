@@ -7,6 +7,7 @@ every join, because the app and the website do not agree on case or whitespace.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from enum import Enum
@@ -122,30 +123,33 @@ def parse_landing(lines: pl.LazyFrame, source: str, keys: Iterable[str]) -> pl.L
     for key in keys:
         if key.lower() in by_lower:
             spellings[by_lower[key.lower()]].append(key)
-    present = [k for ks in spellings.values() for k in ks]
-    decoded_dtype = pl.Struct({k: pl.String for k in present} or {"_": pl.String})
-
-    normalized = pl.col(RAW_LINE).str.json_path_match("$")
+    normalized = pl.col("_json")
     text_values = {
         c.name: (
-            pl.coalesce([pl.col("_decoded").struct.field(k) for k in spellings[c.name]])
+            pl.coalesce([normalized.str.json_path_match(f"$.{k}") for k in spellings[c.name]])
             if spellings[c.name]
             else pl.lit(None, pl.String)
         )
         for c in columns
     }
-    is_object = pl.col("_json").str.starts_with("{")
+    nested = {
+        c.name: pl.any_horizontal(
+            [normalized.str.contains(f'"{re.escape(k)}":[\\[{{]') for k in spellings[c.name]] or [pl.lit(False)]
+        )
+        for c in columns
+    }
+    stripped = pl.col(RAW_LINE).str.strip_chars()
     reason = (
         pl.when(~pl.col(UTF8_VALID))
         .then(pl.lit("invalid UTF-8"))
-        .when(pl.col("_json").is_null())
+        .when(normalized.is_null() & (stripped != "null"))
         .then(pl.lit("not valid JSON"))
-        .when(~is_object)
+        .when(~stripped.str.starts_with("{"))
         .then(pl.lit("not a JSON object"))
     )
     for c in columns:
         text, cast = pl.col(f"_text_{c.name}"), pl.col(c.name)
-        reason = reason.when(text.is_not_null() & cast.is_null()).then(
+        reason = reason.when((text.is_not_null() & cast.is_null()) | nested[c.name]).then(
             pl.format("{}: '{}' is not {}", pl.lit(c.name), text, pl.lit(_type_word(c.dtype)))
         )
     for name in REQUIRED_FIELDS[source]:
@@ -155,10 +159,7 @@ def parse_landing(lines: pl.LazyFrame, source: str, keys: Iterable[str]) -> pl.L
 
     return (
         non_blank_lines(lines)
-        .with_columns(_json=pl.when(pl.col(UTF8_VALID)).then(normalized))
-        .with_columns(
-            _decoded=pl.when(is_object).then(pl.col("_json")).str.json_decode(decoded_dtype)
-        )
+        .with_columns(_json=pl.when(pl.col(UTF8_VALID)).then(pl.col(RAW_LINE).str.json_path_match("$")))
         .with_columns(**{f"_text_{name}": expr for name, expr in text_values.items()})
         .with_columns(
             pl.col(f"_text_{c.name}").str.strip_chars().cast(c.dtype, strict=False).alias(c.name)

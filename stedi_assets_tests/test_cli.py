@@ -1,0 +1,140 @@
+"""The `stedi` command as other tools use it: a subprocess, its JSON and its exit status."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+
+from stedi_assets_tests.conftest import (
+    REFERENCE_COUNTS,
+    REFERENCE_CROSS_CUSTOMER_PAIRS,
+    REFERENCE_SAME_CUSTOMER_ML_ROWS,
+)
+
+STEDI = str(Path(sys.executable).parent / "stedi")
+REFERENCE_EXPECTATIONS = str(files("stedi_assets") / "expectations" / "reference.json")
+
+
+def stedi(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [STEDI, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def reference_run(reference_landing: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    lakehouse = tmp_path_factory.mktemp("reference") / "lakehouse"
+    done = stedi(
+        "run",
+        "--landing",
+        str(reference_landing),
+        "--lakehouse",
+        str(lakehouse),
+        "--expectations",
+        REFERENCE_EXPECTATIONS,
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout), lakehouse
+
+
+@pytest.mark.reference
+def test_reference_counts_exactly(reference_run):
+    summary, lakehouse = reference_run
+    assert summary["success"] is True
+    assert {name: summary["tables"][name]["rows"] for name in REFERENCE_COUNTS} == REFERENCE_COUNTS
+    assert summary["tables"]["customer_trusted"]["uri"] == str(lakehouse.absolute() / "trusted" / "customer_trusted")
+
+
+@pytest.mark.reference
+def test_reference_checks(reference_run):
+    summary, _ = reference_run
+    checks = {(c["asset"], c["name"]): c for c in summary["checks"]}
+    assert len(checks) == 42
+    failing_errors = [k for k, c in checks.items() if c["severity"] == "ERROR" and not c["passed"]]
+    assert failing_errors == []
+    assert set(checks[("machine_learning_curated", "row_count")]) == {"asset", "name", "passed", "severity", "summary"}
+    cross = checks[("machine_learning_curated", "cross_customer_pairs")]
+    assert (cross["passed"], cross["severity"]) == (False, "WARN")
+    assert cross["summary"].startswith(f"{REFERENCE_CROSS_CUSTOMER_PAIRS} rows")
+
+
+@pytest.mark.reference
+def test_sql_over_reference_lakehouse(reference_run):
+    _, lakehouse = reference_run
+    done = stedi(
+        "sql",
+        "select count(*) as n, count(distinct user) as users, count(distinct serialNumber) as devices "
+        "from machine_learning_curated",
+        "--lakehouse",
+        str(lakehouse),
+        "--csv",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "n,users,devices\n43681,482,482\n"
+
+
+@pytest.mark.reference
+def test_same_customer_join_from_environment(reference_landing: Path, tmp_path: Path):
+    done = stedi(
+        "run",
+        "--landing",
+        str(reference_landing),
+        "--lakehouse",
+        str(tmp_path / "lakehouse"),
+        "--select",
+        "*",
+        "--json",
+        env={"STEDI_ML_JOIN": "same_customer", "STEDI_EXPECTATIONS_FILE": REFERENCE_EXPECTATIONS},
+    )
+    summary = json.loads(done.stdout)
+    assert done.returncode == 0, summary["errors"]
+    assert summary["tables"]["machine_learning_curated"]["rows"] == REFERENCE_SAME_CUSTOMER_ML_ROWS
+    cross = next(c for c in summary["checks"] if c["name"] == "cross_customer_pairs")
+    assert cross["passed"] is True
+
+
+def test_generate_then_run_then_sql(tmp_path: Path):
+    landing, lakehouse = tmp_path / "landing", tmp_path / "lakehouse"
+    generated = stedi("generate", "--out", str(landing), "--customers", "40", "--seed", "3")
+    assert generated.returncode == 0, generated.stderr
+    lines = sum(1 for _ in (landing / "customer").glob("*.json") for _ in _.open())
+    assert lines == 40
+
+    ran = stedi("run", "--landing", str(landing), "--lakehouse", str(lakehouse))
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert "customer_landing" in ran.stdout and "consent_given" in ran.stdout
+
+    queried = stedi("sql", "select count(*) as n from customer_landing", "--lakehouse", str(lakehouse), "--csv")
+    assert queried.returncode == 0, queried.stderr
+    assert queried.stdout == "n\n40\n"
+
+
+def test_run_on_missing_landing_fails_with_one_readable_line(tmp_path: Path):
+    done = stedi("run", "--landing", str(tmp_path / "absent"), "--lakehouse", str(tmp_path / "lh"), "--json")
+
+    assert done.returncode == 1
+    summary = json.loads(done.stdout)
+    assert summary["success"] is False
+    assert summary["errors"][0].endswith(
+        f"Landing folder {tmp_path / 'absent' / 'accelerometer'} does not exist. Put the accelerometer "
+        f"JSON-lines files there, point --landing / STEDI_LANDING_URI at the landing root, or run "
+        f"`stedi generate --out {tmp_path / 'absent'}` for sample data."
+    )
+    assert "Traceback" not in done.stdout
+
+
+def test_sql_without_tables_says_so(tmp_path: Path):
+    done = stedi("sql", "select 1", "--lakehouse", str(tmp_path))
+    assert done.returncode == 2
+    assert "no tables under" in done.stderr

@@ -1,0 +1,307 @@
+"""The data contracts (stedi_assets.contracts): each passes a good frame and fails a bad one."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from stedi_assets import contracts, transforms
+from stedi_assets.schemas import (
+    ACCELEROMETER_COLUMNS,
+    INGESTED_AT,
+    LINE_NUMBER,
+    PROVENANCE,
+    SOURCE_FILE,
+    table,
+)
+from stedi_assets.transforms import MlJoin
+
+LANDED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+CONSENT = 1_655_564_376_361
+
+
+def rows_frame(name: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """A frame of the declared table `name`; columns a row does not mention are null."""
+    dtypes = table(name).dtypes
+    for row in rows:
+        assert row.keys() <= dtypes.keys(), f"undeclared columns {row.keys() - dtypes.keys()}"
+    return pl.DataFrame([{c: row.get(c) for c in dtypes} for row in rows], schema=dtypes)
+
+
+def customer_landing(*rows: dict[str, Any]) -> pl.LazyFrame:
+    return rows_frame(
+        "customer_landing",
+        [
+            {SOURCE_FILE: "customer-1.json", LINE_NUMBER: i, INGESTED_AT: LANDED_AT} | row
+            for i, row in enumerate(rows, 1)
+        ],
+    ).lazy()
+
+
+def customer(email: str, serial: str, consent: int | None = CONSENT) -> dict[str, Any]:
+    return {"email": email, "serialNumber": serial, "lastUpdateDate": 1, "shareWithResearchAsOfDate": consent}
+
+
+def reading(user: str, timestamp: int, x: float | None = 0.5) -> dict[str, Any]:
+    return {"user": user, "timestamp": timestamp, "x": x, "y": 1.0, "z": -1.0}
+
+
+def step(serial: str, time: int) -> dict[str, Any]:
+    return {"sensorReadingTime": time, "serialNumber": serial, "distanceFromObject": 9}
+
+
+def assert_verdict(
+    verdict: contracts.Verdict,
+    passed: bool,
+    observed: Any,
+    expected: Any,
+    offending: pl.DataFrame | None = None,
+) -> None:
+    seen = (verdict.passed, verdict.observed, verdict.expected)
+    assert seen == (passed, observed, expected), verdict.summary
+    if offending is not None:
+        assert_frame_equal(verdict.offending, offending)
+
+
+# ---------------------------------------------------------------- consent
+
+
+LANDING = customer_landing(customer("a@x.com", "s1"), customer("b@x.com", "s2", consent=0))
+
+
+def test_consent_passes_trusted_customers() -> None:
+    trusted = transforms.customer_trusted(LANDING)
+    verdict = contracts.consent(trusted, LANDING)
+    assert_verdict(verdict, True, 1, 1, rows_frame("customer_trusted", []))
+    assert verdict.summary == (
+        "0 trusted customers without research consent; 1 trusted of 1 consenting customers in landing"
+    )
+
+
+def test_consent_fails_non_consenting_customer() -> None:
+    rows = [customer("a@x.com", "s1"), customer("b@x.com", "s2", consent=0)]
+    trusted = rows_frame("customer_trusted", rows)
+    verdict = contracts.consent(trusted.lazy(), LANDING)
+    assert_verdict(verdict, False, 2, 1, trusted[1:2])
+
+
+def test_consent_fails_swapped_customer_with_right_count() -> None:
+    trusted = rows_frame("customer_trusted", [customer("b@x.com", "s2", consent=0)])
+    assert_verdict(contracts.consent(trusted.lazy(), LANDING), False, 1, 1, trusted)
+
+
+def test_consent_fails_missing_consenting_customer() -> None:
+    trusted = rows_frame("customer_trusted", [])
+    assert_verdict(contracts.consent(trusted.lazy(), LANDING), False, 0, 1, trusted)
+
+
+# ---------------------------------------------------------------- belongs_to
+
+
+PARENTS = rows_frame("customer_trusted", [customer(" A@x.COM", "s1")]).lazy()
+
+
+def test_belongs_to_passes_known_children() -> None:
+    child = rows_frame("accelerometer_trusted", [reading(" A@X.com", 1), reading("a@x.com", 2)])
+    verdict = contracts.belongs_to(child.lazy(), "user", PARENTS, "email", "a trusted customer")
+    assert_verdict(verdict, True, 0, 0, child.clear())
+
+
+def test_belongs_to_fails_orphans() -> None:
+    child = rows_frame("accelerometer_trusted", [reading("a@x.com", 1), reading("z@x.com", 2)])
+    verdict = contracts.belongs_to(child.lazy(), "user", PARENTS, "email", "a trusted customer")
+    assert_verdict(verdict, False, 1, 0, child[1:2])
+    assert verdict.summary == "1 rows whose user is not a trusted customer"
+
+
+# ---------------------------------------------------------------- both_sides_present / cross_customer
+
+
+def ml_frame(*rows: dict[str, Any]) -> pl.DataFrame:
+    return rows_frame("machine_learning_curated", list(rows))
+
+
+GOOD_PAIR = step("s1", 10) | reading("a@x.com", 10)
+
+
+def test_both_sides_present_passes_paired_rows() -> None:
+    frame = ml_frame(GOOD_PAIR)
+    assert_verdict(contracts.both_sides_present(frame.lazy()), True, 0, 0, frame.clear())
+
+
+def test_both_sides_present_fails_missing_side_or_different_time() -> None:
+    frame = ml_frame(
+        GOOD_PAIR,
+        step("s1", 10) | reading("a@x.com", 10, x=None),
+        step("s1", 10) | reading("a@x.com", 11),
+        {"user": "a@x.com", "timestamp": 10, "x": 0.1, "y": 0.1, "z": 0.1},
+    )
+    assert_verdict(contracts.both_sides_present(frame.lazy()), False, 3, 0, frame[1:])
+
+
+CURATED = rows_frame("customer_curated", [customer("a@x.com", "s1"), customer("b@x.com", "s2")]).lazy()
+
+
+def test_cross_customer_passes_owner_pairs() -> None:
+    frame = ml_frame(step("S1", 10) | reading("A@x.com ", 10), step("s2", 10) | reading("b@x.com", 10))
+    assert_verdict(contracts.cross_customer(frame.lazy(), CURATED), True, 0, 0, frame.clear())
+
+
+def test_cross_customer_fails_foreign_pairs() -> None:
+    frame = ml_frame(
+        step("s1", 10) | reading("a@x.com", 10),
+        step("s1", 10) | reading("b@x.com", 10),
+        step("s2", 10) | reading("a@x.com", 10),
+    )
+    assert_verdict(contracts.cross_customer(frame.lazy(), CURATED), False, 2, 0, frame[1:])
+
+
+def test_cross_customer_flags_the_seed_join_only() -> None:
+    steps = rows_frame("step_trainer_trusted", [step("s1", 10), step("s2", 10)]).lazy()
+    readings = rows_frame("accelerometer_trusted", [reading("a@x.com", 10), reading("b@x.com", 10)]).lazy()
+    seed = transforms.machine_learning_curated(steps, readings, CURATED, MlJoin.SEED)
+    owner = transforms.machine_learning_curated(steps, readings, CURATED, MlJoin.SAME_CUSTOMER)
+    assert contracts.cross_customer(seed, CURATED).observed == 2
+    assert contracts.cross_customer(owner, CURATED).passed
+
+
+# ---------------------------------------------------------------- profile_columns / schema_matches
+
+
+def test_profile_columns_pass_sensor_columns() -> None:
+    assert_verdict(contracts.profile_columns([c.name for c in ACCELEROMETER_COLUMNS]), True, "none", "none")
+
+
+def test_profile_columns_fail_profile_data() -> None:
+    columns = ["user", "timestamp", "phone", "registrationDate", "birthDay", "email"]
+    verdict = contracts.profile_columns(columns)
+    assert_verdict(verdict, False, "birthDay, phone, registrationDate", "none")
+    assert verdict.summary == "customer profile columns present: birthDay, phone, registrationDate"
+
+
+ACCEL = table("accelerometer_trusted")
+
+
+def test_schema_matches_declared() -> None:
+    verdict = contracts.schema_matches(dict(ACCEL.dtypes), ACCEL)
+    assert_verdict(verdict, True, 0, 0)
+    assert verdict.summary == "columns and types as declared"
+
+
+def test_schema_missing_column() -> None:
+    actual = {k: v for k, v in ACCEL.dtypes.items() if k != "z"}
+    verdict = contracts.schema_matches(actual, ACCEL)
+    assert_verdict(verdict, False, 1, 0)
+    assert verdict.summary == "z: missing (declared Float64)"
+
+
+def test_schema_wrong_dtype() -> None:
+    verdict = contracts.schema_matches(ACCEL.dtypes | {"timestamp": pl.String()}, ACCEL)
+    assert_verdict(verdict, False, 1, 0)
+    assert verdict.summary == "timestamp: String (declared Int64)"
+
+
+def test_schema_wrong_time_zone() -> None:
+    landing = table("customer_landing")
+    verdict = contracts.schema_matches(landing.dtypes | {INGESTED_AT: pl.Datetime("us")}, landing)
+    assert_verdict(verdict, False, 1, 0)
+    assert verdict.summary.startswith(f"{INGESTED_AT}: ")
+
+
+def test_schema_extra_column() -> None:
+    verdict = contracts.schema_matches(ACCEL.dtypes | {"phone": pl.String()}, ACCEL)
+    assert_verdict(verdict, False, 1, 0)
+    assert verdict.summary == "phone: not declared"
+
+
+def test_schema_provenance_is_declared_for_landing_only() -> None:
+    with_provenance = ACCEL.dtypes | PROVENANCE
+    assert contracts.schema_matches(with_provenance, table("accelerometer_landing")).passed
+    assert contracts.schema_matches(with_provenance, ACCEL).observed == 3
+
+
+# ---------------------------------------------------------------- duplicate_rows / unique_identity
+
+
+def test_duplicate_rows_pass_distinct_rows() -> None:
+    frame = pl.DataFrame({"a": [1, 1, 2], "b": ["x", "y", "x"]})
+    assert_verdict(contracts.duplicate_rows(frame.lazy()), True, 0, 0, frame.clear())
+
+
+def test_duplicate_rows_count_all_and_sample_five() -> None:
+    frame = pl.DataFrame({"a": [1, 2, 1, 3, 2, 3, 4], "b": ["x"] * 7})
+    verdict = contracts.duplicate_rows(frame.lazy())
+    assert_verdict(verdict, False, 6, 0, pl.DataFrame({"a": [1, 2, 1, 3, 2], "b": ["x"] * 5}))
+    assert verdict.summary == "6 rows are exact duplicates of another row"
+
+
+def test_unique_identity_passes_distinct_emails() -> None:
+    frame = rows_frame("customer_curated", [customer("a@x.com", "s1"), customer("b@x.com", "s1")])
+    assert_verdict(contracts.unique_identity(frame.lazy(), "email"), True, 0, 0, frame.clear())
+
+
+def test_unique_identity_fails_same_email_other_spelling() -> None:
+    frame = rows_frame(
+        "customer_curated", [customer(" A@x.com", "s1"), customer("b@x.com", "s2"), customer("a@X.COM", "s3")]
+    )
+    verdict = contracts.unique_identity(frame.lazy(), "email")
+    assert_verdict(verdict, False, 2, 0, frame[[0, 2]])
+    assert verdict.summary == "2 rows share their email with another row"
+
+
+# ---------------------------------------------------------------- row_count
+
+
+@pytest.mark.parametrize(
+    ("observed", "upstream", "expected", "passed", "summary"),
+    [
+        (0, 10, None, False, "table is empty"),
+        (11, 10, None, False, "11 rows exceed 10 in customer_landing"),
+        (7, 10, 8, False, "7 rows, expected exactly 8"),
+        (0, 10, 8, False, "table is empty; 0 rows, expected exactly 8"),
+        (8, 10, 8, True, "8 rows"),
+        (10, 10, None, True, "10 rows"),
+        (10, None, None, True, "10 rows"),
+    ],
+)
+def test_row_count(
+    observed: int, upstream: int | None, expected: int | None, passed: bool, summary: str
+) -> None:
+    verdict = contracts.row_count(observed, upstream, expected, "customer_landing")
+    assert_verdict(verdict, passed, observed, expected)
+    assert verdict.summary == summary
+
+
+# ---------------------------------------------------------------- conservation / reject_rate
+
+
+def test_conservation_passes_when_every_line_is_accounted() -> None:
+    verdict = contracts.conservation(10, 7, 3)
+    assert_verdict(verdict, True, 10, 10)
+    assert verdict.summary == "10 non-blank lines read, 7 accepted + 3 rejected"
+
+
+def test_conservation_fails_lost_line() -> None:
+    assert_verdict(contracts.conservation(10, 7, 2), False, 9, 10)
+
+
+def test_conservation_fails_invented_line() -> None:
+    assert_verdict(contracts.conservation(10, 8, 3), False, 11, 10)
+
+
+def test_reject_rate_passes_at_the_limit() -> None:
+    verdict = contracts.reject_rate(200, 2, 0.01)
+    assert_verdict(verdict, True, 0.01, 0.01)
+    assert verdict.summary == "2 of 200 lines rejected (1.00%; limit 1.00%)"
+
+
+def test_reject_rate_fails_above_the_limit() -> None:
+    assert_verdict(contracts.reject_rate(200, 3, 0.01), False, 0.015, 0.01)
+
+
+def test_reject_rate_of_nothing_read_is_zero() -> None:
+    assert_verdict(contracts.reject_rate(0, 0, 0.0), True, 0.0, 0.0)

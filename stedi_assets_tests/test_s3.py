@@ -1,0 +1,72 @@
+"""The same graph with landing and lakehouse in buckets of a real S3 API server on 127.0.0.1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import polars as pl
+import pytest
+
+from stedi_assets.cli import run_lakehouse
+from stedi_assets.resources import StediSettings, storage_options
+from stedi_assets_tests.conftest import make_bucket, upload_tree
+
+pytestmark = pytest.mark.s3
+
+
+def test_generated_data_on_s3_matches_local(s3_env: str, generated_landing: Path, tmp_path: Path):
+    make_bucket("stedi-gen-landing")
+    make_bucket("stedi-gen-lake")
+    upload_tree(generated_landing, "stedi-gen-landing", "raw/landing")
+    boto3.client("s3").put_object(Bucket="stedi-gen-landing", Key="raw/landing/customer/_SUCCESS", Body=b"")
+
+    on_s3 = run_lakehouse(
+        StediSettings(landing_uri="s3://stedi-gen-landing/raw/landing", lakehouse_uri="s3://stedi-gen-lake/lh")
+    )
+    local = run_lakehouse(StediSettings(landing_uri=str(generated_landing), lakehouse_uri=str(tmp_path / "lh")))
+
+    assert on_s3["success"], on_s3["errors"]
+    assert {n: t["rows"] for n, t in on_s3["tables"].items()} == {n: t["rows"] for n, t in local["tables"].items()}
+    uri = on_s3["tables"]["customer_trusted"]["uri"]
+    assert uri == "s3://stedi-gen-lake/lh/trusted/customer_trusted"
+    from_s3 = pl.read_delta(uri, storage_options=storage_options(uri)).drop("_source_file", strict=False)
+    from_disk = pl.read_delta(local["tables"]["customer_trusted"]["uri"])
+    assert from_s3.sort("email").equals(from_disk.sort("email"))
+    keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="stedi-gen-lake", Prefix="lh/")["Contents"]}
+    assert any(k.startswith("lh/curated/machine_learning_curated/_delta_log/") for k in keys)
+
+
+def test_missing_bucket_is_one_clear_error(s3_env: str, tmp_path: Path):
+    summary = run_lakehouse(StediSettings(landing_uri="s3://no-such-bucket/landing", lakehouse_uri=str(tmp_path)))
+
+    assert not summary["success"]
+    assert any("s3://no-such-bucket/landing/customer/" in e and "does not exist" in e for e in summary["errors"])
+
+
+@pytest.mark.reference
+def test_reference_counts_on_s3(s3_env: str, reference_landing: Path):
+    from stedi_assets_tests.conftest import REFERENCE_COUNTS
+
+    make_bucket("stedi-ref-landing")
+    make_bucket("stedi-ref-lake")
+    upload_tree(reference_landing, "stedi-ref-landing", "landing")
+    summary = run_lakehouse(
+        StediSettings(landing_uri="s3://stedi-ref-landing/landing", lakehouse_uri="s3://stedi-ref-lake")
+    )
+
+    assert summary["success"], summary["errors"]
+    assert {n: summary["tables"][n]["rows"] for n in REFERENCE_COUNTS} == REFERENCE_COUNTS
+
+
+def test_missing_lakehouse_bucket_is_one_clear_error(s3_env: str, generated_landing: Path):
+    summary = run_lakehouse(
+        StediSettings(landing_uri=str(generated_landing), lakehouse_uri="s3://no-such-lake/lh"),
+        select="key:customer_landing",
+    )
+
+    assert not summary["success"]
+    assert summary["errors"] == [
+        "ingest_customer: Bucket of s3://no-such-lake/lh/landing/customer_landing does not exist at "
+        f"{s3_env}: create it or fix --lakehouse / STEDI_LAKEHOUSE_URI."
+    ]

@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 .PHONY: install demo test dev clean
 
@@ -15,16 +15,15 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/stedi generate --out data/landing
-	$(BIN)/stedi run --landing data/landing --lakehouse lakehouse
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/stedi run --landing data/landing --lakehouse lakehouse
 
 test: install
 	$(BIN)/python -m pytest
 
 dev: install
 	mkdir -p $(DAGSTER_HOME)
-	$(BIN)/dagster dev
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev
 
 clean:
 	rm -rf data lakehouse .dagster_home

@@ -66,7 +66,7 @@ def run_lakehouse(
     from stedi_assets.definitions import all_assets, build_resources
 
     if instance is None:
-        instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+        instance = _instance()
     if isinstance(select, dg.AssetSelection):
         selection = select
     elif select.strip() in ("", "*"):
@@ -82,6 +82,15 @@ def run_lakehouse(
         tags={"stedi/launched_by": "stedi run"},
     )
     return summarize(result)
+
+
+def _instance() -> dg.DagsterInstance:
+    """The instance at DAGSTER_HOME (created if missing) so runs show in `dagster dev`; else ephemeral."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        return dg.DagsterInstance.ephemeral()
+    os.makedirs(home, exist_ok=True)
+    return dg.DagsterInstance.get()
 
 
 def summarize(result: dg.ExecuteInProcessResult) -> dict[str, Any]:

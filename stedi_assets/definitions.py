@@ -15,8 +15,12 @@ from stedi_assets.trusted import trusted_assets
 
 
 def build_resources(settings: StediSettings | None = None) -> dict[str, object]:
-    """The resources of a run; the CLI and the tests pass explicit settings."""
-    settings = settings or StediSettings()
+    """The resources of a run; the CLI and the tests pass explicit settings.
+
+    Without them the settings are configured at launch, so run config (the launchpad's
+    `resources.settings.config`) reaches the IO manager and the landing reader too.
+    """
+    settings = settings or StediSettings.configure_at_launch()
     s3 = S3Resource(max_attempts=5)
     return {
         "settings": settings,

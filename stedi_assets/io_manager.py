@@ -5,7 +5,7 @@ a re-run replaces the table atomically (readers see the old or the new version, 
 and never appends duplicates. Inputs load as lazy scans so downstream plans stream.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Dagster resolves nested resources from real annotations.
 
 from typing import Any
 
@@ -65,19 +65,8 @@ class DeltaLakehouseIOManager(dg.ConfigurableIOManager):
         if obj is None:
             return
         uri = self.uri_for(context.asset_key)
-        options = storage_options(uri)
-        try:
-            obj.lazy().sink_delta(
-                uri,
-                mode="overwrite",
-                storage_options=options,
-                credential_provider=None,
-                delta_write_options={"schema_mode": "overwrite"},
-            )
-            metadata = table_metadata(uri, asset_table(context.asset_key))
-        except (OSError, DeltaError) as error:
-            raise dg.Failure(delta_error_message(uri, error)) from error
-        context.add_output_metadata(metadata)
+        write_table(uri, obj.lazy())
+        context.add_output_metadata(table_metadata(uri, asset_table(context.asset_key)))
 
     def load_input(self, context: dg.InputContext) -> pl.LazyFrame | pl.DataFrame:
         uri = self.uri_for(context.asset_key)
@@ -87,10 +76,24 @@ class DeltaLakehouseIOManager(dg.ConfigurableIOManager):
         return frame
 
 
-def scan_table(uri: str, version: int | None = None) -> pl.LazyFrame:
-    """A lazy scan of a lakehouse table, with a readable error when it was never materialized."""
+def write_table(uri: str, frame: pl.LazyFrame) -> None:
+    """Streams the plan into one overwrite commit: the table changes whole or not at all."""
     try:
-        DeltaTable(uri, storage_options=storage_options(uri), version=version)
+        frame.sink_delta(
+            uri,
+            mode="overwrite",
+            storage_options=storage_options(uri),
+            credential_provider=None,
+            delta_write_options={"schema_mode": "overwrite"},
+        )
+    except (OSError, DeltaError) as error:
+        raise dg.Failure(delta_error_message(uri, error)) from error
+
+
+def open_table(uri: str, version: int | None = None) -> DeltaTable:
+    """The Delta table at uri, with a readable error when it was never materialized or is unreachable."""
+    try:
+        return DeltaTable(uri, storage_options=storage_options(uri), version=version)
     except TableNotFoundError:
         raise dg.Failure(
             f"No Delta table at {uri}: materialize that asset first (or check --lakehouse / "
@@ -99,14 +102,18 @@ def scan_table(uri: str, version: int | None = None) -> pl.LazyFrame:
         ) from None
     except (OSError, DeltaError) as error:
         raise dg.Failure(delta_error_message(uri, error)) from error
-    return pl.scan_delta(uri, version=version, storage_options=storage_options(uri), credential_provider=None)
+
+
+def scan_table(uri: str, version: int | None = None) -> pl.LazyFrame:
+    """A lazy scan of one version (default: the latest) of a lakehouse table."""
+    table = open_table(uri, version)
+    return pl.scan_delta(table, storage_options=storage_options(uri), credential_provider=None)
 
 
 def table_metadata(uri: str, declared: Table) -> dict[str, Any]:
     """What Dagster's UI shows for a materialization: rows, schema, preview, URI, Delta version."""
-    options = storage_options(uri)
-    version = DeltaTable(uri, storage_options=options).version()
-    frame = pl.scan_delta(uri, version=version, storage_options=options, credential_provider=None)
+    version = open_table(uri).version()
+    frame = scan_table(uri, version)
     rows = frame.select(pl.len()).collect().item()
     return {
         "dagster/row_count": rows,

@@ -5,8 +5,7 @@ then its `STEDI_*` environment variable, then the default that makes `make demo`
 laptop. dg.EnvVar has no default, so the environment is read here, at run time, and nowhere else.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Dagster resolves nested resources from real annotations.
 import os
 import re
 from dataclasses import dataclass

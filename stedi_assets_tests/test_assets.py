@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import dagster as dg
@@ -15,59 +14,7 @@ from stedi_assets.checks import all_checks
 from stedi_assets.cli import run_lakehouse
 from stedi_assets.definitions import all_assets, build_resources
 from stedi_assets.resources import StediSettings
-
-T1, T2 = 1_655_564_376_361, 1_655_564_380_000
-
-
-def _customer(name: str, serial: str, consent: int | None) -> dict:
-    first = name.split()[0]
-    return {
-        "customerName": name,
-        "email": f"{first}@test.com",
-        "phone": "8015551212",
-        "birthDay": "1900-01-01",
-        "serialNumber": serial,
-        "registrationDate": T1,
-        "lastUpdateDate": T1,
-        "shareWithResearchAsOfDate": consent,
-        "shareWithPublicAsOfDate": None,
-        "shareWithFriendsAsOfDate": None,
-    }
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-
-@pytest.fixture
-def tiny_landing(tmp_path: Path) -> Path:
-    """Alice and Erin consent and share a timestamp; Bob does not consent; Carol has no phone data;
-    Dave's consent is 0."""
-    root = tmp_path / "landing"
-    _write_jsonl(
-        root / "customer" / "customer-1.json",
-        [
-            _customer("Alice A", "S-A", T1),
-            _customer("Bob B", "S-B", None),
-            _customer("Carol C", "S-C", T1),
-            _customer("Dave D", "S-D", 0),
-            _customer("Erin E", "S-E", T1),
-        ],
-    )
-    accel = [("Alice@test.com", T1, 1.0), ("Alice@test.com", T2, 2.0), ("Bob@test.com", T1, 3.0), ("Erin@test.com", T2, 4.0)]
-    _write_jsonl(
-        root / "accelerometer" / "accelerometer-1.json",
-        [{"user": u, "timestamp": t, "x": x, "y": 0.0, "z": -1.0} for u, t, x in accel],
-    )
-    steps = [(T1, "S-A", 200), (T2, "S-A", 210), (T1, "S-B", 220), (T2, "S-E", 230)]
-    _write_jsonl(
-        root / "step_trainer" / "step_trainer-1.json",
-        [{"sensorReadingTime": t, "serialNumber": s, "distanceFromObject": d} for t, s, d in steps],
-    )
-    (root / "customer" / "_SUCCESS").write_text("")
-    return root
-
+from stedi_assets_tests.conftest import T1, T2
 
 def _read(lakehouse: Path, zone: str, name: str) -> pl.DataFrame:
     return pl.read_delta(str(lakehouse / zone / name))
@@ -198,3 +145,17 @@ def test_missing_landing_folder_is_one_clear_error(tmp_path: Path):
     assert any(
         f"Landing folder {tmp_path / 'nowhere' / 'customer'} does not exist" in error for error in summary["errors"]
     )
+
+
+def test_run_config_reaches_every_resource(tiny_landing: Path, tmp_path: Path):
+    """The launchpad's resources.settings.config configures the IO manager and landing reader too."""
+    from stedi_assets.definitions import defs
+
+    lakehouse = tmp_path / "configured"
+    job = defs.resolve_job_def("stedi_lakehouse_job")
+    config = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(lakehouse), "ml_join": "same_customer"}
+    result = job.execute_in_process(run_config={"resources": {"settings": {"config": config}}})
+
+    assert result.success
+    ml = pl.read_delta(str(lakehouse / "curated" / "machine_learning_curated"))
+    assert ml.height == 3

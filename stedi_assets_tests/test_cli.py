@@ -22,12 +22,14 @@ REFERENCE_EXPECTATIONS = str(files("stedi_assets") / "expectations" / "reference
 
 
 def stedi(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Runs the console script with only the settings the test gives it."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("STEDI_") and k != "DAGSTER_HOME"}
     return subprocess.run(
         [STEDI, *args],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, **(env or {})},
+        env={**inherited, **(env or {})},
     )
 
 
@@ -132,6 +134,22 @@ def test_run_on_missing_landing_fails_with_one_readable_line(tmp_path: Path):
         f"`stedi generate --out {tmp_path / 'absent'}` for sample data."
     )
     assert "Traceback" not in done.stdout
+
+
+def test_run_records_to_dagster_home(tiny_landing: Path, tmp_path: Path):
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
+
+    home = tmp_path / "dagster_home"
+    done = stedi(
+        "run", "--landing", str(tiny_landing), "--lakehouse", str(tmp_path / "lh"), "--json",
+        env={"DAGSTER_HOME": str(home)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_id = json.loads(done.stdout)["run_id"]
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        assert instance.get_run_by_id(run_id).is_success
+        assert instance.get_latest_materialization_event(dg.AssetKey("machine_learning_curated")) is not None
 
 
 def test_sql_without_tables_says_so(tmp_path: Path):

@@ -1,0 +1,184 @@
+"""Messy landing files end to end: quarantine, hygiene, identity, duplicates, customer updates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from stedi_assets.cli import run_lakehouse
+from stedi_assets.resources import StediSettings
+
+T0 = 1_655_564_376_000
+
+
+def customer(email: str, serial: str, consent: int | None, updated: int = T0, **extra) -> dict:
+    return {
+        "customerName": email.split("@")[0],
+        "email": email,
+        "phone": "8015551212",
+        "birthDay": "1399-01-01",
+        "serialNumber": serial,
+        "registrationDate": T0,
+        "lastUpdateDate": updated,
+        "shareWithResearchAsOfDate": consent,
+        **extra,
+    }
+
+
+def lines(*rows: dict | str) -> str:
+    return "".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows)
+
+
+@pytest.fixture
+def messy_landing(tmp_path: Path) -> Path:
+    root = tmp_path / "landing"
+    for source in ("customer", "accelerometer", "step_trainer"):
+        (root / source).mkdir(parents=True)
+    # Anna consents; Ben consented, then withdrew in a later update (in another file); Cy never consented.
+    (root / "customer" / "customer-1.json").write_bytes(
+        b"\xef\xbb\xbf"
+        + lines(
+            customer("Anna@Test.com", "SER-A", T0),
+            customer("ben@test.com", "SER-B", T0),
+            '{"email": "cy@test.com", "serialNumber": "SER-C"}',
+            '{"email": "nobody@test.com"}',
+            '{"customerName": "Half", "email": "half@test.com", "serialNumb',
+        )
+        .replace("\n", "\r\n")
+        .encode()
+    )
+    (root / "customer" / "customer-2.json").write_text(
+        "\n" + lines(customer(" BEN@test.com ", "SER-B", None, updated=T0 + 1000)) + "\n"
+    )
+    (root / "customer" / "empty.json").write_text("")
+    for junk in ("_SUCCESS", ".DS_Store", "README.txt"):
+        (root / "customer" / junk).write_text("not json at all\n")
+
+    readings = lines(
+        {"user": " anna@test.com", "timestamp": T0, "x": 1.0, "y": 0.0, "z": 0.0},
+        {"USER": "Anna@Test.com", "Timestamp": str(T0 + 1), "x": "0.5", "y": 0, "z": -1},
+        {"user": "ben@test.com", "timestamp": T0, "x": 9.0, "y": 9.0, "z": 9.0},
+        {"user": "cy@test.com", "timestamp": T0, "x": 8.0, "y": 8.0, "z": 8.0},
+        {"user": "anna@test.com", "timestamp": "soon", "x": 1.0, "y": 1.0, "z": 1.0},
+    )
+    (root / "accelerometer" / "accelerometer-1.json").write_text(readings)
+    (root / "accelerometer" / "accelerometer-1-resent.json").write_text(readings)
+    (root / "accelerometer" / "accelerometer-2.json").write_bytes(
+        b'{"user": "anna@test.com", "timestamp": 1, "x": 1, "y": 1, "z": 1}\n\xff\xfe garbage\n'
+    )
+    (root / "step_trainer" / "step_trainer-1.json").write_text(
+        lines(
+            {"sensorReadingTime": T0, "serialNumber": "ser-a ", "distanceFromObject": 200},
+            {"sensorReadingTime": T0 + 1, "serialNumber": "SER-A", "distanceFromObject": "201"},
+            {"sensorReadingTime": T0, "serialNumber": "SER-B", "distanceFromObject": 300},
+            {"sensorReadingTime": T0, "serialNumber": "SER-C", "distanceFromObject": 400},
+            {"sensorReadingTime": T0, "distanceFromObject": 500},
+        )
+    )
+    return root
+
+
+@pytest.fixture
+def messy_run(messy_landing: Path, tmp_path: Path) -> tuple[dict, Path]:
+    lakehouse = tmp_path / "lakehouse"
+    settings = StediSettings(landing_uri=str(messy_landing), lakehouse_uri=str(lakehouse), max_reject_rate=0.5)
+    return run_lakehouse(settings), lakehouse
+
+
+def read(lakehouse: Path, zone: str, name: str) -> pl.DataFrame:
+    return pl.read_delta(str(lakehouse / zone / name))
+
+
+def test_quarantine_holds_exactly_the_bad_lines(messy_run, messy_landing: Path):
+    summary, lakehouse = messy_run
+    rejects = {
+        source: read(lakehouse, "quarantine", f"{source}_rejects")
+        .with_columns(pl.col("_source_file").str.split("/").list.last())
+        .select("_source_file", "_line_number", "reason")
+        .sort("_source_file", "_line_number")
+        .rows()
+        for source in ("customer", "accelerometer", "step_trainer")
+    }
+    assert rejects == {
+        "customer": [
+            ("customer-1.json", 4, "missing required field serialNumber"),
+            ("customer-1.json", 5, "not valid JSON"),
+        ],
+        "accelerometer": [
+            ("accelerometer-1-resent.json", 5, "timestamp: 'soon' is not an integer"),
+            ("accelerometer-1.json", 5, "timestamp: 'soon' is not an integer"),
+            ("accelerometer-2.json", 2, "invalid UTF-8"),
+        ],
+        "step_trainer": [("step_trainer-1.json", 5, "missing required field serialNumber")],
+    }
+    raw = read(lakehouse, "quarantine", "customer_rejects").sort("_line_number")["raw_line"].to_list()
+    assert raw == ['{"email": "nobody@test.com"}', '{"customerName": "Half", "email": "half@test.com", "serialNumb']
+
+
+def test_every_line_accounted_for_and_rejects_warn(messy_run):
+    summary, _ = messy_run
+    assert summary["success"], summary["errors"]
+    assert {n: summary["tables"][n]["rows"] for n in ("customer_landing", "accelerometer_landing", "step_trainer_landing")} == {
+        "customer_landing": 4,
+        "accelerometer_landing": 9,
+        "step_trainer_landing": 4,
+    }
+    checks = {(c["asset"], c["name"]): c for c in summary["checks"]}
+    conserved = checks[("customer_landing", "lines_conserved")]
+    assert conserved["passed"] and conserved["summary"] == "6 non-blank lines read, 4 accepted + 2 rejected"
+    rate = checks[("accelerometer_landing", "reject_rate")]
+    assert (rate["passed"], rate["severity"]) == (False, "WARN")
+    assert rate["summary"] == "3 of 12 lines rejected (25.00%; limit 50.00%)"
+
+
+def test_reject_rate_above_limit_is_an_error(messy_landing: Path, tmp_path: Path):
+    summary = run_lakehouse(
+        StediSettings(landing_uri=str(messy_landing), lakehouse_uri=str(tmp_path / "lh"), max_reject_rate=0.1)
+    )
+    rate = next(c for c in summary["checks"] if (c["asset"], c["name"]) == ("accelerometer_landing", "reject_rate"))
+    assert (rate["passed"], rate["severity"]) == (False, "ERROR")
+    assert rate["summary"] == "3 of 12 lines rejected (25.00%; limit 10.00%)"
+    assert summary["success"] is False
+
+
+def test_landing_rows_trace_back_to_their_line(messy_run):
+    _, lakehouse = messy_run
+    landing = read(lakehouse, "landing", "customer_landing").sort("_source_file", "_line_number")
+    assert landing.select(pl.col("_source_file").str.split("/").list.last(), "_line_number", "email").rows() == [
+        ("customer-1.json", 1, "Anna@Test.com"),
+        ("customer-1.json", 2, "ben@test.com"),
+        ("customer-1.json", 3, "cy@test.com"),
+        ("customer-2.json", 2, "BEN@test.com"),
+    ]
+    assert landing["_ingested_at"].null_count() == 0
+
+
+def test_withdrawn_and_non_consenting_customers_reach_nothing_downstream(messy_run):
+    _, lakehouse = messy_run
+    assert read(lakehouse, "trusted", "customer_trusted")["email"].to_list() == ["Anna@Test.com"]
+    assert read(lakehouse, "curated", "customer_curated")["email"].to_list() == ["Anna@Test.com"]
+    accel = read(lakehouse, "trusted", "accelerometer_trusted").sort("timestamp")
+    assert accel.rows() == [
+        ("anna@test.com", 1, 1.0, 1.0, 1.0),
+        ("anna@test.com", T0, 1.0, 0.0, 0.0),
+        ("Anna@Test.com", T0 + 1, 0.5, 0.0, -1.0),
+    ]
+    steps = read(lakehouse, "trusted", "step_trainer_trusted").sort("sensorReadingTime")
+    assert steps.rows() == [(T0, "ser-a", 200), (T0 + 1, "SER-A", 201)]
+    ml = read(lakehouse, "curated", "machine_learning_curated")
+    assert ml.height == 2
+    for table in (accel, steps, ml):
+        serials = table["serialNumber"].str.to_lowercase().to_list() if "serialNumber" in table.columns else []
+        assert not {"ser-b", "ser-c"} & set(serials)
+    assert not {"ben@test.com", "cy@test.com"} & set(ml["user"].str.strip_chars().str.to_lowercase())
+
+
+def test_resent_file_counts_once_downstream(messy_run):
+    summary, _ = messy_run
+    assert summary["tables"]["accelerometer_landing"]["rows"] == 9
+    assert summary["tables"]["accelerometer_trusted"]["rows"] == 3
+    duplicates = [c for c in summary["checks"] if c["name"] == "no_duplicate_rows"]
+    assert duplicates and all(c["passed"] for c in duplicates)

@@ -14,15 +14,18 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 
 install: $(BIN)/.installed
 
-demo: install
+$(DAGSTER_HOME)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME)
+	cp -n deploy/dagster.yaml $@
+
+demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/stedi generate --out data/landing
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/stedi run --landing data/landing --lakehouse lakehouse
 
 test: install
 	$(BIN)/python -m pytest
 
-dev: install
-	mkdir -p $(DAGSTER_HOME)
+dev: install $(DAGSTER_HOME)/dagster.yaml
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev
 
 clean:

@@ -119,6 +119,7 @@ def summarize(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
         "tables": tables,
         "checks": checks,
         "errors": errors,
+        "retries": _retries(result.all_events),
     }
 
 
@@ -140,6 +141,14 @@ def _step_errors(events: Sequence[dg.DagsterEvent]) -> list[str]:
                 last_error[event.step_key] = _error_line(failure.error)
             failed.append(event.step_key)
     return [f"{step}: {last_error.get(step, 'failed')}" for step in failed]
+
+
+def _retries(events: Sequence[dg.DagsterEvent]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for event in events:
+        if event.is_step_up_for_retry:
+            counts[event.step_key] = counts.get(event.step_key, 0) + 1
+    return counts
 
 
 def _error_line(error: Any) -> str:

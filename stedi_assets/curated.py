@@ -19,7 +19,7 @@ def _curated(name: str):
         kinds=KINDS,
         description=table(name).description,
         retry_policy=STORAGE_RETRY,
-        pool="lakehouse_writes",
+        pool=f"delta_{name}",
     )
 
 

@@ -14,10 +14,11 @@ import polars as pl
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from stedi_assets.resources import StediSettings, delta_error_message, storage_options, table_uri
+from stedi_assets.resources import StediSettings, storage_failure, storage_options, table_uri
 from stedi_assets.schemas import TABLES, Table
 
 PREVIEW_ROWS = 5
+LAKEHOUSE_SETTING = "--lakehouse / STEDI_LAKEHOUSE_URI"
 
 
 def asset_table(key: dg.AssetKey) -> Table:
@@ -87,7 +88,7 @@ def write_table(uri: str, frame: pl.LazyFrame) -> None:
             delta_write_options={"schema_mode": "overwrite"},
         )
     except (OSError, DeltaError) as error:
-        raise dg.Failure(delta_error_message(uri, error)) from error
+        raise storage_failure(uri, error, LAKEHOUSE_SETTING) from error
 
 
 def open_table(uri: str, version: int | None = None) -> DeltaTable:
@@ -101,7 +102,7 @@ def open_table(uri: str, version: int | None = None) -> DeltaTable:
             allow_retries=False,
         ) from None
     except (OSError, DeltaError) as error:
-        raise dg.Failure(delta_error_message(uri, error)) from error
+        raise storage_failure(uri, error, LAKEHOUSE_SETTING) from error
 
 
 def scan_table(uri: str, version: int | None = None) -> pl.LazyFrame:

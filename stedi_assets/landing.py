@@ -26,7 +26,7 @@ def _ingest_asset(source: str) -> dg.AssetsDefinition:
             ),
         },
         retry_policy=STORAGE_RETRY,
-        pool="lakehouse_writes",
+        pool=f"delta_{source}_ingest",
     )
     def ingest(landing: LandingZone):
         lines = landing.read_lines(source).lazy()

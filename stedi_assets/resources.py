@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import dagster as dg
 import polars as pl
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError
 from dagster_aws.s3 import S3Resource
 
 from stedi_assets.transforms import MlJoin, empty_raw_lines, raw_lines
@@ -144,46 +144,39 @@ class LandingZone(dg.ConfigurableResource):
                 for key, modified in objects
             ]
         except (ClientError, BotoCoreError) as error:
-            raise dg.Failure(s3_error_message(uri, error), allow_retries=_transient(error)) from error
-
-
-def _transient(error: Exception) -> bool:
-    if isinstance(error, ClientError):
-        return error.response.get("Error", {}).get("Code") in {"SlowDown", "InternalError", "ServiceUnavailable"}
-    return isinstance(error, EndpointConnectionError)
+            raise storage_failure(uri, error, "--landing / STEDI_LANDING_URI") from error
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_DENIED = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "403 Forbidden")
+_UNREACHABLE = ("Connection refused", "operation timed out", "dns error", "Could not connect to the endpoint")
+_THROTTLED = ("SlowDown", "ServiceUnavailable", "InternalError", "503", "500 Internal")
 
 
-def delta_error_message(uri: str, error: Exception) -> str:
-    """One readable sentence for a delta-rs / object-store failure on a lakehouse table."""
+def storage_failure(uri: str, error: Exception, setting: str) -> dg.Failure:
+    """One readable sentence for a storage failure (boto3 or delta-rs): which URI, what to fix.
+
+    Only faults that can pass (an unreachable endpoint, throttling) are left to the RetryPolicy;
+    a missing bucket or refused credentials fail at once.
+    """
     text = _ANSI.sub("", str(error))
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
+    denied = next((code for code in _DENIED if code in text), None)
     if "NoSuchBucket" in text:
-        return f"Bucket of {uri} does not exist at {endpoint}: create it or fix --lakehouse / STEDI_LAKEHOUSE_URI."
-    if "Connection refused" in text or "operation timed out" in text or "dns error" in text:
-        return f"Cannot reach {endpoint} for {uri}: check AWS_ENDPOINT_URL and that the S3 server is running."
-    if "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or "AccessDenied" in text or "403" in text:
-        return f"Access to {uri} was denied: check the AWS credentials and the bucket policy."
-    if "URL scheme is not allowed" in text:
-        return f"{endpoint} is plain http: set AWS_ALLOW_HTTP=true (done automatically for http AWS_ENDPOINT_URL)."
-    first = next((line.strip(" ↳") for line in text.splitlines() if line.strip()), text)
-    return f"Storage error on {uri}: {first}"
-
-
-def s3_error_message(uri: str, error: Exception) -> str:
-    """One readable sentence about an S3 failure: what went wrong with which URI and what to fix."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
-    if isinstance(error, NoCredentialsError):
-        return f"No AWS credentials for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)."
-    if isinstance(error, EndpointConnectionError):
-        return f"Cannot reach {endpoint} for {uri}: check AWS_ENDPOINT_URL and that the S3 server is running."
-    if isinstance(error, ClientError):
-        code = error.response.get("Error", {}).get("Code", "")
-        if code == "NoSuchBucket":
-            return f"Bucket of {uri} does not exist at {endpoint}: create it or fix the URI."
-        if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}:
-            return f"Access to {uri} was denied ({code}): check the AWS credentials and the bucket policy."
-        return f"S3 refused {uri} ({code}): {error}"
-    return f"S3 error on {uri}: {error}"
+        message, transient = f"Bucket of {uri} does not exist at {endpoint}: create it or fix {setting}.", False
+    elif denied:
+        code = denied.replace("403 Forbidden", "403")
+        message = f"Access to {uri} was denied ({code}): check the AWS credentials and the bucket policy."
+        transient = False
+    elif "Unable to locate credentials" in text:
+        message = f"No AWS credentials for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)."
+        transient = False
+    elif "URL scheme is not allowed" in text:
+        message, transient = f"{endpoint} is plain http: set AWS_ALLOW_HTTP=true for {uri}.", False
+    elif any(marker in text for marker in _UNREACHABLE):
+        message = f"Cannot reach {endpoint} for {uri}: check AWS_ENDPOINT_URL and that the S3 server is running."
+        transient = True
+    else:
+        first = next((line.strip(" ↳") for line in text.splitlines() if line.strip()), text)
+        message, transient = f"Storage error on {uri}: {first}", any(m in text for m in _THROTTLED)
+    return dg.Failure(message, allow_retries=transient)

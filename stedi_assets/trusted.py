@@ -22,7 +22,7 @@ def _trusted(name: str):
         kinds=KINDS,
         description=table(name).description,
         retry_policy=STORAGE_RETRY,
-        pool="lakehouse_writes",
+        pool=f"delta_{name}",
     )
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
@@ -58,24 +59,25 @@ def generated_landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """A real S3 API (moto's server mode) on 127.0.0.1, in its own process for the whole session.
+@contextmanager
+def moto_server(extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real S3 API (moto's server mode) on 127.0.0.1 in its own process.
 
-    In-process (ThreadedMotoServer) it shares the GIL with delta-rs calls that block on HTTP.
+    In-process (ThreadedMotoServer) it would share the GIL with delta-rs calls that block on HTTP.
     """
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **(extra_env or {})},
     )
     try:
         deadline = time.monotonic() + 30
@@ -91,6 +93,12 @@ def s3_endpoint() -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

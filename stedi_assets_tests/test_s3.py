@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -10,7 +11,7 @@ import pytest
 
 from stedi_assets.cli import run_lakehouse
 from stedi_assets.resources import StediSettings, storage_options
-from stedi_assets_tests.conftest import make_bucket, upload_tree
+from stedi_assets_tests.conftest import free_port, make_bucket, moto_server, upload_tree
 
 pytestmark = pytest.mark.s3
 
@@ -66,7 +67,58 @@ def test_missing_lakehouse_bucket_is_one_clear_error(s3_env: str, generated_land
     )
 
     assert not summary["success"]
+    assert summary["retries"] == {}
     assert summary["errors"] == [
         "ingest_customer: Bucket of s3://no-such-lake/lh/landing/customer_landing does not exist at "
         f"{s3_env}: create it or fix --lakehouse / STEDI_LAKEHOUSE_URI."
     ]
+
+
+@pytest.fixture(scope="module")
+def s3_with_auth() -> Iterator[str]:
+    """A second S3 server that checks credentials (moto with IAM auth on from the first request)."""
+    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:
+        yield endpoint
+
+
+def test_bad_credentials_are_one_clear_error(s3_with_auth: str, s3_env: str, monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_with_auth)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-a-key")
+    summary = run_lakehouse(
+        StediSettings(landing_uri="s3://stedi-landing/landing", lakehouse_uri=str(tmp_path)),
+        select="key:customer_landing",
+    )
+
+    assert summary["errors"] == [
+        "ingest_customer: Access to s3://stedi-landing/landing/customer/ was denied (InvalidAccessKeyId): "
+        "check the AWS credentials and the bucket policy."
+    ]
+
+
+def test_bad_credentials_on_the_lakehouse(s3_with_auth: str, s3_env: str, monkeypatch, generated_landing: Path):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_with_auth)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-a-key")
+    summary = run_lakehouse(
+        StediSettings(landing_uri=str(generated_landing), lakehouse_uri="s3://stedi-lake/lh"),
+        select="key:customer_landing",
+    )
+
+    assert summary["errors"] == [
+        "ingest_customer: Access to s3://stedi-lake/lh/landing/customer_landing was denied (InvalidAccessKeyId): "
+        "check the AWS credentials and the bucket policy."
+    ]
+
+
+def test_unreachable_endpoint_is_retried_then_one_clear_error(s3_env: str, monkeypatch, tmp_path: Path):
+    closed = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", closed)
+    summary = run_lakehouse(
+        StediSettings(landing_uri="s3://stedi-landing/landing", lakehouse_uri=str(tmp_path)),
+        select="key:customer_landing",
+    )
+
+    assert summary["errors"] == [
+        f"ingest_customer: Cannot reach {closed} for s3://stedi-landing/landing/customer/: "
+        "check AWS_ENDPOINT_URL and that the S3 server is running."
+    ]
+    assert summary["retries"] == {"ingest_customer": 3}

@@ -175,9 +175,10 @@ def conservation(lines_read: int, accepted: int, rejected: int) -> Verdict:
 
 
 def reject_rate(lines_read: int, rejected: int, max_rate: float) -> Verdict:
+    """Fails on any reject; `observed` (the rate) against `expected` (the limit) sets how loudly."""
     rate = rejected / lines_read if lines_read else 0.0
     return Verdict(
-        rate <= max_rate,
+        rejected == 0,
         f"{rejected} of {lines_read} lines rejected ({rate:.2%}; limit {max_rate:.2%})",
         rate,
         max_rate,

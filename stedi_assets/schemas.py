@@ -6,7 +6,7 @@ the asset metadata (column schema) and the checks (schema and privacy contracts)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import polars as pl
 
@@ -42,9 +42,9 @@ class Table:
     zone: str
     description: str
     columns: tuple[Column, ...]
-    key: tuple[str, ...] = ()
+    key: str | None = None
+    """Identity column: at most one row per trimmed, lower-cased value."""
     with_provenance: bool = False
-    extra_dtypes: dict[str, pl.DataType] = field(default_factory=dict)
 
     @property
     def dtypes(self) -> dict[str, pl.DataType]:
@@ -52,10 +52,6 @@ class Table:
         if self.with_provenance:
             declared.update(PROVENANCE)
         return declared
-
-    @property
-    def column_names(self) -> list[str]:
-        return list(self.dtypes)
 
 
 def _epoch(name: str, description: str, **kwargs: bool) -> Column:
@@ -154,7 +150,7 @@ TABLES: dict[str, Table] = {
             TRUSTED,
             "Current state of each customer who agreed to share their data for research.",
             CUSTOMER_COLUMNS,
-            key=("email",),
+            key="email",
         ),
         Table(
             "accelerometer_trusted",
@@ -173,7 +169,7 @@ TABLES: dict[str, Table] = {
             CURATED,
             "Consenting customers who have accelerometer data: the population of the training set.",
             CUSTOMER_COLUMNS,
-            key=("email",),
+            key="email",
         ),
         Table(
             "machine_learning_curated",

@@ -67,7 +67,6 @@ def assert_verdict(
         assert_frame_equal(verdict.offending, offending)
 
 
-# ---------------------------------------------------------------- consent
 
 
 LANDING = customer_landing(customer("a@x.com", "s1"), customer("b@x.com", "s2", consent=0))
@@ -99,7 +98,6 @@ def test_consent_fails_missing_consenting_customer() -> None:
     assert_verdict(contracts.consent(trusted.lazy(), LANDING), False, 0, 1, trusted)
 
 
-# ---------------------------------------------------------------- belongs_to
 
 
 PARENTS = rows_frame("customer_trusted", [customer(" A@x.COM", "s1")]).lazy()
@@ -118,7 +116,6 @@ def test_belongs_to_fails_orphans() -> None:
     assert verdict.summary == "1 rows whose user is not a trusted customer"
 
 
-# ---------------------------------------------------------------- both_sides_present / cross_customer
 
 
 def ml_frame(*rows: dict[str, Any]) -> pl.DataFrame:
@@ -169,7 +166,6 @@ def test_cross_customer_flags_the_seed_join_only() -> None:
     assert contracts.cross_customer(owner, CURATED).passed
 
 
-# ---------------------------------------------------------------- profile_columns / schema_matches
 
 
 def test_profile_columns_pass_sensor_columns() -> None:
@@ -224,7 +220,6 @@ def test_schema_provenance_is_declared_for_landing_only() -> None:
     assert contracts.schema_matches(with_provenance, ACCEL).observed == 3
 
 
-# ---------------------------------------------------------------- duplicate_rows / unique_identity
 
 
 def test_duplicate_rows_pass_distinct_rows() -> None:
@@ -253,7 +248,6 @@ def test_unique_identity_fails_same_email_other_spelling() -> None:
     assert verdict.summary == "2 rows share their email with another row"
 
 
-# ---------------------------------------------------------------- row_count
 
 
 @pytest.mark.parametrize(
@@ -276,7 +270,6 @@ def test_row_count(
     assert verdict.summary == summary
 
 
-# ---------------------------------------------------------------- conservation / reject_rate
 
 
 def test_conservation_passes_when_every_line_is_accounted() -> None:
@@ -293,14 +286,18 @@ def test_conservation_fails_invented_line() -> None:
     assert_verdict(contracts.conservation(10, 8, 3), False, 11, 10)
 
 
-def test_reject_rate_passes_at_the_limit() -> None:
+def test_reject_rate_fails_on_any_reject_and_reports_the_rate() -> None:
     verdict = contracts.reject_rate(200, 2, 0.01)
-    assert_verdict(verdict, True, 0.01, 0.01)
+    assert_verdict(verdict, False, 0.01, 0.01)
     assert verdict.summary == "2 of 200 lines rejected (1.00%; limit 1.00%)"
 
 
-def test_reject_rate_fails_above_the_limit() -> None:
+def test_reject_rate_above_the_limit_is_observed_above_expected() -> None:
     assert_verdict(contracts.reject_rate(200, 3, 0.01), False, 0.015, 0.01)
+
+
+def test_reject_rate_passes_without_rejects() -> None:
+    assert_verdict(contracts.reject_rate(200, 0, 0.01), True, 0.0, 0.01)
 
 
 def test_reject_rate_of_nothing_read_is_zero() -> None:

@@ -17,7 +17,6 @@ LANDED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 CONSENT = 1_655_564_376_361
 
 
-# ---------------------------------------------------------------- helpers
 
 
 def rows_frame(name: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
@@ -123,7 +122,6 @@ def rejects(*rows: tuple[int, str, str]) -> pl.DataFrame:
     )
 
 
-# ---------------------------------------------------------------- raw_lines
 
 
 def test_lines_numbered_per_file() -> None:
@@ -164,7 +162,6 @@ def test_invalid_utf8_flags_only_its_line() -> None:
     )
 
 
-# ---------------------------------------------------------------- parse_landing
 
 
 def test_keys_match_case_insensitively_and_unknown_keys_are_ignored() -> None:
@@ -297,7 +294,6 @@ def test_null_line_is_not_an_object() -> None:
     assert_frame_equal(rejected(blob, "customer"), rejects((2, "not a JSON object", "null")))
 
 
-# ---------------------------------------------------------------- customer_current_state / customer_trusted
 
 
 def test_latest_update_wins() -> None:
@@ -356,7 +352,6 @@ def test_consent_zero_or_null_is_not_consent() -> None:
     assert_rows(transforms.customer_trusted(frame), declared("customer_trusted", customer("yes@x.com", "s3")))
 
 
-# ---------------------------------------------------------------- accelerometer_trusted / customer_curated
 
 
 def test_accelerometer_only_trusted_users() -> None:
@@ -391,7 +386,6 @@ def test_curated_needs_a_reading() -> None:
     assert_rows(transforms.customer_curated(trusted.lazy(), readings.lazy()), expected)
 
 
-# ---------------------------------------------------------------- step_trainer_trusted
 
 
 def test_step_trainer_only_curated_serials() -> None:
@@ -443,7 +437,6 @@ def test_serial_released_by_earlier_record_is_attributable() -> None:
     assert transforms.ambiguous_serials(landing_customers, curated).collect().height == 0
 
 
-# ---------------------------------------------------------------- machine_learning_curated
 
 
 def ml_row(st: dict[str, Any], acc: dict[str, Any]) -> dict[str, Any]:

@@ -98,7 +98,11 @@ def serials_belong_to_curated_customers(
 ) -> dg.AssetCheckResult:
     return check_result(
         contracts.belongs_to(
-            step_trainer_trusted, "serialNumber", customer_curated, "serialNumber", "a curated customer's device"
+            step_trainer_trusted,
+            "serialNumber",
+            customer_curated,
+            "serialNumber",
+            "a curated customer's device",
         )
     )
 

@@ -6,10 +6,12 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.asset_selection import DagsterInvalidAssetSelectionError
 
 from stedi_assets.resources import DEFAULT_LAKEHOUSE_URI, DEFAULT_LANDING_URI, StediSettings
 from stedi_assets.transforms import MlJoin
@@ -31,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ml-join", choices=[m.value for m in MlJoin])
     run.add_argument("--expectations", help="JSON file of exact row counts to check")
     run.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    run.add_argument("--verbose", action="store_true", help="stream Dagster's event log to stderr")
 
     sql = commands.add_parser("sql", help="query the lakehouse tables with DuckDB")
     sql.add_argument("query")
@@ -41,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     if args.command == "generate":
         return _generate(args)
     if args.command == "run":
@@ -60,6 +65,7 @@ def run_lakehouse(
     settings: StediSettings,
     select: str | dg.AssetSelection = "*",
     instance: dg.DagsterInstance | None = None,
+    log_level: str = "DEBUG",
 ) -> dict[str, Any]:
     """Materializes the selection with its checks in process; returns the run summary."""
     from stedi_assets.checks import all_checks
@@ -73,6 +79,8 @@ def run_lakehouse(
         selection = dg.AssetSelection.all()
     else:
         selection = dg.AssetSelection.from_string(select).required_multi_asset_neighbors()
+        if not selection.resolve(all_assets):
+            raise EmptySelection("it matches no asset")
     result = dg.materialize(
         [*all_assets, *all_checks],
         selection=selection,
@@ -80,8 +88,13 @@ def run_lakehouse(
         resources=build_resources(settings),
         raise_on_error=False,
         tags={"stedi/launched_by": "stedi run"},
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
     )
     return summarize(result)
+
+
+class EmptySelection(ValueError):
+    pass
 
 
 def _instance() -> dg.DagsterInstance:
@@ -165,8 +178,8 @@ def _run(args: argparse.Namespace) -> int:
         expectations_file=args.expectations,
     )
     try:
-        summary = run_lakehouse(settings, args.select)
-    except dg.DagsterInvalidSubsetError as error:
+        summary = run_lakehouse(settings, args.select, log_level="DEBUG" if args.verbose else "WARNING")
+    except (dg.DagsterInvalidSubsetError, DagsterInvalidAssetSelectionError, EmptySelection) as error:
         print(f"stedi run: invalid --select {args.select!r}: {error}", file=sys.stderr)
         return 2
     if args.json:
@@ -178,7 +191,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def format_summary(summary: dict[str, Any]) -> str:
     lines = ["table                       rows  uri"]
-    lines += [f"{name:<24}{info['rows']:>8}  {info['uri']}" for name, info in sorted(summary["tables"].items())]
+    lines += [
+        f"{name:<24}{info['rows']:>8}  {info['uri']}" for name, info in sorted(summary["tables"].items())
+    ]
     lines += ["", f"{'check':<58}severity  result"]
     for check in summary["checks"]:
         outcome = "pass" if check["passed"] else ("warn" if check["severity"] == "WARN" else "FAIL")

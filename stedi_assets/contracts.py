@@ -13,8 +13,8 @@ import polars as pl
 
 from stedi_assets.schemas import PROFILE_COLUMNS, Table
 from stedi_assets.transforms import (
-    customer_current_state,
     cross_customer_pairs,
+    customer_current_state,
     has_research_consent,
     identity,
 )
@@ -64,9 +64,7 @@ def consent(customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame) -> V
     )
 
 
-def orphans(
-    child: pl.LazyFrame, child_key: str, parent: pl.LazyFrame, parent_key: str
-) -> pl.LazyFrame:
+def orphans(child: pl.LazyFrame, child_key: str, parent: pl.LazyFrame, parent_key: str) -> pl.LazyFrame:
     """Rows of child whose identity key has no match in parent."""
     keys = parent.select(_key=identity(parent_key)).unique()
     return child.join(keys, left_on=identity(child_key), right_on="_key", how="anti")
@@ -81,9 +79,7 @@ def belongs_to(
 
 def both_sides_present(machine_learning_curated: pl.LazyFrame) -> Verdict:
     missing = machine_learning_curated.filter(
-        pl.any_horizontal(
-            pl.col("sensorReadingTime", "serialNumber", "distanceFromObject").is_null()
-        )
+        pl.any_horizontal(pl.col("sensorReadingTime", "serialNumber", "distanceFromObject").is_null())
         | pl.any_horizontal(pl.col("user", "timestamp", "x", "y", "z").is_null())
         | (pl.col("sensorReadingTime") != pl.col("timestamp"))
     )

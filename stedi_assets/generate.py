@@ -33,19 +33,88 @@ import uuid
 import polars as pl
 
 _FIRST_NAMES = (
-    "Santosh", "Sarah", "Spencer", "Jerry", "Frank", "Angie", "Lyn", "Bobby",
-    "Ben", "Chris", "Danny", "Ethan", "Gail", "Jackie", "Jeff", "Jim", "John",
-    "Kathy", "Larry", "Liz", "Mohammed", "Neeraj", "Olivia", "Rafael", "Raju",
-    "Robert", "Sean", "Senthil", "Steph", "Trevor", "Ava", "Maya", "Nadia",
-    "Omar", "Priya", "Quinn", "Rosa", "Tariq", "Uma", "Wei",
+    "Santosh",
+    "Sarah",
+    "Spencer",
+    "Jerry",
+    "Frank",
+    "Angie",
+    "Lyn",
+    "Bobby",
+    "Ben",
+    "Chris",
+    "Danny",
+    "Ethan",
+    "Gail",
+    "Jackie",
+    "Jeff",
+    "Jim",
+    "John",
+    "Kathy",
+    "Larry",
+    "Liz",
+    "Mohammed",
+    "Neeraj",
+    "Olivia",
+    "Rafael",
+    "Raju",
+    "Robert",
+    "Sean",
+    "Senthil",
+    "Steph",
+    "Trevor",
+    "Ava",
+    "Maya",
+    "Nadia",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Tariq",
+    "Uma",
+    "Wei",
 )
 _LAST_NAMES = (
-    "Clayton", "Jones", "Lincoln", "Huey", "Davis", "Aristotle", "Anandh",
-    "Gonzalez", "Spencer", "Mitra", "Hansen", "Alfaro", "Doshi", "Kim", "Habschied",
-    "Lewis", "Wu", "Staples", "Young", "Stafford", "Khatri", "Abram", "Fibonacci",
-    "Gauss", "Hopper", "Lovelace", "Noether", "Ramanujan", "Turing", "Euler",
-    "Okafor", "Petrov", "Quist", "Rivera", "Sato", "Tanaka", "Urbina", "Vega",
-    "Weber", "Zhou",
+    "Clayton",
+    "Jones",
+    "Lincoln",
+    "Huey",
+    "Davis",
+    "Aristotle",
+    "Anandh",
+    "Gonzalez",
+    "Spencer",
+    "Mitra",
+    "Hansen",
+    "Alfaro",
+    "Doshi",
+    "Kim",
+    "Habschied",
+    "Lewis",
+    "Wu",
+    "Staples",
+    "Young",
+    "Stafford",
+    "Khatri",
+    "Abram",
+    "Fibonacci",
+    "Gauss",
+    "Hopper",
+    "Lovelace",
+    "Noether",
+    "Ramanujan",
+    "Turing",
+    "Euler",
+    "Okafor",
+    "Petrov",
+    "Quist",
+    "Rivera",
+    "Sato",
+    "Tanaka",
+    "Urbina",
+    "Vega",
+    "Weber",
+    "Zhou",
 )
 _PLACEHOLDER_BIRTHDAYS = ("1399-01-01", "1900-01-01")
 _PHONE = "8015551212"
@@ -90,9 +159,7 @@ _U64 = pl.UInt64
 _GOLDEN = 0x9E3779B97F4A7C15
 
 
-def generate_landing(
-    out_dir: str | pathlib.Path, customers: int = 200, seed: int = 42
-) -> dict[str, int]:
+def generate_landing(out_dir: str | pathlib.Path, customers: int = 200, seed: int = 42) -> dict[str, int]:
     """Writes <out_dir>/customer/*.json, <out_dir>/accelerometer/*.json, <out_dir>/step_trainer/*.json (JSON lines) and returns the number of lines written per source {"customer": n, "accelerometer": n, "step_trainer": n}."""
     rng = random.Random(seed)
     people = _customers(customers, rng)
@@ -131,9 +198,7 @@ def _birthday(rng: random.Random) -> str:
     return (dt.date(1935, 1, 1) + dt.timedelta(days=rng.randrange(70 * 365))).isoformat()
 
 
-def _share_date(
-    rng: random.Random, registered_ms: int, rate: float, zero_rate: float = 0.0
-) -> int | None:
+def _share_date(rng: random.Random, registered_ms: int, rate: float, zero_rate: float = 0.0) -> int | None:
     """Consent dates equal the registration time; 0 is the bogus value some real rows carry."""
     u = rng.random()
     if u < zero_rate:
@@ -145,9 +210,7 @@ def _customers(n: int, rng: random.Random) -> pl.DataFrame:
     """One row per customer, plus the hidden reading plan (count, cadence, devices)."""
     names = _unique_names(n, rng)
     serials = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(n)]
-    registered = [
-        _FIRST_REGISTRATION_MS + rng.randrange(_REGISTRATION_WINDOW_MS) for _ in range(n)
-    ]
+    registered = [_FIRST_REGISTRATION_MS + rng.randrange(_REGISTRATION_WINDOW_MS) for _ in range(n)]
     cadence = [rng.randint(*_READING_STEP_MS_RANGE) for _ in range(n)]
     has_accelerometer = [rng.random() < _ACCELEROMETER_RATE for _ in range(n)]
     has_step_trainer = [a and rng.random() < _STEP_TRAINER_RATE for a in has_accelerometer]
@@ -165,9 +228,7 @@ def _customers(n: int, rng: random.Random) -> pl.DataFrame:
         registered[copy] = registered[original]
         cadence[copy] = cadence[original]
 
-    research = [
-        _share_date(rng, r, _RESEARCH_CONSENT_RATE, _RESEARCH_ZERO_RATE) for r in registered
-    ]
+    research = [_share_date(rng, r, _RESEARCH_CONSENT_RATE, _RESEARCH_ZERO_RATE) for r in registered]
     public = [_share_date(rng, r, _OTHER_SHARE_RATE) for r in registered]
     friends = [_share_date(rng, r, _OTHER_SHARE_RATE) for r in registered]
 

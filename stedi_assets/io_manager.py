@@ -44,6 +44,7 @@ def column_schema(declared: Table) -> dg.TableSchema:
 
 def markdown_table(frame: pl.DataFrame) -> str:
     """A GitHub-style markdown table; Dagster renders it as the preview."""
+
     def cell(value: Any) -> str:
         return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
 

@@ -33,13 +33,16 @@ def _ingest_asset(source: str) -> dg.AssetsDefinition:
         parsed = transforms.parse_landing(lines, source, transforms.json_keys(lines)).collect()
         accepted = transforms.accepted_rows(parsed.lazy(), source)
         rejected = transforms.rejected_rows(parsed.lazy())
-        yield dg.MaterializeResult(asset_key=landing_name, value=accepted, metadata={"lines_read": parsed.height})
+        yield dg.MaterializeResult(
+            asset_key=landing_name, value=accepted, metadata={"lines_read": parsed.height}
+        )
         yield dg.MaterializeResult(asset_key=rejects_name, value=rejected)
 
-    ingest.__doc__ = f"Reads every *.json file of the {source} source; lines that fail to parse are quarantined."
+    ingest.__doc__ = (
+        f"Reads every *.json file of the {source} source; lines that fail to parse are quarantined."
+    )
     return ingest
 
 
 customer_landing, accelerometer_landing, step_trainer_landing = (_ingest_asset(s) for s in SOURCES)
 landing_assets = [customer_landing, accelerometer_landing, step_trainer_landing]
-

@@ -65,9 +65,7 @@ class StediSettings(dg.ConfigurableResource):
             rate = float(os.environ.get("STEDI_MAX_REJECT_RATE") or DEFAULT_MAX_REJECT_RATE)
         return Settings(
             landing_uri=_pick(self.landing_uri, "STEDI_LANDING_URI", DEFAULT_LANDING_URI).rstrip("/"),
-            lakehouse_uri=_pick(self.lakehouse_uri, "STEDI_LAKEHOUSE_URI", DEFAULT_LAKEHOUSE_URI).rstrip(
-                "/"
-            ),
+            lakehouse_uri=_pick(self.lakehouse_uri, "STEDI_LAKEHOUSE_URI", DEFAULT_LAKEHOUSE_URI).rstrip("/"),
             ml_join=join,
             expectations_file=_pick(self.expectations_file, "STEDI_EXPECTATIONS_FILE", None),
             max_reject_rate=rate,
@@ -83,7 +81,9 @@ def storage_options(uri: str) -> dict[str, str] | None:
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
         if os.environ.get(key)
     }
-    options["AWS_REGION"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    options["AWS_REGION"] = (
+        os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    )
     endpoint = options.get("AWS_ENDPOINT_URL", "")
     if endpoint.startswith("http://"):
         options["AWS_ALLOW_HTTP"] = "true"
@@ -163,18 +163,25 @@ def storage_failure(uri: str, error: Exception, setting: str) -> dg.Failure:
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
     denied = next((code for code in _DENIED if code in text), None)
     if "NoSuchBucket" in text:
-        message, transient = f"Bucket of {uri} does not exist at {endpoint}: create it or fix {setting}.", False
+        message, transient = (
+            f"Bucket of {uri} does not exist at {endpoint}: create it or fix {setting}.",
+            False,
+        )
     elif denied:
         code = denied.replace("403 Forbidden", "403")
         message = f"Access to {uri} was denied ({code}): check the AWS credentials and the bucket policy."
         transient = False
     elif "Unable to locate credentials" in text:
-        message = f"No AWS credentials for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)."
+        message = (
+            f"No AWS credentials for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)."
+        )
         transient = False
     elif "URL scheme is not allowed" in text:
         message, transient = f"{endpoint} is plain http: set AWS_ALLOW_HTTP=true for {uri}.", False
     elif any(marker in text for marker in _UNREACHABLE):
-        message = f"Cannot reach {endpoint} for {uri}: check AWS_ENDPOINT_URL and that the S3 server is running."
+        message = (
+            f"Cannot reach {endpoint} for {uri}: check AWS_ENDPOINT_URL and that the S3 server is running."
+        )
         transient = True
     else:
         first = next((line.strip(" ↳") for line in text.splitlines() if line.strip()), text)

@@ -66,7 +66,9 @@ CUSTOMER_COLUMNS = (
     Column("serialNumber", pl.String(), "Serial number of the customer's Step Trainer."),
     _epoch("registrationDate", "When the customer registered", profile=True),
     _epoch("lastUpdateDate", "When the record last changed", profile=True),
-    _epoch("shareWithResearchAsOfDate", "Research consent given at; null or 0 means no consent", profile=True),
+    _epoch(
+        "shareWithResearchAsOfDate", "Research consent given at; null or 0 means no consent", profile=True
+    ),
     _epoch("shareWithPublicAsOfDate", "Public sharing consent given at", profile=True),
     _epoch("shareWithFriendsAsOfDate", "Friends sharing consent given at", profile=True),
 )

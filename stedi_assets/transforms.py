@@ -134,7 +134,8 @@ def parse_landing(lines: pl.LazyFrame, source: str, keys: Iterable[str]) -> pl.L
     }
     nested = {
         c.name: pl.any_horizontal(
-            [normalized.str.contains(f'"{re.escape(k)}":[\\[{{]') for k in spellings[c.name]] or [pl.lit(False)]
+            [normalized.str.contains(f'"{re.escape(k)}":[\\[{{]') for k in spellings[c.name]]
+            or [pl.lit(False)]
         )
         for c in columns
     }
@@ -179,9 +180,8 @@ def _type_word(dtype: pl.DataType) -> str:
 
 def accepted_rows(parsed: pl.LazyFrame, source: str) -> pl.LazyFrame:
     landing = table(f"{source}_landing")
-    return (
-        parsed.filter(pl.col(REASON).is_null())
-        .select(pl.col(n).cast(t) for n, t in landing.dtypes.items())
+    return parsed.filter(pl.col(REASON).is_null()).select(
+        pl.col(n).cast(t) for n, t in landing.dtypes.items()
     )
 
 
@@ -220,24 +220,18 @@ def accelerometer_trusted(
 ) -> pl.LazyFrame:
     """Readings whose user is a trusted customer, each distinct reading once."""
     consenting = customer_trusted.select(_key=identity("email"))
-    readings = accelerometer_landing.join(
-        consenting, left_on=identity("user"), right_on="_key", how="semi"
-    )
+    readings = accelerometer_landing.join(consenting, left_on=identity("user"), right_on="_key", how="semi")
     return _declared(readings, "accelerometer_trusted").unique(maintain_order=True)
 
 
-def customer_curated(
-    customer_trusted: pl.LazyFrame, accelerometer_trusted: pl.LazyFrame
-) -> pl.LazyFrame:
+def customer_curated(customer_trusted: pl.LazyFrame, accelerometer_trusted: pl.LazyFrame) -> pl.LazyFrame:
     """Trusted customers with at least one trusted accelerometer reading."""
     users = accelerometer_trusted.select(_key=identity("user"))
     curated = customer_trusted.join(users, left_on=identity("email"), right_on="_key", how="semi")
     return _declared(curated, "customer_curated")
 
 
-def attributable_serials(
-    customer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame
-) -> pl.LazyFrame:
+def attributable_serials(customer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame) -> pl.LazyFrame:
     """Serial numbers whose every current claimant is a curated customer.
 
     The fulfilment website reused serial numbers; a device shared with a customer who did not
@@ -256,9 +250,7 @@ def attributable_serials(
     )
 
 
-def ambiguous_serials(
-    customer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame
-) -> pl.LazyFrame:
+def ambiguous_serials(customer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame) -> pl.LazyFrame:
     """Serials of curated customers that are also claimed by someone who is not curated."""
     curated = customer_curated.select(_serial=identity("serialNumber")).unique()
     return curated.join(
@@ -319,9 +311,6 @@ def cross_customer_pairs(
     owners = _owner_serials(customer_curated)
     return (
         machine_learning_curated.join(owners, left_on=identity("user"), right_on="_user", how="left")
-        .filter(
-            pl.col("_owner_serial").is_null()
-            | (pl.col("_owner_serial") != identity("serialNumber"))
-        )
+        .filter(pl.col("_owner_serial").is_null() | (pl.col("_owner_serial") != identity("serialNumber")))
         .drop("_user", "_owner_serial", strict=False)
     )

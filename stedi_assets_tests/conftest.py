@@ -45,10 +45,14 @@ def reference_landing() -> Path:
     """The real STEDI landing data; skipped where not configured, an error where configured but absent."""
     configured = os.environ.get(REFERENCE_ENV)
     if not configured:
-        pytest.skip(f"{REFERENCE_ENV} is not set: point it at shared/stedi-reference/landing to run this test")
+        pytest.skip(
+            f"{REFERENCE_ENV} is not set: point it at shared/stedi-reference/landing to run this test"
+        )
     path = Path(configured)
     if not all((path / source).is_dir() for source in ("customer", "accelerometer", "step_trainer")):
-        pytest.fail(f"{REFERENCE_ENV}={configured} has no customer/, accelerometer/ and step_trainer/ folders")
+        pytest.fail(
+            f"{REFERENCE_ENV}={configured} has no customer/, accelerometer/ and step_trainer/ folders"
+        )
     return path
 
 
@@ -165,7 +169,12 @@ def tiny_landing(tmp_path: Path) -> Path:
             _customer("Erin E", "S-E", T1),
         ],
     )
-    accel = [("Alice@test.com", T1, 1.0), ("Alice@test.com", T2, 2.0), ("Bob@test.com", T1, 3.0), ("Erin@test.com", T2, 4.0)]
+    accel = [
+        ("Alice@test.com", T1, 1.0),
+        ("Alice@test.com", T2, 2.0),
+        ("Bob@test.com", T1, 3.0),
+        ("Erin@test.com", T2, 4.0),
+    ]
     _write_jsonl(
         root / "accelerometer" / "accelerometer-1.json",
         [{"user": u, "timestamp": t, "x": x, "y": 0.0, "z": -1.0} for u, t, x in accel],

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-import pytest
 from deltalake import DeltaTable
 from polars.testing import assert_frame_equal
 
@@ -15,6 +14,7 @@ from stedi_assets.cli import run_lakehouse
 from stedi_assets.definitions import all_assets, build_resources
 from stedi_assets.resources import StediSettings
 from stedi_assets_tests.conftest import T1, T2
+
 
 def _read(lakehouse: Path, zone: str, name: str) -> pl.DataFrame:
     return pl.read_delta(str(lakehouse / zone / name))
@@ -44,8 +44,13 @@ def test_tiny_landing_gives_exact_tables(tiny_landing: Path, tmp_path: Path):
         "Carol@test.com",
         "Erin@test.com",
     ]
-    assert sorted(_read(lakehouse, "curated", "customer_curated")["email"]) == ["Alice@test.com", "Erin@test.com"]
-    ml = _read(lakehouse, "curated", "machine_learning_curated").sort("serialNumber", "sensorReadingTime", "user")
+    assert sorted(_read(lakehouse, "curated", "customer_curated")["email"]) == [
+        "Alice@test.com",
+        "Erin@test.com",
+    ]
+    ml = _read(lakehouse, "curated", "machine_learning_curated").sort(
+        "serialNumber", "sensorReadingTime", "user"
+    )
     assert ml.select("sensorReadingTime", "serialNumber", "user", "x").rows() == [
         (T1, "S-A", "Alice@test.com", 1.0),
         (T2, "S-A", "Alice@test.com", 2.0),
@@ -60,7 +65,9 @@ def test_tiny_landing_gives_exact_tables(tiny_landing: Path, tmp_path: Path):
 
 def test_same_customer_join_keeps_only_owners_pairs(tiny_landing: Path, tmp_path: Path):
     lakehouse = tmp_path / "lakehouse"
-    settings = StediSettings(landing_uri=str(tiny_landing), lakehouse_uri=str(lakehouse), ml_join="same_customer")
+    settings = StediSettings(
+        landing_uri=str(tiny_landing), lakehouse_uri=str(lakehouse), ml_join="same_customer"
+    )
     summary = run_lakehouse(settings)
 
     assert summary["success"], summary["errors"]
@@ -80,7 +87,10 @@ def test_materialization_metadata(tiny_landing: Path, tmp_path: Path):
         [*all_assets, *all_checks],
         resources=build_resources(StediSettings(landing_uri=str(tiny_landing), lakehouse_uri=str(lakehouse))),
     )
-    events = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    events = {
+        e.asset_key.to_user_string(): e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
     trusted = events["customer_trusted"]
     assert trusted["dagster/row_count"].value == 3
     assert trusted["table_uri"].value == str(lakehouse / "trusted" / "customer_trusted")
@@ -126,7 +136,9 @@ def test_failing_blocking_check_stops_downstream(tiny_landing: Path, tmp_path: P
     accel_version = DeltaTable(str(lakehouse / "trusted" / "accelerometer_trusted")).version()
 
     trusted = dg.AssetSelection.assets("customer_trusted")
-    downstream_and_checks = (trusted.downstream() - trusted) | dg.AssetSelection.checks_for_assets("customer_trusted")
+    downstream_and_checks = (trusted.downstream() - trusted) | dg.AssetSelection.checks_for_assets(
+        "customer_trusted"
+    )
     summary = run_lakehouse(settings, select=downstream_and_checks)
 
     consent = next(c for c in summary["checks"] if c["name"] == "consent_given")
@@ -138,12 +150,15 @@ def test_failing_blocking_check_stops_downstream(tiny_landing: Path, tmp_path: P
 
 
 def test_missing_landing_folder_is_one_clear_error(tmp_path: Path):
-    summary = run_lakehouse(StediSettings(landing_uri=str(tmp_path / "nowhere"), lakehouse_uri=str(tmp_path / "lh")))
+    summary = run_lakehouse(
+        StediSettings(landing_uri=str(tmp_path / "nowhere"), lakehouse_uri=str(tmp_path / "lh"))
+    )
 
     assert not summary["success"]
     assert summary["tables"] == {}
     assert any(
-        f"Landing folder {tmp_path / 'nowhere' / 'customer'} does not exist" in error for error in summary["errors"]
+        f"Landing folder {tmp_path / 'nowhere' / 'customer'} does not exist" in error
+        for error in summary["errors"]
     )
 
 

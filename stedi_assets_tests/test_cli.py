@@ -55,7 +55,9 @@ def test_reference_counts_exactly(reference_run):
     summary, lakehouse = reference_run
     assert summary["success"] is True
     assert {name: summary["tables"][name]["rows"] for name in REFERENCE_COUNTS} == REFERENCE_COUNTS
-    assert summary["tables"]["customer_trusted"]["uri"] == str(lakehouse.absolute() / "trusted" / "customer_trusted")
+    assert summary["tables"]["customer_trusted"]["uri"] == str(
+        lakehouse.absolute() / "trusted" / "customer_trusted"
+    )
 
 
 @pytest.mark.reference
@@ -65,7 +67,13 @@ def test_reference_checks(reference_run):
     assert len(checks) == 42
     failing_errors = [k for k, c in checks.items() if c["severity"] == "ERROR" and not c["passed"]]
     assert failing_errors == []
-    assert set(checks[("machine_learning_curated", "row_count")]) == {"asset", "name", "passed", "severity", "summary"}
+    assert set(checks[("machine_learning_curated", "row_count")]) == {
+        "asset",
+        "name",
+        "passed",
+        "severity",
+        "summary",
+    }
     cross = checks[("machine_learning_curated", "cross_customer_pairs")]
     assert (cross["passed"], cross["severity"]) == (False, "WARN")
     assert cross["summary"].startswith(f"{REFERENCE_CROSS_CUSTOMER_PAIRS} rows")
@@ -117,7 +125,9 @@ def test_generate_then_run_then_sql(tmp_path: Path):
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert "customer_landing" in ran.stdout and "consent_given" in ran.stdout
 
-    queried = stedi("sql", "select count(*) as n from customer_landing", "--lakehouse", str(lakehouse), "--csv")
+    queried = stedi(
+        "sql", "select count(*) as n from customer_landing", "--lakehouse", str(lakehouse), "--csv"
+    )
     assert queried.returncode == 0, queried.stderr
     assert queried.stdout == "n\n40\n"
 
@@ -142,7 +152,12 @@ def test_run_records_to_dagster_home(tiny_landing: Path, tmp_path: Path):
 
     home = tmp_path / "dagster_home"
     done = stedi(
-        "run", "--landing", str(tiny_landing), "--lakehouse", str(tmp_path / "lh"), "--json",
+        "run",
+        "--landing",
+        str(tiny_landing),
+        "--lakehouse",
+        str(tmp_path / "lh"),
+        "--json",
         env={"DAGSTER_HOME": str(home)},
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -156,3 +171,9 @@ def test_sql_without_tables_says_so(tmp_path: Path):
     done = stedi("sql", "select 1", "--lakehouse", str(tmp_path))
     assert done.returncode == 2
     assert "no tables under" in done.stderr
+
+
+def test_run_with_a_selection_matching_nothing_is_a_usage_error(tmp_path: Path):
+    done = stedi("run", "--select", "key:no_such_table", "--lakehouse", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.strip() == "stedi run: invalid --select 'key:no_such_table': it matches no asset"

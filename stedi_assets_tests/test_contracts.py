@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
 import polars as pl
@@ -13,33 +12,15 @@ from stedi_assets import contracts, transforms
 from stedi_assets.schemas import (
     ACCELEROMETER_COLUMNS,
     INGESTED_AT,
-    LINE_NUMBER,
     PROVENANCE,
-    SOURCE_FILE,
     table,
 )
 from stedi_assets.transforms import MlJoin
-
-LANDED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
-CONSENT = 1_655_564_376_361
-
-
-def rows_frame(name: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
-    """A frame of the declared table `name`; columns a row does not mention are null."""
-    dtypes = table(name).dtypes
-    for row in rows:
-        assert row.keys() <= dtypes.keys(), f"undeclared columns {row.keys() - dtypes.keys()}"
-    return pl.DataFrame([{c: row.get(c) for c in dtypes} for row in rows], schema=dtypes)
+from stedi_assets_tests.frames import CONSENT, landing, rows_frame
 
 
 def customer_landing(*rows: dict[str, Any]) -> pl.LazyFrame:
-    return rows_frame(
-        "customer_landing",
-        [
-            {SOURCE_FILE: "customer-1.json", LINE_NUMBER: i, INGESTED_AT: LANDED_AT} | row
-            for i, row in enumerate(rows, 1)
-        ],
-    ).lazy()
+    return landing("customer", *rows)
 
 
 def customer(email: str, serial: str, consent: int | None = CONSENT) -> dict[str, Any]:
@@ -65,8 +46,6 @@ def assert_verdict(
     assert seen == (passed, observed, expected), verdict.summary
     if offending is not None:
         assert_frame_equal(verdict.offending, offending)
-
-
 
 
 LANDING = customer_landing(customer("a@x.com", "s1"), customer("b@x.com", "s2", consent=0))
@@ -98,8 +77,6 @@ def test_consent_fails_missing_consenting_customer() -> None:
     assert_verdict(contracts.consent(trusted.lazy(), LANDING), False, 0, 1, trusted)
 
 
-
-
 PARENTS = rows_frame("customer_trusted", [customer(" A@x.COM", "s1")]).lazy()
 
 
@@ -114,8 +91,6 @@ def test_belongs_to_fails_orphans() -> None:
     verdict = contracts.belongs_to(child.lazy(), "user", PARENTS, "email", "a trusted customer")
     assert_verdict(verdict, False, 1, 0, child[1:2])
     assert verdict.summary == "1 rows whose user is not a trusted customer"
-
-
 
 
 def ml_frame(*rows: dict[str, Any]) -> pl.DataFrame:
@@ -164,8 +139,6 @@ def test_cross_customer_flags_the_seed_join_only() -> None:
     owner = transforms.machine_learning_curated(steps, readings, CURATED, MlJoin.SAME_CUSTOMER)
     assert contracts.cross_customer(seed, CURATED).observed == 2
     assert contracts.cross_customer(owner, CURATED).passed
-
-
 
 
 def test_profile_columns_pass_sensor_columns() -> None:
@@ -220,8 +193,6 @@ def test_schema_provenance_is_declared_for_landing_only() -> None:
     assert contracts.schema_matches(with_provenance, ACCEL).observed == 3
 
 
-
-
 def test_duplicate_rows_pass_distinct_rows() -> None:
     frame = pl.DataFrame({"a": [1, 1, 2], "b": ["x", "y", "x"]})
     assert_verdict(contracts.duplicate_rows(frame.lazy()), True, 0, 0, frame.clear())
@@ -248,8 +219,6 @@ def test_unique_identity_fails_same_email_other_spelling() -> None:
     assert verdict.summary == "2 rows share their email with another row"
 
 
-
-
 @pytest.mark.parametrize(
     ("observed", "upstream", "expected", "passed", "summary"),
     [
@@ -268,8 +237,6 @@ def test_row_count(
     verdict = contracts.row_count(observed, upstream, expected, "customer_landing")
     assert_verdict(verdict, passed, observed, expected)
     assert verdict.summary == summary
-
-
 
 
 def test_conservation_passes_when_every_line_is_accounted() -> None:

@@ -48,7 +48,9 @@ def recorded_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("dev")
     home = root / "dagster_home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEDI_")} | {"DAGSTER_HOME": str(home)}
-    subprocess.run([BIN / "stedi", "generate", "--out", root / "landing", "--customers", "30"], check=True, env=env)
+    subprocess.run(
+        [BIN / "stedi", "generate", "--out", root / "landing", "--customers", "30"], check=True, env=env
+    )
     done = subprocess.run(
         [BIN / "stedi", "run", "--landing", root / "landing", "--lakehouse", root / "lakehouse", "--json"],
         capture_output=True,

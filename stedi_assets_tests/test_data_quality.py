@@ -84,7 +84,9 @@ def messy_landing(tmp_path: Path) -> Path:
 @pytest.fixture
 def messy_run(messy_landing: Path, tmp_path: Path) -> tuple[dict, Path]:
     lakehouse = tmp_path / "lakehouse"
-    settings = StediSettings(landing_uri=str(messy_landing), lakehouse_uri=str(lakehouse), max_reject_rate=0.5)
+    settings = StediSettings(
+        landing_uri=str(messy_landing), lakehouse_uri=str(lakehouse), max_reject_rate=0.5
+    )
     return run_lakehouse(settings), lakehouse
 
 
@@ -115,13 +117,19 @@ def test_quarantine_holds_exactly_the_bad_lines(messy_run, messy_landing: Path):
         "step_trainer": [("step_trainer-1.json", 5, "missing required field serialNumber")],
     }
     raw = read(lakehouse, "quarantine", "customer_rejects").sort("_line_number")["raw_line"].to_list()
-    assert raw == ['{"email": "nobody@test.com"}', '{"customerName": "Half", "email": "half@test.com", "serialNumb']
+    assert raw == [
+        '{"email": "nobody@test.com"}',
+        '{"customerName": "Half", "email": "half@test.com", "serialNumb',
+    ]
 
 
 def test_every_line_accounted_for_and_rejects_warn(messy_run):
     summary, _ = messy_run
     assert summary["success"], summary["errors"]
-    assert {n: summary["tables"][n]["rows"] for n in ("customer_landing", "accelerometer_landing", "step_trainer_landing")} == {
+    assert {
+        n: summary["tables"][n]["rows"]
+        for n in ("customer_landing", "accelerometer_landing", "step_trainer_landing")
+    } == {
         "customer_landing": 4,
         "accelerometer_landing": 9,
         "step_trainer_landing": 4,
@@ -138,7 +146,9 @@ def test_reject_rate_above_limit_is_an_error(messy_landing: Path, tmp_path: Path
     summary = run_lakehouse(
         StediSettings(landing_uri=str(messy_landing), lakehouse_uri=str(tmp_path / "lh"), max_reject_rate=0.1)
     )
-    rate = next(c for c in summary["checks"] if (c["asset"], c["name"]) == ("accelerometer_landing", "reject_rate"))
+    rate = next(
+        c for c in summary["checks"] if (c["asset"], c["name"]) == ("accelerometer_landing", "reject_rate")
+    )
     assert (rate["passed"], rate["severity"]) == (False, "ERROR")
     assert rate["summary"] == "3 of 12 lines rejected (25.00%; limit 10.00%)"
     assert summary["success"] is False
@@ -147,7 +157,9 @@ def test_reject_rate_above_limit_is_an_error(messy_landing: Path, tmp_path: Path
 def test_landing_rows_trace_back_to_their_line(messy_run):
     _, lakehouse = messy_run
     landing = read(lakehouse, "landing", "customer_landing").sort("_source_file", "_line_number")
-    assert landing.select(pl.col("_source_file").str.split("/").list.last(), "_line_number", "email").rows() == [
+    assert landing.select(
+        pl.col("_source_file").str.split("/").list.last(), "_line_number", "email"
+    ).rows() == [
         ("customer-1.json", 1, "Anna@Test.com"),
         ("customer-1.json", 2, "ben@test.com"),
         ("customer-1.json", 3, "cy@test.com"),
@@ -171,7 +183,9 @@ def test_withdrawn_and_non_consenting_customers_reach_nothing_downstream(messy_r
     ml = read(lakehouse, "curated", "machine_learning_curated")
     assert ml.height == 2
     for table in (accel, steps, ml):
-        serials = table["serialNumber"].str.to_lowercase().to_list() if "serialNumber" in table.columns else []
+        serials = (
+            table["serialNumber"].str.to_lowercase().to_list() if "serialNumber" in table.columns else []
+        )
         assert not {"ser-b", "ser-c"} & set(serials)
     assert not {"ben@test.com", "cy@test.com"} & set(ml["user"].str.strip_chars().str.to_lowercase())
 

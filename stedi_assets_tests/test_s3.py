@@ -23,26 +23,39 @@ def test_generated_data_on_s3_matches_local(s3_env: str, generated_landing: Path
     boto3.client("s3").put_object(Bucket="stedi-gen-landing", Key="raw/landing/customer/_SUCCESS", Body=b"")
 
     on_s3 = run_lakehouse(
-        StediSettings(landing_uri="s3://stedi-gen-landing/raw/landing", lakehouse_uri="s3://stedi-gen-lake/lh")
+        StediSettings(
+            landing_uri="s3://stedi-gen-landing/raw/landing", lakehouse_uri="s3://stedi-gen-lake/lh"
+        )
     )
-    local = run_lakehouse(StediSettings(landing_uri=str(generated_landing), lakehouse_uri=str(tmp_path / "lh")))
+    local = run_lakehouse(
+        StediSettings(landing_uri=str(generated_landing), lakehouse_uri=str(tmp_path / "lh"))
+    )
 
     assert on_s3["success"], on_s3["errors"]
-    assert {n: t["rows"] for n, t in on_s3["tables"].items()} == {n: t["rows"] for n, t in local["tables"].items()}
+    assert {n: t["rows"] for n, t in on_s3["tables"].items()} == {
+        n: t["rows"] for n, t in local["tables"].items()
+    }
     uri = on_s3["tables"]["customer_trusted"]["uri"]
     assert uri == "s3://stedi-gen-lake/lh/trusted/customer_trusted"
     from_s3 = pl.read_delta(uri, storage_options=storage_options(uri)).drop("_source_file", strict=False)
     from_disk = pl.read_delta(local["tables"]["customer_trusted"]["uri"])
     assert from_s3.sort("email").equals(from_disk.sort("email"))
-    keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="stedi-gen-lake", Prefix="lh/")["Contents"]}
+    keys = {
+        o["Key"]
+        for o in boto3.client("s3").list_objects_v2(Bucket="stedi-gen-lake", Prefix="lh/")["Contents"]
+    }
     assert any(k.startswith("lh/curated/machine_learning_curated/_delta_log/") for k in keys)
 
 
 def test_missing_bucket_is_one_clear_error(s3_env: str, tmp_path: Path):
-    summary = run_lakehouse(StediSettings(landing_uri="s3://no-such-bucket/landing", lakehouse_uri=str(tmp_path)))
+    summary = run_lakehouse(
+        StediSettings(landing_uri="s3://no-such-bucket/landing", lakehouse_uri=str(tmp_path))
+    )
 
     assert not summary["success"]
-    assert any("s3://no-such-bucket/landing/customer/" in e and "does not exist" in e for e in summary["errors"])
+    assert any(
+        "s3://no-such-bucket/landing/customer/" in e and "does not exist" in e for e in summary["errors"]
+    )
 
 
 @pytest.mark.reference
@@ -95,7 +108,9 @@ def test_bad_credentials_are_one_clear_error(s3_with_auth: str, s3_env: str, mon
     ]
 
 
-def test_bad_credentials_on_the_lakehouse(s3_with_auth: str, s3_env: str, monkeypatch, generated_landing: Path):
+def test_bad_credentials_on_the_lakehouse(
+    s3_with_auth: str, s3_env: str, monkeypatch, generated_landing: Path
+):
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_with_auth)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-a-key")
     summary = run_lakehouse(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
 import polars as pl
@@ -10,30 +9,9 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from stedi_assets import transforms
-from stedi_assets.schemas import INGESTED_AT, LINE_NUMBER, PROVENANCE, SOURCE_FILE, table
+from stedi_assets.schemas import INGESTED_AT, LINE_NUMBER, PROVENANCE, SOURCE_FILE
 from stedi_assets.transforms import RAW_LINE, REASON, UTF8_VALID, MlJoin
-
-LANDED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
-CONSENT = 1_655_564_376_361
-
-
-
-
-def rows_frame(name: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
-    """A frame of the declared table `name`; columns a row does not mention are null."""
-    dtypes = table(name).dtypes
-    for row in rows:
-        assert row.keys() <= dtypes.keys(), f"undeclared columns {row.keys() - dtypes.keys()}"
-    return pl.DataFrame([{c: row.get(c) for c in dtypes} for row in rows], schema=dtypes)
-
-
-def landing(source: str, *rows: dict[str, Any]) -> pl.LazyFrame:
-    """A typed landing frame; provenance defaults to line i of `<source>-1.json`."""
-    with_provenance = [
-        {SOURCE_FILE: f"{source}-1.json", LINE_NUMBER: i, INGESTED_AT: LANDED_AT} | row
-        for i, row in enumerate(rows, 1)
-    ]
-    return rows_frame(f"{source}_landing", with_provenance).lazy()
+from stedi_assets_tests.frames import CONSENT, LANDED_AT, landing, rows_frame
 
 
 def customer(
@@ -122,8 +100,6 @@ def rejects(*rows: tuple[int, str, str]) -> pl.DataFrame:
     )
 
 
-
-
 def test_lines_numbered_per_file() -> None:
     first = transforms.raw_lines(b"a\nb\nc\n", "a.json", LANDED_AT)
     second = transforms.raw_lines(b"d\ne\n", "b.json", LANDED_AT)
@@ -162,8 +138,6 @@ def test_invalid_utf8_flags_only_its_line() -> None:
     )
 
 
-
-
 def test_keys_match_case_insensitively_and_unknown_keys_are_ignored() -> None:
     blob = (
         b'{"CustomerName": "Ann Lee", "EMAIL": "ann@x.com", "SerialNumber": "s1", '
@@ -173,10 +147,21 @@ def test_keys_match_case_insensitively_and_unknown_keys_are_ignored() -> None:
     )
     expected = landing(
         "customer",
-        {"customerName": "Ann Lee", "email": "ann@x.com", "serialNumber": "s1", "registrationDate": 5,
-         "lastUpdateDate": 6, SOURCE_FILE: "file.json"},
-        {"customerName": "Bo Ng", "email": "bo@x.com", "serialNumber": "s2",
-         "shareWithResearchAsOfDate": 7, SOURCE_FILE: "file.json"},
+        {
+            "customerName": "Ann Lee",
+            "email": "ann@x.com",
+            "serialNumber": "s1",
+            "registrationDate": 5,
+            "lastUpdateDate": 6,
+            SOURCE_FILE: "file.json",
+        },
+        {
+            "customerName": "Bo Ng",
+            "email": "bo@x.com",
+            "serialNumber": "s2",
+            "shareWithResearchAsOfDate": 7,
+            SOURCE_FILE: "file.json",
+        },
     ).collect()
     assert_frame_equal(accepted(blob, "customer"), expected)
 
@@ -222,8 +207,11 @@ GOOD_LINE = {
         ("customer", b'{"email": "a@x.com", "serialNum', "not valid JSON"),
         ("customer", b"[1]", "not a JSON object"),
         ("customer", b"42", "not a JSON object"),
-        ("customer", b'{"email": "b@x.com", "serialNumber": "s2", "registrationDate": "abc"}',
-         "registrationDate: 'abc' is not an integer"),
+        (
+            "customer",
+            b'{"email": "b@x.com", "serialNumber": "s2", "registrationDate": "abc"}',
+            "registrationDate: 'abc' is not an integer",
+        ),
         ("customer", b'{"serialNumber": "s2"}', "missing required field email"),
         ("customer", b'{"email": "   ", "serialNumber": "s2"}', "missing required field email"),
         ("customer", b'{"email": "b@x.com"}', "missing required field serialNumber"),
@@ -231,12 +219,21 @@ GOOD_LINE = {
         ("accelerometer", b'{"timestamp": 2, "x": 0.1}', "missing required field user"),
         ("accelerometer", b'{"user": "b@x.com", "x": 0.1}', "missing required field timestamp"),
         ("accelerometer", b'{"user": "b@x.com", "timestamp": 2, "x": "abc"}', "x: 'abc' is not a number"),
-        ("step_trainer", b'{"sensorReadingTime": 2, "distanceFromObject": 3}',
-         "missing required field serialNumber"),
-        ("step_trainer", b'{"serialNumber": "s2", "distanceFromObject": 3}',
-         "missing required field sensorReadingTime"),
-        ("step_trainer", b'{"sensorReadingTime": 2, "serialNumber": "s2", "distanceFromObject": "1.5"}',
-         "distanceFromObject: '1.5' is not an integer"),
+        (
+            "step_trainer",
+            b'{"sensorReadingTime": 2, "distanceFromObject": 3}',
+            "missing required field serialNumber",
+        ),
+        (
+            "step_trainer",
+            b'{"serialNumber": "s2", "distanceFromObject": 3}',
+            "missing required field sensorReadingTime",
+        ),
+        (
+            "step_trainer",
+            b'{"sensorReadingTime": 2, "serialNumber": "s2", "distanceFromObject": "1.5"}',
+            "distanceFromObject: '1.5' is not an integer",
+        ),
     ],
 )
 def test_reject_reason(source: str, line: bytes, reason: str) -> None:
@@ -247,18 +244,21 @@ def test_reject_reason(source: str, line: bytes, reason: str) -> None:
 
 
 def test_every_non_blank_line_accepted_or_rejected_once() -> None:
-    blob = b"\n".join(
-        [
-            b'{"email": "a@x.com", "serialNumber": "s1"}',  # 1 accepted
-            b"",  # 2 blank
-            b"[1]",  # 3 rejected
-            b'{"email": "b@x.com", "serialNumber": "s2", "lastUpdateDate": "x"}',  # 4 rejected
-            b"  ",  # 5 blank
-            b"\xff",  # 6 rejected
-            b'{"EMAIL": "c@x.com", "serialnumber": "s3"}',  # 7 accepted
-            b'{"email": "d@x.com"',  # 8 rejected
-        ]
-    ) + b"\n"
+    blob = (
+        b"\n".join(
+            [
+                b'{"email": "a@x.com", "serialNumber": "s1"}',  # 1 accepted
+                b"",  # 2 blank
+                b"[1]",  # 3 rejected
+                b'{"email": "b@x.com", "serialNumber": "s2", "lastUpdateDate": "x"}',  # 4 rejected
+                b"  ",  # 5 blank
+                b"\xff",  # 6 rejected
+                b'{"EMAIL": "c@x.com", "serialnumber": "s3"}',  # 7 accepted
+                b'{"email": "d@x.com"',  # 8 rejected
+            ]
+        )
+        + b"\n"
+    )
     good, bad = accepted(blob, "customer"), rejected(blob, "customer")
     assert good[LINE_NUMBER].to_list() == [1, 7]
     assert bad[LINE_NUMBER].to_list() == [3, 4, 6, 8]
@@ -292,8 +292,6 @@ def test_nested_value_is_a_reason_not_a_crash() -> None:
 def test_null_line_is_not_an_object() -> None:
     blob = GOOD_LINE["customer"].encode() + b"\nnull\n"
     assert_frame_equal(rejected(blob, "customer"), rejects((2, "not a JSON object", "null")))
-
-
 
 
 def test_latest_update_wins() -> None:
@@ -352,8 +350,6 @@ def test_consent_zero_or_null_is_not_consent() -> None:
     assert_rows(transforms.customer_trusted(frame), declared("customer_trusted", customer("yes@x.com", "s3")))
 
 
-
-
 def test_accelerometer_only_trusted_users() -> None:
     trusted = declared("customer_trusted", customer("a@x.com", "s1"), customer(" B@X.COM", "s2")).lazy()
     readings = landing(
@@ -384,8 +380,6 @@ def test_curated_needs_a_reading() -> None:
     readings = declared("accelerometer_trusted", reading(" A@X.com", 1), reading("c@x.com", 2))
     expected = declared("customer_curated", customer("a@x.com", "s1"))
     assert_rows(transforms.customer_curated(trusted.lazy(), readings.lazy()), expected)
-
-
 
 
 def test_step_trainer_only_curated_serials() -> None:
@@ -435,8 +429,6 @@ def test_serial_released_by_earlier_record_is_attributable() -> None:
         declared("step_trainer_trusted", step("s1", 1)),
     )
     assert transforms.ambiguous_serials(landing_customers, curated).collect().height == 0
-
-
 
 
 def ml_row(st: dict[str, Any], acc: dict[str, Any]) -> dict[str, Any]:

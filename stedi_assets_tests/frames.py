@@ -1,0 +1,30 @@
+"""Builders of small typed frames for the rule and contract tests."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import polars as pl
+
+from stedi_assets.schemas import INGESTED_AT, LINE_NUMBER, SOURCE_FILE, table
+
+LANDED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+CONSENT = 1_655_564_376_361
+
+
+def rows_frame(name: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """A frame of the declared table `name`; columns a row does not mention are null."""
+    dtypes = table(name).dtypes
+    for row in rows:
+        assert row.keys() <= dtypes.keys(), f"undeclared columns {row.keys() - dtypes.keys()}"
+    return pl.DataFrame([{c: row.get(c) for c in dtypes} for row in rows], schema=dtypes)
+
+
+def landing(source: str, *rows: dict[str, Any]) -> pl.LazyFrame:
+    """A typed landing frame; provenance defaults to line i of `<source>-1.json`."""
+    with_provenance = [
+        {SOURCE_FILE: f"{source}-1.json", LINE_NUMBER: i, INGESTED_AT: LANDED_AT} | row
+        for i, row in enumerate(rows, 1)
+    ]
+    return rows_frame(f"{source}_landing", with_provenance).lazy()

@@ -11,7 +11,7 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
-from deltalake import DeltaTable
+from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from stedi_assets.resources import StediSettings, storage_failure, storage_options, table_uri
@@ -79,14 +79,22 @@ class DeltaLakehouseIOManager(dg.ConfigurableIOManager):
 
 
 def write_table(uri: str, frame: pl.LazyFrame) -> None:
-    """Streams the plan into one overwrite commit: the table changes whole or not at all."""
+    """Streams the plan into one overwrite commit: the table changes whole or not at all.
+
+    Commits are never rebased (max_commit_retries=0): delta-rs would otherwise rebase an overwrite
+    that raced another writer's first commit onto it, keeping both frames. A lost race fails the
+    step instead, and the RetryPolicy recomputes and overwrites.
+    """
     try:
         frame.sink_delta(
             uri,
             mode="overwrite",
             storage_options=storage_options(uri),
             credential_provider=None,
-            delta_write_options={"schema_mode": "overwrite"},
+            delta_write_options={
+                "schema_mode": "overwrite",
+                "commit_properties": CommitProperties(max_commit_retries=0),
+            },
         )
     except (OSError, DeltaError) as error:
         raise storage_failure(uri, error, LAKEHOUSE_SETTING) from error

@@ -178,6 +178,9 @@ def storage_failure(uri: str, error: Exception, setting: str) -> dg.Failure:
         transient = False
     elif "URL scheme is not allowed" in text:
         message, transient = f"{endpoint} is plain http: set AWS_ALLOW_HTTP=true for {uri}.", False
+    elif "Failed to commit transaction" in text or "already exists" in text and "_delta_log" in text:
+        message = f"Another writer committed {uri} at the same time; this write was not applied."
+        transient = True
     elif any(marker in text for marker in _UNREACHABLE):
         message = (
             f"Cannot reach {endpoint} for {uri}: check AWS_ENDPOINT_URL and that the S3 server is running."

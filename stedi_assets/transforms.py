@@ -132,13 +132,7 @@ def parse_landing(lines: pl.LazyFrame, source: str, keys: Iterable[str]) -> pl.L
         )
         for c in columns
     }
-    nested = {
-        c.name: pl.any_horizontal(
-            [normalized.str.contains(f'"{re.escape(k)}":[\\[{{]') for k in spellings[c.name]]
-            or [pl.lit(False)]
-        )
-        for c in columns
-    }
+    nested = {c.name: _is_nested(normalized, spellings[c.name], pl.col(f"_text_{c.name}")) for c in columns}
     stripped = pl.col(RAW_LINE).str.strip_chars()
     reason = (
         pl.when(~pl.col(UTF8_VALID))
@@ -151,7 +145,7 @@ def parse_landing(lines: pl.LazyFrame, source: str, keys: Iterable[str]) -> pl.L
     for c in columns:
         text, cast = pl.col(f"_text_{c.name}"), pl.col(c.name)
         reason = reason.when((text.is_not_null() & cast.is_null()) | nested[c.name]).then(
-            pl.format("{}: '{}' is not {}", pl.lit(c.name), text, pl.lit(_type_word(c.dtype)))
+            pl.concat_str(pl.lit(f"{c.name}: '"), text, pl.lit(f"' is not {_type_word(c.dtype)}"))
         )
     for name in REQUIRED_FIELDS[source]:
         reason = reason.when(pl.col(name).is_null() | (pl.col(name).cast(pl.String) == "")).then(
@@ -168,6 +162,21 @@ def parse_landing(lines: pl.LazyFrame, source: str, keys: Iterable[str]) -> pl.L
         )
         .with_columns(reason.otherwise(None).alias(REASON))
     )
+
+
+def _is_nested(document: pl.Expr, spellings: list[str], text: pl.Expr) -> pl.Expr:
+    """Whether a top-level value is an object or array rather than a string that looks like one.
+
+    JSONPath returns both as the same text; only the document shows whether it was quoted.
+    """
+    if not spellings:
+        return pl.lit(False)
+    encoded = pl.struct(text.alias("v")).struct.json_encode()
+    quoted = encoded.str.slice(5, encoded.str.len_chars() - 6)
+    as_string = pl.any_horizontal(
+        [document.str.contains(pl.lit(f'"{key}":') + quoted, literal=True) for key in spellings]
+    )
+    return text.str.contains(r"^[\[{]").fill_null(False) & ~as_string.fill_null(False)
 
 
 def _type_word(dtype: pl.DataType) -> str:

@@ -466,3 +466,31 @@ def test_cross_customer_pairs_are_the_seed_extras() -> None:
     expected = declared("machine_learning_curated", ml_row(ST_A10, ACC_B10), ml_row(ST_B10, ACC_A10))
     assert_rows(transforms.cross_customer_pairs(ml(MlJoin.SEED), ML_CURATED.lazy()), expected)
     assert transforms.cross_customer_pairs(ml(MlJoin.SAME_CUSTOMER), ML_CURATED.lazy()).collect().height == 0
+
+
+def test_string_value_that_looks_like_json_is_a_string() -> None:
+    blob = b'{"email": "a@x.com", "serialNumber": "{not-an-object}", "phone": "[1]"}\n'
+    row = accepted(blob, "customer")
+    assert row.select("serialNumber", "phone").rows() == [("{not-an-object}", "[1]")]
+
+
+def test_same_name_inside_an_unknown_object_is_ignored() -> None:
+    blob = b'{"extra": {"email": {"nested": 1}}, "email": "a@x.com", "serialNumber": "s1"}\n'
+    assert accepted(blob, "customer").select("email", "serialNumber").rows() == [("a@x.com", "s1")]
+    assert rejected(blob, "customer").height == 0
+
+
+def test_blank_file_before_a_bad_line_is_no_crash() -> None:
+    lines = pl.concat(
+        [
+            transforms.raw_lines(b"\n\n", "a.json", LANDED_AT),
+            transforms.raw_lines(
+                b'{"email": "a", "serialNumber": "s", "registrationDate": "x"}\n', "b.json", LANDED_AT
+            ),
+        ],
+        rechunk=False,
+    ).lazy()
+    parsed = transforms.parse_landing(lines, "customer", transforms.json_keys(lines)).collect(
+        engine="streaming"
+    )
+    assert parsed["reason"].to_list() == ["registrationDate: 'x' is not an integer"]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from stedi_assets.cli import run_lakehouse
-from stedi_assets.resources import StediSettings
+from stedi_assets.resources import StediSettings, storage_options
+from stedi_assets_tests.conftest import make_bucket, upload_tree
 
 T0 = 1_655_564_376_000
 
@@ -81,17 +83,24 @@ def messy_landing(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def messy_run(messy_landing: Path, tmp_path: Path) -> tuple[dict, Path]:
-    lakehouse = tmp_path / "lakehouse"
-    settings = StediSettings(
-        landing_uri=str(messy_landing), lakehouse_uri=str(lakehouse), max_reject_rate=0.5
-    )
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def messy_run(request: pytest.FixtureRequest, messy_landing: Path, tmp_path: Path) -> tuple[dict, str]:
+    """The messy landing run on local folders, and from and to buckets of the S3 test server."""
+    if request.param == "local":
+        landing, lakehouse = str(messy_landing), str(tmp_path / "lakehouse")
+    else:
+        request.getfixturevalue("s3_env")
+        bucket = f"messy-{uuid.uuid4().hex[:12]}"
+        make_bucket(bucket)
+        upload_tree(messy_landing, bucket, "landing")
+        landing, lakehouse = f"s3://{bucket}/landing", f"s3://{bucket}/lakehouse"
+    settings = StediSettings(landing_uri=landing, lakehouse_uri=lakehouse, max_reject_rate=0.5)
     return run_lakehouse(settings), lakehouse
 
 
-def read(lakehouse: Path, zone: str, name: str) -> pl.DataFrame:
-    return pl.read_delta(str(lakehouse / zone / name))
+def read(lakehouse: str, zone: str, name: str) -> pl.DataFrame:
+    uri = f"{lakehouse}/{zone}/{name}"
+    return pl.read_delta(uri, storage_options=storage_options(uri))
 
 
 def test_quarantine_holds_exactly_the_bad_lines(messy_run, messy_landing: Path):

@@ -99,9 +99,15 @@ def non_blank_lines(lines: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def json_keys(lines: pl.LazyFrame) -> list[str]:
-    """Every distinct object key that appears in the lines (collects a small result)."""
+    """Every distinct object key that appears in the lines (collects a small result).
+
+    Keys are read from the re-serialised JSON, so an escaped spelling (`"\\u0065mail"`) counts as
+    the key it spells.
+    """
+    normalized = pl.col(RAW_LINE).str.json_path_match("$")
     keys = (
-        lines.select(pl.col(RAW_LINE).str.extract_all(_JSON_KEY).alias("key"))
+        lines.filter(pl.col(UTF8_VALID))
+        .select(normalized.str.extract_all(_JSON_KEY).alias("key"))
         .explode("key")
         .select(pl.col("key").str.extract(_JSON_KEY).unique().drop_nulls())
         .collect()

@@ -494,3 +494,8 @@ def test_blank_file_before_a_bad_line_is_no_crash() -> None:
         engine="streaming"
     )
     assert parsed["reason"].to_list() == ["registrationDate: 'x' is not an integer"]
+
+
+def test_escaped_key_spelling_is_the_key_it_spells() -> None:
+    blob = b'{"\\u0065mail": "a@x.com", "serialNumber": "s1"}\n'
+    assert accepted(blob, "customer").select("email", "serialNumber").rows() == [("a@x.com", "s1")]

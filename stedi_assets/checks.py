@@ -74,40 +74,6 @@ def consent_given(customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame
 
 
 @dg.asset_check(
-    asset="accelerometer_trusted",
-    blocking=True,
-    additional_ins={"customer_trusted": dg.AssetIn("customer_trusted")},
-    description="Every accelerometer reading's user is the email of a trusted (consenting) customer.",
-)
-def users_are_trusted_customers(
-    accelerometer_trusted: pl.LazyFrame, customer_trusted: pl.LazyFrame
-) -> dg.AssetCheckResult:
-    return check_result(
-        contracts.belongs_to(accelerometer_trusted, "user", customer_trusted, "email", "a trusted customer")
-    )
-
-
-@dg.asset_check(
-    asset="step_trainer_trusted",
-    blocking=True,
-    additional_ins={"customer_curated": dg.AssetIn("customer_curated")},
-    description="Every Step Trainer reading's serial number belongs to a curated customer.",
-)
-def serials_belong_to_curated_customers(
-    step_trainer_trusted: pl.LazyFrame, customer_curated: pl.LazyFrame
-) -> dg.AssetCheckResult:
-    return check_result(
-        contracts.belongs_to(
-            step_trainer_trusted,
-            "serialNumber",
-            customer_curated,
-            "serialNumber",
-            "a curated customer's device",
-        )
-    )
-
-
-@dg.asset_check(
     asset="step_trainer_trusted",
     additional_ins={
         "customer_landing": dg.AssetIn("customer_landing"),
@@ -131,22 +97,6 @@ def shared_serials_excluded(
 
 
 @dg.asset_check(
-    asset="customer_curated",
-    blocking=True,
-    additional_ins={"accelerometer_trusted": dg.AssetIn("accelerometer_trusted")},
-    description="Every curated customer has at least one trusted accelerometer reading.",
-)
-def customers_have_accelerometer_data(
-    customer_curated: pl.LazyFrame, accelerometer_trusted: pl.LazyFrame
-) -> dg.AssetCheckResult:
-    return check_result(
-        contracts.belongs_to(
-            customer_curated, "email", accelerometer_trusted, "user", "the user of any trusted reading"
-        )
-    )
-
-
-@dg.asset_check(
     asset="machine_learning_curated",
     blocking=True,
     description="Every training row has a Step Trainer side and an accelerometer side taken at the same time.",
@@ -165,6 +115,28 @@ def cross_customer_pairs(
     machine_learning_curated: pl.LazyFrame, customer_curated: pl.LazyFrame
 ) -> dg.AssetCheckResult:
     return check_result(contracts.cross_customer(machine_learning_curated, customer_curated), WARN)
+
+
+def membership_check(name: str, membership: contracts.Membership) -> dg.AssetChecksDefinition:
+    """A blocking referential check: the join contract behind a trusted or curated table."""
+
+    @dg.multi_asset_check(
+        name=f"{membership.table}_{name}",
+        specs=[
+            dg.AssetCheckSpec(
+                name,
+                asset=membership.table,
+                description=membership.description,
+                blocking=True,
+                additional_deps=[membership.parent],
+            )
+        ],
+        ins={"subject": dg.AssetIn(membership.table), "parent": dg.AssetIn(membership.parent)},
+    )
+    def referential(subject: pl.LazyFrame, parent: pl.LazyFrame) -> Iterator[dg.AssetCheckResult]:
+        yield check_result(membership.verdict(subject, parent), asset_key=membership.table, check_name=name)
+
+    return referential
 
 
 def expected_row_count(settings: Settings, name: str) -> int | None:
@@ -310,10 +282,8 @@ def landing_conservation_checks(source: str) -> dg.AssetChecksDefinition:
 
 privacy_and_join_checks = [
     consent_given,
-    users_are_trusted_customers,
-    serials_belong_to_curated_customers,
+    *(membership_check(name, membership) for name, membership in contracts.MEMBERSHIPS.items()),
     shared_serials_excluded,
-    customers_have_accelerometer_data,
     rows_have_both_sides,
     cross_customer_pairs,
 ]

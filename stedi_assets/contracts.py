@@ -77,6 +77,44 @@ def belongs_to(
     return Verdict(count == 0, f"{count} rows whose {child_key} is not {what}", count, 0, sample)
 
 
+@dataclass(frozen=True)
+class Membership:
+    """A referential contract: every row's `key` in `table` is a `parent_key` of `parent`."""
+
+    table: str
+    key: str
+    parent: str
+    parent_key: str
+    parent_role: str
+
+    @property
+    def description(self) -> str:
+        return f"Every {self.table} row's {self.key} is {self.parent_role} ({self.parent}.{self.parent_key})."
+
+    def verdict(self, frame: pl.LazyFrame, parent: pl.LazyFrame) -> Verdict:
+        return belongs_to(frame, self.key, parent, self.parent_key, self.parent_role)
+
+
+MEMBERSHIPS = {
+    "users_are_trusted_customers": Membership(
+        "accelerometer_trusted", "user", "customer_trusted", "email", "a trusted customer"
+    ),
+    "serials_belong_to_curated_customers": Membership(
+        "step_trainer_trusted",
+        "serialNumber",
+        "customer_curated",
+        "serialNumber",
+        "a curated customer's device",
+    ),
+    "customers_have_accelerometer_data": Membership(
+        "customer_curated", "email", "accelerometer_trusted", "user", "the user of a trusted reading"
+    ),
+    "users_are_curated_customers": Membership(
+        "machine_learning_curated", "user", "customer_curated", "email", "a curated customer"
+    ),
+}
+
+
 def both_sides_present(machine_learning_curated: pl.LazyFrame) -> Verdict:
     missing = machine_learning_curated.filter(
         pl.any_horizontal(pl.col("sensorReadingTime", "serialNumber", "distanceFromObject").is_null())

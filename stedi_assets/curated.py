@@ -5,31 +5,20 @@ from __future__ import annotations
 import dagster as dg
 import polars as pl
 
-from stedi_assets import contracts, transforms
+from stedi_assets import transforms
 from stedi_assets.checks import publish_only_if
-from stedi_assets.landing import KINDS, STORAGE_RETRY
+from stedi_assets.contracts import MEMBERSHIPS
 from stedi_assets.resources import StediSettings
-from stedi_assets.schemas import CURATED, table
+from stedi_assets.zones import table_asset
 
 
-def _curated(name: str):
-    return dg.asset(
-        name=name,
-        group_name=CURATED,
-        kinds=KINDS,
-        description=table(name).description,
-        retry_policy=STORAGE_RETRY,
-        pool=f"delta_{name}",
-    )
-
-
-@_curated("customer_curated")
+@table_asset("customer_curated")
 def customer_curated(customer_trusted: pl.LazyFrame, accelerometer_trusted: pl.LazyFrame) -> pl.LazyFrame:
     """Trusted customers with at least one trusted accelerometer reading, one row each."""
     return transforms.customer_curated(customer_trusted, accelerometer_trusted)
 
 
-@_curated("machine_learning_curated")
+@table_asset("machine_learning_curated")
 def machine_learning_curated(
     settings: StediSettings,
     step_trainer_trusted: pl.LazyFrame,
@@ -42,9 +31,7 @@ def machine_learning_curated(
     frame = transforms.machine_learning_curated(
         step_trainer_trusted, accelerometer_trusted, customer_curated, ml_join
     )
-    publish_only_if(
-        contracts.belongs_to(frame, "user", customer_curated, "email", "a curated customer"), "consent"
-    )
+    publish_only_if(MEMBERSHIPS["users_are_curated_customers"].verdict(frame, customer_curated), "consent")
     return dg.MaterializeResult(value=frame, metadata={"ml_join": ml_join.value})
 
 

@@ -7,9 +7,7 @@ import dagster as dg
 from stedi_assets import transforms
 from stedi_assets.resources import LandingZone
 from stedi_assets.schemas import LANDING, QUARANTINE, SOURCES, landing_table_name, rejects_table_name, table
-
-KINDS = {"polars", "delta"}
-STORAGE_RETRY = dg.RetryPolicy(max_retries=3, delay=1.0, backoff=dg.Backoff.EXPONENTIAL)
+from stedi_assets.zones import KINDS, STORAGE_RETRY
 
 
 def _ingest_asset(source: str) -> dg.AssetsDefinition:

@@ -7,7 +7,6 @@ every join, because the app and the website do not agree on case or whitespace.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from enum import Enum

@@ -6,27 +6,15 @@ breaks them is never written: Dagster's IO manager publishes before blocking che
 
 from __future__ import annotations
 
-import dagster as dg
 import polars as pl
 
 from stedi_assets import contracts, transforms
 from stedi_assets.checks import publish_only_if
-from stedi_assets.landing import KINDS, STORAGE_RETRY
-from stedi_assets.schemas import TRUSTED, table
+from stedi_assets.contracts import MEMBERSHIPS
+from stedi_assets.zones import table_asset
 
 
-def _trusted(name: str):
-    return dg.asset(
-        name=name,
-        group_name=TRUSTED,
-        kinds=KINDS,
-        description=table(name).description,
-        retry_policy=STORAGE_RETRY,
-        pool=f"delta_{name}",
-    )
-
-
-@_trusted("customer_trusted")
+@table_asset("customer_trusted")
 def customer_trusted(customer_landing: pl.LazyFrame) -> pl.LazyFrame:
     """The current record of each customer whose research consent is set and not 0."""
     frame = transforms.customer_trusted(customer_landing)
@@ -34,29 +22,24 @@ def customer_trusted(customer_landing: pl.LazyFrame) -> pl.LazyFrame:
     return frame
 
 
-@_trusted("accelerometer_trusted")
+@table_asset("accelerometer_trusted")
 def accelerometer_trusted(
     accelerometer_landing: pl.LazyFrame, customer_trusted: pl.LazyFrame
 ) -> pl.LazyFrame:
     """Accelerometer readings whose user is a trusted customer."""
     frame = transforms.accelerometer_trusted(accelerometer_landing, customer_trusted)
-    publish_only_if(
-        contracts.belongs_to(frame, "user", customer_trusted, "email", "a trusted customer"), "consent"
-    )
+    publish_only_if(MEMBERSHIPS["users_are_trusted_customers"].verdict(frame, customer_trusted), "consent")
     return frame
 
 
-@_trusted("step_trainer_trusted")
+@table_asset("step_trainer_trusted")
 def step_trainer_trusted(
     step_trainer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame, customer_landing: pl.LazyFrame
 ) -> pl.LazyFrame:
     """Step Trainer readings of devices owned only by curated customers."""
     frame = transforms.step_trainer_trusted(step_trainer_landing, customer_curated, customer_landing)
     publish_only_if(
-        contracts.belongs_to(
-            frame, "serialNumber", customer_curated, "serialNumber", "a curated customer's device"
-        ),
-        "consent",
+        MEMBERSHIPS["serials_belong_to_curated_customers"].verdict(frame, customer_curated), "consent"
     )
     return frame
 

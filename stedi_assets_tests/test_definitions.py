@@ -54,6 +54,7 @@ CHECKS = {
     ("customer_curated", "no_duplicate_rows"),
     ("customer_curated", "unique_by_email"),
     ("machine_learning_curated", "rows_have_both_sides"),
+    ("machine_learning_curated", "users_are_curated_customers"),
     ("machine_learning_curated", "cross_customer_pairs"),
     ("machine_learning_curated", "schema_as_declared"),
     ("machine_learning_curated", "row_count"),
@@ -67,6 +68,7 @@ BLOCKING = {
     ("step_trainer_trusted", "serials_belong_to_curated_customers"),
     ("customer_curated", "customers_have_accelerometer_data"),
     ("machine_learning_curated", "rows_have_both_sides"),
+    ("machine_learning_curated", "users_are_curated_customers"),
     ("customer_landing", "lines_conserved"),
     ("accelerometer_landing", "lines_conserved"),
     ("step_trainer_landing", "lines_conserved"),
@@ -130,3 +132,11 @@ def test_jobs_and_schedules():
     assert schedule.job_name == "stedi_lakehouse_job"
     assert [s.name for s in defs.schedules] == ["stedi_daily_refresh"]
     assert not list(defs.sensors or [])
+
+
+def test_each_table_writes_from_a_pool_of_its_own():
+    pools = {name: defs.resolve_assets_def(dg.AssetKey(name)).op.pool for name in ASSETS}
+    assert pools["customer_trusted"] == "delta_customer_trusted"
+    assert pools["machine_learning_curated"] == "delta_machine_learning_curated"
+    assert pools["customer_landing"] == pools["customer_rejects"] == "delta_customer_ingest"
+    assert len(set(pools.values())) == len(ASSETS) - 3

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import polars as pl
@@ -25,6 +26,7 @@ from stedi_assets.cli import run_lakehouse
 from stedi_assets.generate import generate_landing
 from stedi_assets.io_manager import open_table, scan_table, write_table
 from stedi_assets.resources import StediSettings
+from stedi_assets_tests.conftest import make_bucket
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +59,18 @@ def _log_versions(table: Path) -> list[int]:
 
 
 def _history_versions(uri: str) -> list[int]:
-    return sorted(entry["version"] for entry in DeltaTable(uri).history())
+    return sorted(entry["version"] for entry in open_table(uri).history())
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def table_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where the concurrent writers' tables live: a folder, or a bucket of the S3 test server."""
+    if request.param == "local":
+        return str(tmp_path / "tables")
+    request.getfixturevalue("s3_env")
+    bucket = f"race-{uuid.uuid4().hex[:12]}"
+    make_bucket(bucket)
+    return f"s3://{bucket}/tables"
 
 
 # Barrier shared by every concurrent script below: signal "ready", wait for the "go" file.
@@ -113,7 +126,6 @@ def _overlap(windows: list[tuple[float, float]]) -> bool:
     return max(start for start, _ in windows) < min(end for _, end in windows)
 
 
-# ---------------------------------------------------------------------------------------------
 # 1. A writer killed half-way through its data files leaves the table as it was.
 
 BIG_WRITER = r"""
@@ -208,7 +220,6 @@ def test_writer_killed_mid_write_leaves_table_unchanged(tmp_path: Path):
     )
 
 
-# ---------------------------------------------------------------------------------------------
 # 2. Two processes overwriting one table: every commit is one whole frame.
 
 WRITER = (
@@ -301,10 +312,10 @@ def _assert_clean_failures(outcomes: list[dict]) -> None:
 
 
 @pytest.mark.slow
-def test_concurrent_overwrites_commit_whole_frames(tmp_path: Path):
+def test_concurrent_overwrites_commit_whole_frames(tmp_path: Path, table_root: str):
     writes = 10
     for attempt in range(3):
-        uri = str(tmp_path / f"shared-{attempt}")
+        uri = f"{table_root}/shared-{attempt}"
         write_table(uri, pl.LazyFrame({"row": [0], "writer": [0], "seq": [0]}).cast(pl.Int64))
         jobs = {writer: [(uri, seq) for seq in range(writes)] for writer in (1, 2)}
         outcomes = _run_writers(tmp_path, jobs, f"overwrite-{attempt}")
@@ -344,22 +355,22 @@ def test_concurrent_overwrites_commit_whole_frames(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_concurrent_first_writes_of_a_new_table_commit_whole_frames(tmp_path: Path):
+def test_concurrent_first_writes_of_a_new_table_commit_whole_frames(tmp_path: Path, table_root: str):
     tables = 20
     for attempt in range(3):
-        root = tmp_path / f"round-{attempt}"
-        jobs = {writer: [(str(root / f"t{k}"), k) for k in range(tables)] for writer in (1, 2)}
+        root = f"{table_root}/round-{attempt}"
+        jobs = {writer: [(f"{root}/t{k}", k) for k in range(tables)] for writer in (1, 2)}
         outcomes = _run_writers(tmp_path, jobs, f"create-{attempt}")
         _assert_clean_failures(outcomes)
         mixed = []
         for k in range(tables):
-            uri = str(root / f"t{k}")
+            uri = f"{root}/t{k}"
             frame = scan_table(uri).collect()
             pairs = frame.group_by("writer", "seq").len().sort("writer").rows()
             if len(pairs) != 1 or frame.height != _rows_of(*pairs[0][:2]):
                 reported = [o["ok"] for o in outcomes if o["uri"] == uri]
                 mixed.append(
-                    f"t{k}: version {DeltaTable(uri).version()} holds {pairs}; writers reported ok={reported}"
+                    f"t{k}: version {open_table(uri).version()} holds {pairs}; writers reported ok={reported}"
                 )
         if mixed:
             break
@@ -370,7 +381,6 @@ def test_concurrent_first_writes_of_a_new_table_commit_whole_frames(tmp_path: Pa
         _single_frame(frame, o["uri"])
 
 
-# ---------------------------------------------------------------------------------------------
 # 3. Two Dagster runs materializing the same assets into one lakehouse.
 
 RUNNER = (
@@ -379,6 +389,7 @@ RUNNER = (
 import json
 from stedi_assets.cli import run_lakehouse
 from stedi_assets.resources import StediSettings
+from stedi_assets_tests.conftest import make_bucket
 import stedi_assets.checks, stedi_assets.definitions  # the asset graph is built before the start
 
 landing, lakehouse, ready, go = sys.argv[1:5]

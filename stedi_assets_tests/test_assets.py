@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
 from deltalake import DeltaTable
 from polars.testing import assert_frame_equal
 
@@ -174,3 +175,21 @@ def test_run_config_reaches_every_resource(tiny_landing: Path, tmp_path: Path):
     assert result.success
     ml = pl.read_delta(str(lakehouse / "curated" / "machine_learning_curated"))
     assert ml.height == 3
+
+
+def test_privacy_guard_refuses_to_publish_a_broken_table():
+    """The guard runs inside the asset, so a table that breaks a privacy contract is never written."""
+    from stedi_assets import contracts
+    from stedi_assets.checks import publish_only_if
+
+    leaked = pl.LazyFrame({"user": ["bob@test.com"]})
+    trusted = pl.LazyFrame({"email": ["alice@test.com"]})
+    verdict = contracts.MEMBERSHIPS["users_are_trusted_customers"].verdict(leaked, trusted)
+
+    with pytest.raises(dg.Failure) as failure:
+        publish_only_if(verdict, "consent")
+    assert failure.value.description == (
+        "The consent contract is broken, so the table was not published: "
+        "1 rows whose user is not a trusted customer"
+    )
+    assert "bob@test.com" in failure.value.metadata["offending_rows"].value

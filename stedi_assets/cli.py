@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--select", default="*", help="Dagster asset selection, e.g. 'key:customer_trusted+'")
     run.add_argument("--ml-join", choices=[m.value for m in MlJoin])
     run.add_argument("--expectations", help="JSON file of exact row counts to check")
+    run.add_argument("--max-reject-rate", type=float, help="share of rejected lines that fails a run")
     run.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     run.add_argument("--verbose", action="store_true", help="stream Dagster's event log to stderr")
 
@@ -176,6 +177,7 @@ def _run(args: argparse.Namespace) -> int:
         lakehouse_uri=args.lakehouse,
         ml_join=args.ml_join,
         expectations_file=args.expectations,
+        max_reject_rate=args.max_reject_rate,
     )
     try:
         summary = run_lakehouse(settings, args.select, log_level="DEBUG" if args.verbose else "WARNING")

@@ -23,6 +23,7 @@ def _ingest_asset(source: str) -> dg.AssetsDefinition:
                 group_name=QUARANTINE, kinds=KINDS, description=table(rejects_name).description
             ),
         },
+        description=f"Reads every *.json file of the {source} source; lines that fail to parse are quarantined.",
         retry_policy=STORAGE_RETRY,
         pool=f"delta_{source}_ingest",
     )
@@ -36,9 +37,6 @@ def _ingest_asset(source: str) -> dg.AssetsDefinition:
         )
         yield dg.MaterializeResult(asset_key=rejects_name, value=rejected)
 
-    ingest.__doc__ = (
-        f"Reads every *.json file of the {source} source; lines that fail to parse are quarantined."
-    )
     return ingest
 
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import polars as pl
 
 LANDING, TRUSTED, CURATED, QUARANTINE = "landing", "trusted", "curated", "quarantine"
-ZONES = (LANDING, TRUSTED, CURATED, QUARANTINE)
 
 SOURCE_FILE, LINE_NUMBER, INGESTED_AT = "_source_file", "_line_number", "_ingested_at"
 PROVENANCE: dict[str, pl.DataType] = {

@@ -5,8 +5,6 @@ the cross-customer pairing of the seed join is a WARN, a known drift rather than
 Table-level contracts (schema, duplicates, row counts) come from one factory per table.
 """
 
-from __future__ import annotations
-
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,8 @@ import polars as pl
 
 from stedi_assets import contracts, transforms
 from stedi_assets.io_manager import markdown_table
-from stedi_assets.resources import LandingZone, Settings, StediSettings
+from stedi_assets.landing import LINES_READ
+from stedi_assets.resources import Settings, StediSettings
 from stedi_assets.schemas import (
     SENSOR_TABLES,
     SOURCES,
@@ -238,6 +237,13 @@ def table_contract_checks(name: str) -> dg.AssetChecksDefinition:
     return alone
 
 
+def _lines_read(instance: dg.DagsterInstance, landing_name: str) -> int | None:
+    """The non-blank line count that the latest ingest recorded for exactly the files it read."""
+    event = instance.get_latest_materialization_event(dg.AssetKey(landing_name))
+    recorded = event.asset_materialization.metadata.get(LINES_READ) if event else None
+    return None if recorded is None else int(recorded.value)
+
+
 def landing_conservation_checks(source: str) -> dg.AssetChecksDefinition:
     """Nothing silently dropped: every non-blank line is a landing row or a quarantined reject."""
     landing_name, rejects_name = landing_table_name(source), rejects_table_name(source)
@@ -248,7 +254,7 @@ def landing_conservation_checks(source: str) -> dg.AssetChecksDefinition:
             dg.AssetCheckSpec(
                 "lines_conserved",
                 asset=landing_name,
-                description="Accepted rows plus quarantined rejects equal the non-blank lines in the landing files.",
+                description="Accepted rows plus quarantined rejects equal the non-blank lines the ingest read.",
                 blocking=True,
                 additional_deps=[rejects_name],
             ),
@@ -262,11 +268,21 @@ def landing_conservation_checks(source: str) -> dg.AssetChecksDefinition:
         ins={"accepted": dg.AssetIn(landing_name), "rejected": dg.AssetIn(rejects_name)},
     )
     def lines_accounted_for(
-        settings: StediSettings, landing: LandingZone, accepted: pl.LazyFrame, rejected: pl.LazyFrame
+        context: dg.AssetCheckExecutionContext,
+        settings: StediSettings,
+        accepted: pl.LazyFrame,
+        rejected: pl.LazyFrame,
     ) -> Iterator[dg.AssetCheckResult]:
-        read = transforms.non_blank_lines(landing.read_lines(source).lazy()).select(pl.len()).collect().item()
+        read = _lines_read(context.instance, landing_name)
         n_accepted = accepted.select(pl.len()).collect().item()
         n_rejected = rejected.select(pl.len()).collect().item()
+        if read is None:
+            missing = contracts.Verdict(
+                False, f"no materialization of {landing_name} recorded its lines_read"
+            )
+            for name in ("lines_conserved", "reject_rate"):
+                yield check_result(missing, asset_key=landing_name, check_name=name)
+            return
         yield check_result(
             contracts.conservation(read, n_accepted, n_rejected),
             asset_key=landing_name,

@@ -38,13 +38,33 @@ def _offending(rows: pl.LazyFrame) -> tuple[int, pl.DataFrame]:
     return int(count), frame.drop("_n")
 
 
-def consent_violations(customers: pl.LazyFrame) -> pl.LazyFrame:
-    return customers.filter(~has_research_consent().fill_null(False))
+def consent_violations(customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame) -> pl.LazyFrame:
+    """Trusted rows without consent of their own, or whose customer's current record withdrew it."""
+    consenting = (
+        customer_current_state(customer_landing).filter(has_research_consent()).select(_key=identity("email"))
+    )
+    return (
+        customer_trusted.join(consenting, left_on=identity("email"), right_on="_key", how="left")
+        .filter(pl.col("_key").is_null() | ~has_research_consent().fill_null(False))
+        .drop("_key")
+    )
+
+
+def consenting_only(customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame) -> Verdict:
+    """The privacy half of the consent contract: no trusted customer lacks current consent."""
+    violations, sample = _offending(consent_violations(customer_trusted, customer_landing))
+    return Verdict(
+        violations == 0,
+        f"{violations} trusted customers without current research consent",
+        violations,
+        0,
+        sample,
+    )
 
 
 def consent(customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame) -> Verdict:
-    """Only consenting customers are trusted, and every consenting customer is."""
-    violations, sample = _offending(consent_violations(customer_trusted))
+    """Only customers whose current record consents are trusted, and every such customer is."""
+    privacy = consenting_only(customer_trusted, customer_landing)
     expected = (
         customer_current_state(customer_landing)
         .filter(has_research_consent())
@@ -53,14 +73,12 @@ def consent(customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame) -> V
         .item()
     )
     observed = customer_trusted.select(pl.len()).collect().item()
-    passed = violations == 0 and observed == expected
     return Verdict(
-        passed,
-        f"{violations} trusted customers without research consent; "
-        f"{observed} trusted of {expected} consenting customers in landing",
+        privacy.passed and observed == expected,
+        f"{privacy.summary}; {observed} trusted of {expected} consenting customers in landing",
         observed,
         expected,
-        sample,
+        privacy.offending,
     )
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dagster as dg
+import polars as pl
 
 from stedi_assets import transforms
 from stedi_assets.resources import LandingZone
 from stedi_assets.schemas import LANDING, QUARANTINE, SOURCES, landing_table_name, rejects_table_name, table
 from stedi_assets.zones import KINDS, STORAGE_RETRY
+
+LINES_READ = "lines_read"
+"""Materialization metadata: non-blank lines in the files this ingest read (the conservation baseline)."""
 
 
 def _ingest_asset(source: str) -> dg.AssetsDefinition:
@@ -29,12 +33,11 @@ def _ingest_asset(source: str) -> dg.AssetsDefinition:
     )
     def ingest(landing: LandingZone):
         lines = landing.read_lines(source).lazy()
+        read = transforms.non_blank_lines(lines).select(pl.len()).collect().item()
         parsed = transforms.parse_landing(lines, source, transforms.json_keys(lines)).collect()
         accepted = transforms.accepted_rows(parsed.lazy(), source)
         rejected = transforms.rejected_rows(parsed.lazy())
-        yield dg.MaterializeResult(
-            asset_key=landing_name, value=accepted, metadata={"lines_read": parsed.height}
-        )
+        yield dg.MaterializeResult(asset_key=landing_name, value=accepted, metadata={LINES_READ: read})
         yield dg.MaterializeResult(asset_key=rejects_name, value=rejected)
 
     return ingest

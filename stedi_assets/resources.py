@@ -62,7 +62,13 @@ class StediSettings(dg.ConfigurableResource):
             raise dg.Failure(f"ml_join {ml_join!r} is not one of: {choices}") from None
         rate = self.max_reject_rate
         if rate is None:
-            rate = float(os.environ.get("STEDI_MAX_REJECT_RATE") or DEFAULT_MAX_REJECT_RATE)
+            configured = os.environ.get("STEDI_MAX_REJECT_RATE") or str(DEFAULT_MAX_REJECT_RATE)
+            try:
+                rate = float(configured)
+            except ValueError:
+                raise dg.Failure(
+                    f"STEDI_MAX_REJECT_RATE={configured!r} is not a number (e.g. 0.05)"
+                ) from None
         return Settings(
             landing_uri=_pick(self.landing_uri, "STEDI_LANDING_URI", DEFAULT_LANDING_URI).rstrip("/"),
             lakehouse_uri=_pick(self.lakehouse_uri, "STEDI_LAKEHOUSE_URI", DEFAULT_LAKEHOUSE_URI).rstrip("/"),
@@ -92,7 +98,7 @@ def storage_options(uri: str) -> dict[str, str] | None:
 
 
 def table_uri(lakehouse_uri: str, zone: str, name: str) -> str:
-    root = lakehouse_uri.rstrip("/")
+    root = lakehouse_uri
     if not is_s3(root):
         root = str(Path(root).absolute())
     return f"{root}/{zone}/{name}"
@@ -133,12 +139,18 @@ class LandingZone(dg.ConfigurableResource):
         uri = f"s3://{bucket}/{prefix}"
         client = self.s3.get_client()
         try:
-            objects = sorted(
+            listed = [
                 (obj["Key"], obj["LastModified"])
                 for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
                 for obj in page.get("Contents", [])
-                if obj["Key"].endswith(".json")
-            )
+            ]
+            if not listed:
+                raise dg.Failure(
+                    f"Nothing under {uri}: put the {source} JSON-lines files there or point "
+                    f"--landing / STEDI_LANDING_URI at the landing root.",
+                    allow_retries=False,
+                )
+            objects = sorted((key, modified) for key, modified in listed if key.endswith(".json"))
             return [
                 (f"s3://{bucket}/{key}", client.get_object(Bucket=bucket, Key=key)["Body"].read(), modified)
                 for key, modified in objects
@@ -178,7 +190,7 @@ def storage_failure(uri: str, error: Exception, setting: str) -> dg.Failure:
         transient = False
     elif "URL scheme is not allowed" in text:
         message, transient = f"{endpoint} is plain http: set AWS_ALLOW_HTTP=true for {uri}.", False
-    elif "Failed to commit transaction" in text or "already exists" in text and "_delta_log" in text:
+    elif "Failed to commit transaction" in text or ("already exists" in text and "_delta_log" in text):
         message = f"Another writer committed {uri} at the same time; this write was not applied."
         transient = True
     elif any(marker in text for marker in _UNREACHABLE):

@@ -18,7 +18,7 @@ from stedi_assets.zones import table_asset
 def customer_trusted(customer_landing: pl.LazyFrame) -> pl.LazyFrame:
     """The current record of each customer whose research consent is set and not 0."""
     frame = transforms.customer_trusted(customer_landing)
-    publish_only_if(contracts.consent(frame, customer_landing), "consent")
+    publish_only_if(contracts.consenting_only(frame, customer_landing), "consent")
     return frame
 
 

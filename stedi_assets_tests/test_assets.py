@@ -144,7 +144,7 @@ def test_failing_blocking_check_stops_downstream(tiny_landing: Path, tmp_path: P
 
     consent = next(c for c in summary["checks"] if c["name"] == "consent_given")
     assert consent["passed"] is False
-    assert "1 trusted customers without research consent" in consent["summary"]
+    assert "1 trusted customers without current research consent" in consent["summary"]
     assert not summary["success"]
     assert "accelerometer_trusted" not in summary["tables"]
     assert DeltaTable(str(lakehouse / "trusted" / "accelerometer_trusted")).version() == accel_version

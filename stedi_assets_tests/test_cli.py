@@ -118,8 +118,8 @@ def test_generate_then_run_then_sql(tmp_path: Path):
     landing, lakehouse = tmp_path / "landing", tmp_path / "lakehouse"
     generated = stedi("generate", "--out", str(landing), "--customers", "40", "--seed", "3")
     assert generated.returncode == 0, generated.stderr
-    lines = sum(1 for _ in (landing / "customer").glob("*.json") for _ in _.open())
-    assert lines == 40
+    customer_files = list((landing / "customer").glob("*.json"))
+    assert sum(len(f.read_text().splitlines()) for f in customer_files) == 40
 
     ran = stedi("run", "--landing", str(landing), "--lakehouse", str(lakehouse))
     assert ran.returncode == 0, ran.stderr[-3000:]

@@ -56,7 +56,7 @@ def test_consent_passes_trusted_customers() -> None:
     verdict = contracts.consent(trusted, LANDING)
     assert_verdict(verdict, True, 1, 1, rows_frame("customer_trusted", []))
     assert verdict.summary == (
-        "0 trusted customers without research consent; 1 trusted of 1 consenting customers in landing"
+        "0 trusted customers without current research consent; 1 trusted of 1 consenting customers in landing"
     )
 
 
@@ -75,6 +75,18 @@ def test_consent_fails_swapped_customer_with_right_count() -> None:
 def test_consent_fails_missing_consenting_customer() -> None:
     trusted = rows_frame("customer_trusted", [])
     assert_verdict(contracts.consent(trusted.lazy(), LANDING), False, 0, 1, trusted)
+
+
+def test_consenting_only_fails_a_stale_consenting_record_of_a_withdrawn_customer() -> None:
+    withdrawn = customer("A@x.com ", "s1", consent=None) | {"lastUpdateDate": 2}
+    landing = customer_landing(customer("a@x.com", "s1"), withdrawn)
+    stale = rows_frame("customer_trusted", [customer("a@x.com", "s1")])
+
+    verdict = contracts.consenting_only(stale.lazy(), landing)
+
+    assert_verdict(verdict, False, 1, 0, stale)
+    assert verdict.summary == "1 trusted customers without current research consent"
+    assert contracts.consenting_only(transforms.customer_trusted(landing), landing).passed
 
 
 PARENTS = rows_frame("customer_trusted", [customer(" A@x.COM", "s1")]).lazy()

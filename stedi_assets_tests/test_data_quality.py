@@ -205,3 +205,26 @@ def test_resent_file_counts_once_downstream(messy_run):
     assert summary["tables"]["accelerometer_trusted"]["rows"] == 3
     duplicates = [c for c in summary["checks"] if c["name"] == "no_duplicate_rows"]
     assert duplicates and all(c["passed"] for c in duplicates)
+
+
+def test_a_row_lost_after_ingest_fails_conservation(messy_landing: Path, tmp_path: Path):
+    import dagster as dg
+
+    instance = dg.DagsterInstance.ephemeral()
+    lakehouse = tmp_path / "lakehouse"
+    settings = StediSettings(
+        landing_uri=str(messy_landing), lakehouse_uri=str(lakehouse), max_reject_rate=0.5
+    )
+    assert run_lakehouse(settings, select="key:customer_landing", instance=instance)["success"]
+    uri = str(lakehouse / "landing" / "customer_landing")
+    pl.read_delta(uri).head(3).write_delta(uri, mode="overwrite")
+
+    summary = run_lakehouse(
+        settings, select=dg.AssetSelection.checks_for_assets("customer_landing"), instance=instance
+    )
+
+    conserved = next(c for c in summary["checks"] if c["name"] == "lines_conserved")
+    assert (conserved["passed"], conserved["summary"]) == (
+        False,
+        "6 non-blank lines read, 3 accepted + 2 rejected",
+    )

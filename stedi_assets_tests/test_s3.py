@@ -37,7 +37,7 @@ def test_generated_data_on_s3_matches_local(s3_env: str, generated_landing: Path
     }
     uri = on_s3["tables"]["customer_trusted"]["uri"]
     assert uri == "s3://stedi-gen-lake/lh/trusted/customer_trusted"
-    from_s3 = pl.read_delta(uri, storage_options=storage_options(uri)).drop("_source_file", strict=False)
+    from_s3 = pl.read_delta(uri, storage_options=storage_options(uri))
     from_disk = pl.read_delta(local["tables"]["customer_trusted"]["uri"])
     assert from_s3.sort("email").equals(from_disk.sort("email"))
     keys = {
@@ -45,6 +45,19 @@ def test_generated_data_on_s3_matches_local(s3_env: str, generated_landing: Path
         for o in boto3.client("s3").list_objects_v2(Bucket="stedi-gen-lake", Prefix="lh/")["Contents"]
     }
     assert any(k.startswith("lh/curated/machine_learning_curated/_delta_log/") for k in keys)
+
+
+def test_empty_landing_prefix_is_one_clear_error(s3_env: str, tmp_path: Path):
+    make_bucket("stedi-empty-landing")
+    summary = run_lakehouse(
+        StediSettings(landing_uri="s3://stedi-empty-landing/nothing-here", lakehouse_uri=str(tmp_path)),
+        select="key:customer_landing",
+    )
+
+    assert summary["errors"] == [
+        "ingest_customer: Nothing under s3://stedi-empty-landing/nothing-here/customer/: put the customer "
+        "JSON-lines files there or point --landing / STEDI_LANDING_URI at the landing root."
+    ]
 
 
 def test_missing_bucket_is_one_clear_error(s3_env: str, tmp_path: Path):

@@ -8,13 +8,16 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dagster as dg
-from dagster._core.definitions.asset_selection import DagsterInvalidAssetSelectionError
+from stedi_assets.storage.lakehouse import DEFAULT_LAKEHOUSE_URI, DEFAULT_LANDING_URI
 
-from stedi_assets.resources import DEFAULT_LAKEHOUSE_URI, DEFAULT_LANDING_URI, StediSettings
-from stedi_assets.transforms import MlJoin
+if TYPE_CHECKING:
+    import dagster as dg
+
+JOB = "stedi_lakehouse_job"
+STORAGE_FIELDS = ("landing_uri", "lakehouse_uri")
+ML_JOINS = ("seed", "same_customer")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--landing", help=f"landing root, folder or s3:// (default {DEFAULT_LANDING_URI})")
     run.add_argument("--lakehouse", help=f"lakehouse root, folder or s3:// (default {DEFAULT_LAKEHOUSE_URI})")
     run.add_argument("--select", default="*", help="Dagster asset selection, e.g. 'key:customer_trusted+'")
-    run.add_argument("--ml-join", choices=[m.value for m in MlJoin])
+    run.add_argument("--ml-join", choices=ML_JOINS)
     run.add_argument("--expectations", help="JSON file of exact row counts to check")
     run.add_argument("--max-reject-rate", type=float, help="share of rejected lines that fails a run")
     run.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -45,8 +48,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     if args.command == "generate":
         return _generate(args)
     if args.command == "run":
@@ -62,44 +63,71 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_config(log_level: str = "DEBUG", **settings: Any) -> dict[str, Any]:
+    """Run config of the lakehouse job: each setting given (not None) goes to the resource that owns it.
+
+    Settings left out are filled from the STEDI_* environment when the run starts.
+    """
+    given = {name: value for name, value in settings.items() if value is not None}
+    storage = {name: value for name, value in given.items() if name in STORAGE_FIELDS}
+    behaviour = {name: value for name, value in given.items() if name not in STORAGE_FIELDS}
+    return {
+        "resources": {"storage": {"config": storage}, "settings": {"config": behaviour}},
+        "loggers": {"console": {"config": {"log_level": log_level}}},
+    }
+
+
 def run_lakehouse(
-    settings: StediSettings,
-    select: str | dg.AssetSelection = "*",
+    select: str = "*",
     instance: dg.DagsterInstance | None = None,
     log_level: str = "DEBUG",
+    **settings: Any,
 ) -> dict[str, Any]:
-    """Materializes the selection with its checks in process; returns the run summary."""
-    from stedi_assets.checks import all_checks
-    from stedi_assets.definitions import all_assets, build_resources
+    """Runs the code location's own job in process (the selection with its checks); returns the summary.
 
-    if instance is None:
-        instance = _instance()
-    if isinstance(select, dg.AssetSelection):
-        selection = select
-    elif select.strip() in ("", "*"):
-        selection = dg.AssetSelection.all()
-    else:
-        selection = dg.AssetSelection.from_string(select).required_multi_asset_neighbors()
-        if not selection.resolve(all_assets):
-            raise EmptySelection("it matches no asset")
-    result = dg.materialize(
-        [*all_assets, *all_checks],
-        selection=selection,
-        instance=instance,
-        resources=build_resources(settings),
+    The run is recorded under the job's name in the instance, as runs launched from the UI are.
+    """
+    import dagster as dg
+
+    from stedi_assets.definitions import defs
+
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    job = defs.resolve_job_def(JOB)
+    result = job.execute_in_process(
+        run_config=run_config(log_level, **settings),
+        instance=instance or _instance(),
+        asset_selection=_selected_keys(select, defs),
         raise_on_error=False,
         tags={"stedi/launched_by": "stedi run"},
-        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
     )
     return summarize(result)
 
 
-class EmptySelection(ValueError):
+class InvalidSelection(ValueError):
     pass
+
+
+def _selected_keys(select: str, defs: dg.Definitions) -> list[dg.AssetKey] | None:
+    """The asset keys of a Dagster selection string, with the multi-assets they need whole."""
+    import dagster as dg
+
+    if select.strip() in ("", "*"):
+        return None
+    try:
+        selection = dg.AssetSelection.from_string(select).required_multi_asset_neighbors()
+        keys = selection.resolve(defs.resolve_asset_graph())
+    except (dg.DagsterError, ValueError) as error:
+        raise InvalidSelection(str(error)) from None
+    if not keys:
+        raise InvalidSelection("it matches no asset")
+    return sorted(keys)
 
 
 def _instance() -> dg.DagsterInstance:
     """The instance at DAGSTER_HOME (created if missing) so runs show in `dagster dev`; else ephemeral."""
+    import dagster as dg
+
     home = os.environ.get("DAGSTER_HOME")
     if not home:
         return dg.DagsterInstance.ephemeral()
@@ -172,16 +200,17 @@ def _error_line(error: Any) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = StediSettings(
-        landing_uri=args.landing,
-        lakehouse_uri=args.lakehouse,
-        ml_join=args.ml_join,
-        expectations_file=args.expectations,
-        max_reject_rate=args.max_reject_rate,
-    )
     try:
-        summary = run_lakehouse(settings, args.select, log_level="DEBUG" if args.verbose else "WARNING")
-    except (dg.DagsterInvalidSubsetError, DagsterInvalidAssetSelectionError, EmptySelection) as error:
+        summary = run_lakehouse(
+            args.select,
+            log_level="DEBUG" if args.verbose else "WARNING",
+            landing_uri=args.landing,
+            lakehouse_uri=args.lakehouse,
+            ml_join=args.ml_join,
+            expectations_file=args.expectations,
+            max_reject_rate=args.max_reject_rate,
+        )
+    except InvalidSelection as error:
         print(f"stedi run: invalid --select {args.select!r}: {error}", file=sys.stderr)
         return 2
     if args.json:
@@ -210,12 +239,15 @@ def format_summary(summary: dict[str, Any]) -> str:
 def _sql(args: argparse.Namespace) -> int:
     import duckdb
 
-    from stedi_assets.sql import connect
+    from stedi_assets.storage.environment import S3Options, settings_from_environment
+    from stedi_assets.storage.lakehouse import Lakehouse
+    from stedi_assets.storage.sql import connect
 
-    lakehouse = StediSettings(lakehouse_uri=args.lakehouse).resolved().lakehouse_uri
-    connection, tables = connect(lakehouse)
+    given = {"lakehouse_uri": args.lakehouse} if args.lakehouse else {}
+    root = settings_from_environment(given, ["lakehouse_uri"]).get("lakehouse_uri", DEFAULT_LAKEHOUSE_URI)
+    connection, tables = connect(Lakehouse(root, S3Options.from_environment()))
     if not tables:
-        print(f"stedi sql: no tables under {lakehouse}; run `stedi run` first", file=sys.stderr)
+        print(f"stedi sql: no tables under {root}; run `stedi run` first", file=sys.stderr)
         return 2
     try:
         relation = connection.sql(args.query)

@@ -1,41 +1,32 @@
-"""The STEDI code location: assets of every zone, their checks, storage and schedules."""
+"""The STEDI code location: every zone's assets and checks, storage, job and schedule."""
 
 from __future__ import annotations
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
-from stedi_assets.automation import jobs, schedules
-from stedi_assets.checks import all_checks
-from stedi_assets.curated import curated_assets
-from stedi_assets.io_manager import DeltaLakehouseIOManager
-from stedi_assets.landing import landing_assets
-from stedi_assets.resources import LandingZone, StediSettings
-from stedi_assets.trusted import trusted_assets
+from stedi_assets.defs import automation, curated, landing, trusted
+from stedi_assets.defs.settings import StediSettings
+from stedi_assets.storage.io_manager import DeltaIOManager
+from stedi_assets.storage.resources import StediStorage
+
+ZONES = (landing, trusted, curated)
 
 
-def build_resources(settings: StediSettings | None = None) -> dict[str, object]:
-    """The resources of a run; the CLI and the tests pass explicit settings.
-
-    Without them the settings are configured at launch, so run config (the launchpad's
-    `resources.settings.config`) reaches the IO manager and the landing reader too.
-    """
-    settings = settings or StediSettings.configure_at_launch()
-    s3 = S3Resource(max_attempts=5)
+def resources() -> dict[str, dg.ConfigurableResource]:
+    """Configured at launch: run config (the launchpad's `resources.<name>.config`, or `stedi run`
+    flags) sets them, and the environment fills what it leaves out when the run starts."""
+    storage = StediStorage.configure_at_launch()
     return {
-        "settings": settings,
-        "s3": s3,
-        "landing": LandingZone(settings=settings, s3=s3),
-        "io_manager": DeltaLakehouseIOManager(settings=settings),
+        "settings": StediSettings.configure_at_launch(),
+        "storage": storage,
+        "io_manager": DeltaIOManager(storage=storage),
     }
 
 
-all_assets = [*landing_assets, *trusted_assets, *curated_assets]
-
 defs = dg.Definitions(
-    assets=all_assets,
-    asset_checks=all_checks,
-    jobs=jobs,
-    schedules=schedules,
-    resources=build_resources(),
+    assets=dg.load_assets_from_modules(ZONES),
+    asset_checks=dg.load_asset_checks_from_modules(ZONES),
+    jobs=[automation.lakehouse_job],
+    schedules=[automation.daily_refresh],
+    resources=resources(),
 )

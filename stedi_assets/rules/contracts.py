@@ -1,18 +1,21 @@
 """Data contracts as pure Polars functions: each returns a Verdict with what it saw.
 
-The asset checks (checks.py) and the in-asset privacy guards call these, and the tests run them
-on good and bad frames directly.
+The asset checks and the in-asset privacy guards call these, and the tests run them on good and
+bad frames directly. A verdict carries its own severity: ERROR for a broken contract, WARN for
+known drift that a person should look at.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 import polars as pl
 
-from stedi_assets.schemas import PROFILE_COLUMNS, Table
-from stedi_assets.transforms import (
+from stedi_assets.rules.catalog import PROFILE_COLUMNS, Table
+from stedi_assets.rules.transforms import (
+    ambiguous_serials,
     cross_customer_pairs,
     customer_current_state,
     has_research_consent,
@@ -22,6 +25,11 @@ from stedi_assets.transforms import (
 SAMPLE_ROWS = 5
 
 
+class Severity(str, Enum):
+    ERROR = "ERROR"
+    WARN = "WARN"
+
+
 @dataclass(frozen=True)
 class Verdict:
     passed: bool
@@ -29,13 +37,17 @@ class Verdict:
     observed: int | float | str | None = None
     expected: int | float | str | None = None
     offending: pl.DataFrame = field(default_factory=pl.DataFrame)
+    severity: Severity = Severity.ERROR
 
 
-def _offending(rows: pl.LazyFrame) -> tuple[int, pl.DataFrame]:
-    """How many offending rows, and a sample, in one pass over the plan."""
+def no_offending_rows(rows: pl.LazyFrame, what: str, severity: Severity = Severity.ERROR) -> Verdict:
+    """Passes when `rows` is empty; otherwise counts them and keeps a sample, in one pass over the plan.
+
+    `what` completes "<n> ...", e.g. "rows are exact duplicates of another row".
+    """
     frame = rows.with_columns(_n=pl.len()).head(SAMPLE_ROWS).collect()
-    count = frame["_n"][0] if frame.height else 0
-    return int(count), frame.drop("_n")
+    count = int(frame["_n"][0]) if frame.height else 0
+    return Verdict(count == 0, f"{count} {what}", count, 0, frame.drop("_n"), severity)
 
 
 def consent_violations(customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame) -> pl.LazyFrame:
@@ -52,26 +64,17 @@ def consent_violations(customer_trusted: pl.LazyFrame, customer_landing: pl.Lazy
 
 def consenting_only(customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame) -> Verdict:
     """The privacy half of the consent contract: no trusted customer lacks current consent."""
-    violations, sample = _offending(consent_violations(customer_trusted, customer_landing))
-    return Verdict(
-        violations == 0,
-        f"{violations} trusted customers without current research consent",
-        violations,
-        0,
-        sample,
+    return no_offending_rows(
+        consent_violations(customer_trusted, customer_landing),
+        "trusted customers without current research consent",
     )
 
 
 def consent(customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame) -> Verdict:
     """Only customers whose current record consents are trusted, and every such customer is."""
     privacy = consenting_only(customer_trusted, customer_landing)
-    expected = (
-        customer_current_state(customer_landing)
-        .filter(has_research_consent())
-        .select(pl.len())
-        .collect()
-        .item()
-    )
+    consenting = customer_current_state(customer_landing).filter(has_research_consent())
+    expected = consenting.select(pl.len()).collect().item()
     observed = customer_trusted.select(pl.len()).collect().item()
     return Verdict(
         privacy.passed and observed == expected,
@@ -82,23 +85,15 @@ def consent(customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame) -> V
     )
 
 
-def orphans(child: pl.LazyFrame, child_key: str, parent: pl.LazyFrame, parent_key: str) -> pl.LazyFrame:
-    """Rows of child whose identity key has no match in parent."""
-    keys = parent.select(_key=identity(parent_key)).unique()
-    return child.join(keys, left_on=identity(child_key), right_on="_key", how="anti")
-
-
-def belongs_to(
-    child: pl.LazyFrame, child_key: str, parent: pl.LazyFrame, parent_key: str, what: str
-) -> Verdict:
-    count, sample = _offending(orphans(child, child_key, parent, parent_key))
-    return Verdict(count == 0, f"{count} rows whose {child_key} is not {what}", count, 0, sample)
-
-
 @dataclass(frozen=True)
 class Membership:
-    """A referential contract: every row's `key` in `table` is a `parent_key` of `parent`."""
+    """A referential contract: every row's `key` in `table` is a `parent_key` of `parent`.
 
+    Declared once beside the table it guards; the asset's privacy guard and its blocking check
+    both evaluate it.
+    """
+
+    name: str
     table: str
     key: str
     parent: str
@@ -110,27 +105,9 @@ class Membership:
         return f"Every {self.table} row's {self.key} is {self.parent_role} ({self.parent}.{self.parent_key})."
 
     def verdict(self, frame: pl.LazyFrame, parent: pl.LazyFrame) -> Verdict:
-        return belongs_to(frame, self.key, parent, self.parent_key, self.parent_role)
-
-
-MEMBERSHIPS = {
-    "users_are_trusted_customers": Membership(
-        "accelerometer_trusted", "user", "customer_trusted", "email", "a trusted customer"
-    ),
-    "serials_belong_to_curated_customers": Membership(
-        "step_trainer_trusted",
-        "serialNumber",
-        "customer_curated",
-        "serialNumber",
-        "a curated customer's device",
-    ),
-    "customers_have_accelerometer_data": Membership(
-        "customer_curated", "email", "accelerometer_trusted", "user", "the user of a trusted reading"
-    ),
-    "users_are_curated_customers": Membership(
-        "machine_learning_curated", "user", "customer_curated", "email", "a curated customer"
-    ),
-}
+        keys = parent.select(_key=identity(self.parent_key)).unique()
+        orphans = frame.join(keys, left_on=identity(self.key), right_on="_key", how="anti")
+        return no_offending_rows(orphans, f"rows whose {self.key} is not {self.parent_role}")
 
 
 def both_sides_present(machine_learning_curated: pl.LazyFrame) -> Verdict:
@@ -139,35 +116,32 @@ def both_sides_present(machine_learning_curated: pl.LazyFrame) -> Verdict:
         | pl.any_horizontal(pl.col("user", "timestamp", "x", "y", "z").is_null())
         | (pl.col("sensorReadingTime") != pl.col("timestamp"))
     )
-    count, sample = _offending(missing)
-    return Verdict(
-        count == 0,
-        f"{count} rows missing a Step Trainer or accelerometer side, or pairing different times",
-        count,
-        0,
-        sample,
+    return no_offending_rows(
+        missing, "rows missing a Step Trainer or accelerometer side, or pairing different times"
     )
 
 
 def cross_customer(machine_learning_curated: pl.LazyFrame, customer_curated: pl.LazyFrame) -> Verdict:
-    count, sample = _offending(cross_customer_pairs(machine_learning_curated, customer_curated))
-    return Verdict(
-        count == 0,
-        f"{count} rows pair one customer's Step Trainer with another customer's phone",
-        count,
-        0,
-        sample,
+    """Drift, not a break: the seed join pairs readings of different customers taken at the same time."""
+    return no_offending_rows(
+        cross_customer_pairs(machine_learning_curated, customer_curated),
+        "rows pair one customer's Step Trainer with another customer's phone",
+        Severity.WARN,
     )
 
 
-def profile_columns(columns: Sequence[str]) -> Verdict:
-    leaked = sorted(set(columns) & set(PROFILE_COLUMNS))
-    return Verdict(
-        not leaked,
-        f"customer profile columns present: {', '.join(leaked) or 'none'}",
-        ", ".join(leaked) or "none",
-        "none",
+def shared_serials(customer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame) -> Verdict:
+    """Drift, not a break: reused serial numbers whose readings were left out as unattributable."""
+    return no_offending_rows(
+        ambiguous_serials(customer_landing, customer_curated),
+        "curated customers' serial numbers are shared with customers who are not curated",
+        Severity.WARN,
     )
+
+
+def no_profile_columns(columns: Sequence[str]) -> Verdict:
+    leaked = ", ".join(sorted(set(columns) & set(PROFILE_COLUMNS))) or "none"
+    return Verdict(leaked == "none", f"customer profile columns present: {leaked}", leaked, "none")
 
 
 def schema_matches(actual: Mapping[str, pl.DataType], declared: Table) -> Verdict:
@@ -178,42 +152,34 @@ def schema_matches(actual: Mapping[str, pl.DataType], declared: Table) -> Verdic
         if actual.get(name) != dtype
     ] + [f"{name}: not declared" for name in actual if name not in expected]
     return Verdict(
-        not differences,
-        "; ".join(differences) or "columns and types as declared",
-        len(differences),
-        0,
+        not differences, "; ".join(differences) or "columns and types as declared", len(differences), 0
     )
 
 
-def duplicate_rows(frame: pl.LazyFrame) -> Verdict:
-    duplicated = frame.filter(pl.struct(pl.all()).is_duplicated())
-    count, sample = _offending(duplicated)
-    return Verdict(count == 0, f"{count} rows are exact duplicates of another row", count, 0, sample)
+def no_duplicate_rows(frame: pl.LazyFrame) -> Verdict:
+    return no_offending_rows(
+        frame.filter(pl.struct(pl.all()).is_duplicated()), "rows are exact duplicates of another row"
+    )
 
 
 def unique_identity(frame: pl.LazyFrame, key: str) -> Verdict:
-    duplicated = frame.filter(identity(key).is_duplicated())
-    count, sample = _offending(duplicated)
-    return Verdict(count == 0, f"{count} rows share their {key} with another row", count, 0, sample)
+    return no_offending_rows(
+        frame.filter(identity(key).is_duplicated()), f"rows share their {key} with another row"
+    )
 
 
 def row_count(
-    observed: int, upstream: int | None = None, expected: int | None = None, upstream_name: str = ""
+    observed: int, subset_of: int | None = None, expected: int | None = None, subset_name: str = ""
 ) -> Verdict:
     """Non-empty, no more rows than the table it filters, and the expected count when one is set."""
     problems = []
     if observed == 0:
         problems.append("table is empty")
-    if upstream is not None and observed > upstream:
-        problems.append(f"{observed} rows exceed {upstream} in {upstream_name}")
+    if subset_of is not None and observed > subset_of:
+        problems.append(f"{observed} rows exceed {subset_of} in {subset_name}")
     if expected is not None and observed != expected:
         problems.append(f"{observed} rows, expected exactly {expected}")
-    return Verdict(
-        not problems,
-        "; ".join(problems) or f"{observed} rows",
-        observed,
-        expected,
-    )
+    return Verdict(not problems, "; ".join(problems) or f"{observed} rows", observed, expected)
 
 
 def conservation(lines_read: int, accepted: int, rejected: int) -> Verdict:
@@ -227,11 +193,12 @@ def conservation(lines_read: int, accepted: int, rejected: int) -> Verdict:
 
 
 def reject_rate(lines_read: int, rejected: int, max_rate: float) -> Verdict:
-    """Fails on any reject; `observed` (the rate) against `expected` (the limit) sets how loudly."""
+    """Fails on any reject: a WARN up to `max_rate`, an ERROR above it."""
     rate = rejected / lines_read if lines_read else 0.0
     return Verdict(
         rejected == 0,
         f"{rejected} of {lines_read} lines rejected ({rate:.2%}; limit {max_rate:.2%})",
         rate,
         max_rate,
+        severity=Severity.ERROR if rate > max_rate else Severity.WARN,
     )

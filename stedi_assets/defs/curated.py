@@ -1,0 +1,81 @@
+"""Curated zone: the population of the training set and the training table, with their checks."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from stedi_assets.defs.factories import (
+    check_result,
+    membership_check,
+    publish_only_if,
+    table_asset,
+    table_checks,
+)
+from stedi_assets.defs.settings import StediSettings
+from stedi_assets.rules import contracts, transforms
+from stedi_assets.rules.catalog import CUSTOMER_CURATED, MACHINE_LEARNING_CURATED
+
+CUSTOMERS_HAVE_ACCELEROMETER_DATA = contracts.Membership(
+    "customers_have_accelerometer_data",
+    "customer_curated",
+    "email",
+    "accelerometer_trusted",
+    "user",
+    "the user of a trusted reading",
+)
+USERS_ARE_CURATED_CUSTOMERS = contracts.Membership(
+    "users_are_curated_customers", "machine_learning_curated", "user", "customer_curated", "email", "a curated customer"
+)
+
+
+@table_asset(CUSTOMER_CURATED)
+def customer_curated(customer_trusted: pl.LazyFrame, accelerometer_trusted: pl.LazyFrame) -> pl.LazyFrame:
+    """Trusted customers with at least one trusted accelerometer reading, one row each."""
+    return transforms.customer_curated(customer_trusted, accelerometer_trusted)
+
+
+@table_asset(MACHINE_LEARNING_CURATED)
+def machine_learning_curated(
+    settings: StediSettings,
+    step_trainer_trusted: pl.LazyFrame,
+    accelerometer_trusted: pl.LazyFrame,
+    customer_curated: pl.LazyFrame,
+) -> dg.MaterializeResult:
+    """Step Trainer readings joined to accelerometer readings of the same timestamp (and, with
+    ml_join=same_customer, of the device's owner only)."""
+    frame = transforms.machine_learning_curated(
+        step_trainer_trusted, accelerometer_trusted, customer_curated, settings.ml_join
+    )
+    publish_only_if(USERS_ARE_CURATED_CUSTOMERS.verdict(frame, customer_curated), "consent")
+    return dg.MaterializeResult(value=frame, metadata={"ml_join": settings.ml_join.value})
+
+
+@dg.asset_check(
+    asset=machine_learning_curated,
+    blocking=True,
+    description="Every training row has a Step Trainer side and an accelerometer side taken at the same time.",
+)
+def rows_have_both_sides(machine_learning_curated: pl.LazyFrame) -> dg.AssetCheckResult:
+    return check_result(contracts.both_sides_present(machine_learning_curated))
+
+
+@dg.asset_check(
+    asset=machine_learning_curated,
+    additional_ins={"customer_curated": dg.AssetIn("customer_curated")},
+    description="Training rows pairing one customer's Step Trainer with another customer's phone "
+    "(timestamp-only join). Warns when any; set ml_join=same_customer to remove them.",
+)
+def cross_customer_pairs(machine_learning_curated: pl.LazyFrame, customer_curated: pl.LazyFrame) -> dg.AssetCheckResult:
+    return check_result(contracts.cross_customer(machine_learning_curated, customer_curated))
+
+
+curated_assets = [customer_curated, machine_learning_curated]
+curated_checks = [
+    rows_have_both_sides,
+    cross_customer_pairs,
+    membership_check(CUSTOMERS_HAVE_ACCELEROMETER_DATA),
+    membership_check(USERS_ARE_CURATED_CUSTOMERS),
+    table_checks(CUSTOMER_CURATED),
+    table_checks(MACHINE_LEARNING_CURATED),
+]

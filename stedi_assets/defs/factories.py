@@ -1,0 +1,190 @@
+"""What every zone shares: the table asset decorator, contract verdicts as check results, the
+privacy guard, and the check factories (referential contracts and table-level contracts).
+"""
+
+# No `from __future__ import annotations` here: Dagster reads the context annotation at runtime.
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from stedi_assets.defs.settings import StediSettings
+from stedi_assets.rules import contracts
+from stedi_assets.rules.catalog import CURATED, QUARANTINE, TRUSTED, Table
+from stedi_assets.storage.metadata import definition_metadata, markdown_table
+
+KINDS = {"polars", "delta"}
+STORAGE_RETRY = dg.RetryPolicy(max_retries=3, delay=1.0, backoff=dg.Backoff.EXPONENTIAL)
+SEVERITY = {
+    contracts.Severity.ERROR: dg.AssetCheckSeverity.ERROR,
+    contracts.Severity.WARN: dg.AssetCheckSeverity.WARN,
+}
+
+
+def table_asset(declared: Table) -> Callable[..., dg.AssetsDefinition]:
+    """@dg.asset for a declared table: its zone is the group, its description the table's.
+
+    The pool `delta_<table>` lets an instance limit writers of one table to one step at a time.
+    """
+    return dg.asset(
+        name=declared.name,
+        group_name=declared.zone,
+        kinds=KINDS,
+        description=declared.description,
+        metadata=definition_metadata(declared),
+        retry_policy=STORAGE_RETRY,
+        pool=f"delta_{declared.name}",
+    )
+
+
+def verdict_metadata(verdict: contracts.Verdict) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"summary": verdict.summary}
+    if verdict.observed is not None:
+        metadata["observed"] = verdict.observed
+    if verdict.expected is not None:
+        metadata["expected"] = verdict.expected
+    if verdict.offending.height:
+        metadata["offending_rows"] = dg.MetadataValue.md(markdown_table(verdict.offending))
+    return metadata
+
+
+def check_result(verdict: contracts.Verdict, **key: Any) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=verdict.passed,
+        severity=SEVERITY[verdict.severity],
+        metadata=verdict_metadata(verdict),
+        description=verdict.summary,
+        **key,
+    )
+
+
+def publish_only_if(verdict: contracts.Verdict, contract: str) -> None:
+    """Stops an asset before its IO manager publishes a table that breaks a privacy contract."""
+    if not verdict.passed:
+        raise dg.Failure(
+            description=f"The {contract} contract is broken, so the table was not published: {verdict.summary}",
+            metadata=verdict_metadata(verdict),
+            allow_retries=False,
+        )
+
+
+def membership_check(membership: contracts.Membership) -> dg.AssetChecksDefinition:
+    """A blocking referential check: the join contract behind a trusted or curated table."""
+
+    @dg.multi_asset_check(
+        name=f"{membership.table}_{membership.name}",
+        specs=[
+            dg.AssetCheckSpec(
+                membership.name,
+                asset=membership.table,
+                description=membership.description,
+                blocking=True,
+                additional_deps=[membership.parent],
+            )
+        ],
+        ins={"subject": dg.AssetIn(membership.table), "parent": dg.AssetIn(membership.parent)},
+    )
+    def referential(subject: pl.LazyFrame, parent: pl.LazyFrame) -> Iterator[dg.AssetCheckResult]:
+        yield check_result(
+            membership.verdict(subject, parent), asset_key=membership.table, check_name=membership.name
+        )
+
+    return referential
+
+
+def latest_metadata(instance: dg.DagsterInstance, table: str, key: str) -> Any:
+    """A value the latest materialization of `table` recorded, or None."""
+    event = instance.get_latest_materialization_event(dg.AssetKey(table))
+    value = event.asset_materialization.metadata.get(key) if event and event.asset_materialization else None
+    return None if value is None else value.value
+
+
+@dataclass(frozen=True)
+class TableCheck:
+    name: str
+    description: str
+    evaluate: Callable[[pl.LazyFrame], contracts.Verdict]
+    blocking: bool = False
+    depends_on: str | None = None
+
+
+def table_checks(declared: Table) -> dg.AssetChecksDefinition:
+    """The table-level contracts a declaration implies, in one step that reads the table.
+
+    Every table: schema as declared. Landing, trusted and curated: a row count (non-empty, within
+    the table it filters, equal to the expectations file). Trusted and curated: no duplicate rows,
+    one row per key, and no profile column where none is declared.
+    """
+    name, subset_of, key = declared.name, declared.subset_of, declared.key
+
+    def specs(settings: StediSettings | None, instance: dg.DagsterInstance | None) -> list[TableCheck]:
+        def row_count(frame: pl.LazyFrame) -> contracts.Verdict:
+            within = latest_metadata(instance, subset_of, "dagster/row_count") if subset_of else None
+            expected = settings.expected_row_count(name) if settings else None
+            observed = frame.select(pl.len()).collect().item()
+            return contracts.row_count(observed, within, expected, subset_of or "")
+
+        def schema(frame: pl.LazyFrame) -> contracts.Verdict:
+            return contracts.schema_matches(dict(frame.collect_schema()), declared)
+
+        def profile(frame: pl.LazyFrame) -> contracts.Verdict:
+            return contracts.no_profile_columns(frame.collect_schema().names())
+
+        within = f"no more rows than {subset_of}, " if subset_of else ""
+        found = [TableCheck("schema_as_declared", "Columns and dtypes are exactly as declared.", schema)]
+        if declared.zone != QUARANTINE:
+            found.append(
+                TableCheck(
+                    "row_count",
+                    f"Not empty, {within}and exactly the expectations file's count when one is set.",
+                    row_count,
+                    depends_on=subset_of,
+                )
+            )
+        if declared.zone in (TRUSTED, CURATED):
+            found.append(
+                TableCheck("no_duplicate_rows", "No row is an exact duplicate of another.", contracts.no_duplicate_rows)
+            )
+        if key:
+            found.append(
+                TableCheck(
+                    f"unique_by_{key}",
+                    f"One row per {key} (trimmed, lower-cased).",
+                    lambda frame: contracts.unique_identity(frame, key),
+                )
+            )
+        if declared.sensor_only:
+            found.append(
+                TableCheck(
+                    "no_profile_columns",
+                    "No customer profile column (name, phone, birthday, registration or consent dates).",
+                    profile,
+                    blocking=True,
+                )
+            )
+        return found
+
+    @dg.multi_asset_check(
+        name=f"{name}_table_contracts",
+        specs=[
+            dg.AssetCheckSpec(
+                check.name,
+                asset=name,
+                description=check.description,
+                blocking=check.blocking,
+                additional_deps=[check.depends_on] if check.depends_on else None,
+            )
+            for check in specs(None, None)
+        ],
+        ins={"subject": dg.AssetIn(name)},
+    )
+    def table_contracts(
+        context: dg.AssetCheckExecutionContext, settings: StediSettings, subject: pl.LazyFrame
+    ) -> Iterator[dg.AssetCheckResult]:
+        for check in specs(settings, context.instance):
+            yield check_result(check.evaluate(subject), asset_key=name, check_name=check.name)
+
+    return table_contracts

@@ -1,0 +1,121 @@
+"""Landing zone: each declared source's JSON lines parsed into a typed table and its quarantine.
+
+Everything here is generated from the source declarations in rules/catalog.py: the ingest step
+that writes both tables, the check that no line is lost, and each table's table-level contracts.
+"""
+
+# No `from __future__ import annotations` here: Dagster reads the context annotation at runtime.
+
+from collections.abc import Iterator
+
+import dagster as dg
+import polars as pl
+
+from stedi_assets.defs.factories import KINDS, STORAGE_RETRY, check_result, latest_metadata, table_checks
+from stedi_assets.defs.settings import StediSettings
+from stedi_assets.rules import contracts, parsing
+from stedi_assets.rules.catalog import SOURCES, Source, Table
+from stedi_assets.storage.errors import StorageError
+from stedi_assets.storage.metadata import definition_metadata
+from stedi_assets.storage.resources import StediStorage, as_failure
+
+LINES_READ = "lines_read"
+"""Materialization metadata: non-blank lines in the files this ingest read (the conservation baseline)."""
+
+
+def _out(declared: Table) -> dg.AssetOut:
+    return dg.AssetOut(
+        group_name=declared.zone,
+        kinds=KINDS,
+        description=declared.description,
+        metadata=definition_metadata(declared),
+    )
+
+
+def ingest_asset(source: Source) -> dg.AssetsDefinition:
+    """One step per source: read its files once, write the accepted rows and the rejects."""
+    landing, rejects = source.landing.name, source.rejects.name
+
+    @dg.multi_asset(
+        name=f"ingest_{source.name}",
+        outs={landing: _out(source.landing), rejects: _out(source.rejects)},
+        description=f"Reads every *.json file of the {source.name} source; lines that fail to parse "
+        "are quarantined.",
+        retry_policy=STORAGE_RETRY,
+        pool=f"delta_{source.name}_ingest",
+    )
+    def ingest(storage: StediStorage) -> Iterator[dg.MaterializeResult]:
+        try:
+            lines = storage.landing.read_lines(source.name).lazy()
+        except StorageError as error:
+            raise as_failure(error) from error
+        read = parsing.non_blank_lines(lines).select(pl.len()).collect().item()
+        parsed = parsing.parse_landing(lines, source, parsing.json_keys(lines)).collect().lazy()
+        yield dg.MaterializeResult(
+            asset_key=landing, value=parsing.accepted_rows(parsed, source), metadata={LINES_READ: read}
+        )
+        yield dg.MaterializeResult(asset_key=rejects, value=parsing.rejected_rows(parsed))
+
+    return ingest
+
+
+def lines_accounted_for(source: Source) -> dg.AssetChecksDefinition:
+    """Nothing silently dropped: every non-blank line is a landing row or a quarantined reject."""
+    landing, rejects = source.landing.name, source.rejects.name
+
+    @dg.multi_asset_check(
+        name=f"{source.name}_lines_accounted_for",
+        specs=[
+            dg.AssetCheckSpec(
+                "lines_conserved",
+                asset=landing,
+                description="Accepted rows plus quarantined rejects equal the non-blank lines the ingest read.",
+                blocking=True,
+                additional_deps=[rejects],
+            ),
+            dg.AssetCheckSpec(
+                "reject_rate",
+                asset=landing,
+                description="Warns on any rejected line; fails above the configured max_reject_rate.",
+                additional_deps=[rejects],
+            ),
+        ],
+        ins={"accepted": dg.AssetIn(landing), "rejected": dg.AssetIn(rejects)},
+    )
+    def accounted_for(
+        context: dg.AssetCheckExecutionContext,
+        settings: StediSettings,
+        accepted: pl.LazyFrame,
+        rejected: pl.LazyFrame,
+    ) -> Iterator[dg.AssetCheckResult]:
+        read = latest_metadata(context.instance, landing, LINES_READ)
+        if read is None:
+            missing = contracts.Verdict(False, f"no materialization of {landing} recorded its {LINES_READ}")
+            yield check_result(missing, asset_key=landing, check_name="lines_conserved")
+            yield check_result(missing, asset_key=landing, check_name="reject_rate")
+            return
+        n_accepted = accepted.select(pl.len()).collect().item()
+        n_rejected = rejected.select(pl.len()).collect().item()
+        yield check_result(
+            contracts.conservation(int(read), n_accepted, n_rejected),
+            asset_key=landing,
+            check_name="lines_conserved",
+        )
+        yield check_result(
+            contracts.reject_rate(int(read), n_rejected, settings.max_reject_rate),
+            asset_key=landing,
+            check_name="reject_rate",
+        )
+
+    return accounted_for
+
+
+def source_definitions(source: Source) -> tuple[dg.AssetsDefinition, list[dg.AssetChecksDefinition]]:
+    """The ingest asset of a declared source and every check of its two tables."""
+    checks = [lines_accounted_for(source), table_checks(source.landing), table_checks(source.rejects)]
+    return ingest_asset(source), checks
+
+
+_generated = [source_definitions(source) for source in SOURCES]
+landing_assets = [asset for asset, _ in _generated]
+landing_checks = [check for _, checks in _generated for check in checks]

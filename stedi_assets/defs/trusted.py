@@ -1,0 +1,94 @@
+"""Trusted zone: only research-consenting customers and their readings, with the checks that guard them.
+
+Privacy contracts are verified on the computed plan before an asset returns, so a table that
+breaks them is never written: Dagster's IO manager publishes before blocking checks run.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from stedi_assets.defs.factories import (
+    check_result,
+    membership_check,
+    publish_only_if,
+    table_asset,
+    table_checks,
+)
+from stedi_assets.rules import contracts, transforms
+from stedi_assets.rules.catalog import ACCELEROMETER_TRUSTED, CUSTOMER_TRUSTED, STEP_TRAINER_TRUSTED
+
+USERS_ARE_TRUSTED_CUSTOMERS = contracts.Membership(
+    "users_are_trusted_customers", "accelerometer_trusted", "user", "customer_trusted", "email", "a trusted customer"
+)
+SERIALS_BELONG_TO_CURATED_CUSTOMERS = contracts.Membership(
+    "serials_belong_to_curated_customers",
+    "step_trainer_trusted",
+    "serialNumber",
+    "customer_curated",
+    "serialNumber",
+    "a curated customer's device",
+)
+
+
+@table_asset(CUSTOMER_TRUSTED)
+def customer_trusted(customer_landing: pl.LazyFrame) -> pl.LazyFrame:
+    """The current record of each customer whose research consent is set and not 0."""
+    frame = transforms.customer_trusted(customer_landing)
+    publish_only_if(contracts.consenting_only(frame, customer_landing), "consent")
+    return frame
+
+
+@table_asset(ACCELEROMETER_TRUSTED)
+def accelerometer_trusted(accelerometer_landing: pl.LazyFrame, customer_trusted: pl.LazyFrame) -> pl.LazyFrame:
+    """Accelerometer readings whose user is a trusted customer."""
+    frame = transforms.accelerometer_trusted(accelerometer_landing, customer_trusted)
+    publish_only_if(USERS_ARE_TRUSTED_CUSTOMERS.verdict(frame, customer_trusted), "consent")
+    return frame
+
+
+@table_asset(STEP_TRAINER_TRUSTED)
+def step_trainer_trusted(
+    step_trainer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame, customer_landing: pl.LazyFrame
+) -> pl.LazyFrame:
+    """Step Trainer readings of devices owned only by curated customers."""
+    frame = transforms.step_trainer_trusted(step_trainer_landing, customer_curated, customer_landing)
+    publish_only_if(SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(frame, customer_curated), "consent")
+    return frame
+
+
+@dg.asset_check(
+    asset=customer_trusted,
+    blocking=True,
+    additional_ins={"customer_landing": dg.AssetIn("customer_landing")},
+    description="Every trusted customer's current record has research consent, and every consenting "
+    "customer in landing is trusted.",
+)
+def consent_given(customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame) -> dg.AssetCheckResult:
+    return check_result(contracts.consent(customer_trusted, customer_landing))
+
+
+@dg.asset_check(
+    asset=step_trainer_trusted,
+    additional_ins={
+        "customer_landing": dg.AssetIn("customer_landing"),
+        "customer_curated": dg.AssetIn("customer_curated"),
+    },
+    description="Serial numbers reused for a customer who is not curated: their readings cannot be "
+    "attributed, so they are left out. Warns when any are found.",
+)
+def shared_serials_excluded(
+    step_trainer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame
+) -> dg.AssetCheckResult:
+    return check_result(contracts.shared_serials(customer_landing, customer_curated))
+
+
+trusted_assets = [customer_trusted, accelerometer_trusted, step_trainer_trusted]
+trusted_checks = [
+    consent_given,
+    shared_serials_excluded,
+    membership_check(USERS_ARE_TRUSTED_CUSTOMERS),
+    membership_check(SERIALS_BELONG_TO_CURATED_CUSTOMERS),
+    *(table_checks(declared) for declared in (CUSTOMER_TRUSTED, ACCELEROMETER_TRUSTED, STEP_TRAINER_TRUSTED)),
+]

@@ -1,0 +1,203 @@
+"""The lakehouse's declared sources and tables: zone, columns, types, keys and personal data.
+
+A `Source` is declared once; its landing and quarantine tables are generated from it. Trusted and
+curated tables are declared here too. Everything else (parsing, assets, checks, the IO manager's
+column schema) reads these declarations instead of repeating them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+LANDING, QUARANTINE, TRUSTED, CURATED = "landing", "quarantine", "trusted", "curated"
+
+SOURCE_FILE, LINE_NUMBER, INGESTED_AT = "_source_file", "_line_number", "_ingested_at"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: pl.DataType
+    description: str
+    pii: bool = False
+    """Personal data: never shown outside the lakehouse."""
+    profile: bool = False
+    """Customer profile data that must never reach a sensor or training table."""
+
+
+PROVENANCE = (
+    Column(SOURCE_FILE, pl.String(), "Landing file the row was read from."),
+    Column(LINE_NUMBER, pl.Int64(), "1-based line number of the row in its landing file."),
+    Column(INGESTED_AT, pl.Datetime("us", "UTC"), "When the landing file was last modified (UTC)."),
+)
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    zone: str
+    description: str
+    columns: tuple[Column, ...]
+    key: str | None = None
+    """Identity column: at most one row per identity."""
+    subset_of: str | None = None
+    """A table whose rows this one only filters, so it can never have more rows."""
+
+    @property
+    def dtypes(self) -> dict[str, pl.DataType]:
+        return {c.name: c.dtype for c in self.columns}
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+    @property
+    def sensor_only(self) -> bool:
+        """A trusted or curated table declared without profile columns: none may ever appear in it."""
+        return self.zone in (TRUSTED, CURATED) and not any(c.profile for c in self.columns)
+
+
+REJECT_COLUMNS = (
+    PROVENANCE[0],
+    PROVENANCE[1],
+    Column("reason", pl.String(), "Why the line was set aside."),
+    Column("raw_line", pl.String(), "The line as read (invalid UTF-8 replaced by U+FFFD)."),
+    PROVENANCE[2],
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One raw JSON-lines source under `<landing>/<name>/`: what a line holds and what it must hold."""
+
+    name: str
+    description: str
+    """What the source's landing table holds."""
+    columns: tuple[Column, ...]
+    required: tuple[str, ...]
+    """Fields a line must carry (non-empty) to be ingested; lines without them are quarantined."""
+    identities: tuple[str, ...] = ()
+    """Columns holding an email or a serial number, compared in their identity form in every join."""
+    event_time: str | None = None
+    """The epoch-ms column that says when a reading was taken."""
+
+    @property
+    def landing(self) -> Table:
+        return Table(f"{self.name}_landing", LANDING, self.description, self.columns + PROVENANCE)
+
+    @property
+    def rejects(self) -> Table:
+        return Table(
+            f"{self.name}_rejects",
+            QUARANTINE,
+            f"Lines of the {self.name} landing files that could not be ingested, with the reason.",
+            REJECT_COLUMNS,
+        )
+
+
+def _epoch(name: str, description: str, **flags: bool) -> Column:
+    return Column(name, pl.Int64(), f"{description} (epoch milliseconds).", **flags)
+
+
+CUSTOMER = Source(
+    "customer",
+    "Every customer record from the fulfilment website, as delivered, with its source line.",
+    (
+        Column("customerName", pl.String(), "Full name.", pii=True, profile=True),
+        Column("email", pl.String(), "Email address; the customer's identity.", pii=True),
+        Column("phone", pl.String(), "Phone number.", pii=True, profile=True),
+        Column("birthDay", pl.String(), "Birthday as entered (unvalidated).", pii=True, profile=True),
+        Column("serialNumber", pl.String(), "Serial number of the customer's Step Trainer."),
+        _epoch("registrationDate", "When the customer registered", profile=True),
+        _epoch("lastUpdateDate", "When the record last changed", profile=True),
+        _epoch(
+            "shareWithResearchAsOfDate",
+            "Research consent given at; null or 0 means no consent",
+            profile=True,
+        ),
+        _epoch("shareWithPublicAsOfDate", "Public sharing consent given at", profile=True),
+        _epoch("shareWithFriendsAsOfDate", "Friends sharing consent given at", profile=True),
+    ),
+    required=("email", "serialNumber"),
+    identities=("email", "serialNumber"),
+)
+ACCELEROMETER = Source(
+    "accelerometer",
+    "Every accelerometer reading from the mobile app, as delivered, with its source line.",
+    (
+        Column("user", pl.String(), "Email of the phone's owner.", pii=True),
+        _epoch("timestamp", "Reading time"),
+        Column("x", pl.Float64(), "Acceleration along x."),
+        Column("y", pl.Float64(), "Acceleration along y."),
+        Column("z", pl.Float64(), "Acceleration along z."),
+    ),
+    required=("user", "timestamp"),
+    identities=("user",),
+    event_time="timestamp",
+)
+STEP_TRAINER = Source(
+    "step_trainer",
+    "Every Step Trainer reading, as delivered, with its source line.",
+    (
+        _epoch("sensorReadingTime", "Reading time"),
+        Column("serialNumber", pl.String(), "Serial number of the Step Trainer."),
+        Column("distanceFromObject", pl.Int64(), "Distance to the object in front of the sensor."),
+    ),
+    required=("serialNumber", "sensorReadingTime"),
+    identities=("serialNumber",),
+    event_time="sensorReadingTime",
+)
+SOURCES = (CUSTOMER, ACCELEROMETER, STEP_TRAINER)
+
+CUSTOMER_TRUSTED = Table(
+    "customer_trusted",
+    TRUSTED,
+    "Current state of each customer who agreed to share their data for research.",
+    CUSTOMER.columns,
+    key="email",
+    subset_of=CUSTOMER.landing.name,
+)
+ACCELEROMETER_TRUSTED = Table(
+    "accelerometer_trusted",
+    TRUSTED,
+    "Accelerometer readings of research-consenting customers only.",
+    ACCELEROMETER.columns,
+    subset_of=ACCELEROMETER.landing.name,
+)
+STEP_TRAINER_TRUSTED = Table(
+    "step_trainer_trusted",
+    TRUSTED,
+    "Step Trainer readings of devices that belong to curated customers only.",
+    STEP_TRAINER.columns,
+    subset_of=STEP_TRAINER.landing.name,
+)
+CUSTOMER_CURATED = Table(
+    "customer_curated",
+    CURATED,
+    "Consenting customers who have accelerometer data: the population of the training set.",
+    CUSTOMER.columns,
+    key="email",
+    subset_of=CUSTOMER_TRUSTED.name,
+)
+MACHINE_LEARNING_CURATED = Table(
+    "machine_learning_curated",
+    CURATED,
+    "Step Trainer readings paired with accelerometer readings of the same timestamp: "
+    "the step-detection training table.",
+    STEP_TRAINER.columns + ACCELEROMETER.columns,
+)
+
+TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (
+        *(s.landing for s in SOURCES),
+        *(s.rejects for s in SOURCES),
+        CUSTOMER_TRUSTED,
+        ACCELEROMETER_TRUSTED,
+        STEP_TRAINER_TRUSTED,
+        CUSTOMER_CURATED,
+        MACHINE_LEARNING_CURATED,
+    )
+}
+PROFILE_COLUMNS = tuple(c.name for s in SOURCES for c in s.columns if c.profile)

@@ -1,0 +1,168 @@
+"""The zone rules as pure Polars: LazyFrame in, LazyFrame out, no Dagster and no I/O.
+
+Every rule here is what an asset computes and what the tests pin down on hand-made frames.
+Identities (emails, serial numbers) are compared trimmed and lower-cased on both sides of
+every join, because the app and the website do not agree on case or whitespace.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import polars as pl
+
+from stedi_assets.rules.catalog import (
+    CUSTOMER_CURATED,
+    CUSTOMER_TRUSTED,
+    LINE_NUMBER,
+    MACHINE_LEARNING_CURATED,
+    SOURCE_FILE,
+    STEP_TRAINER_TRUSTED,
+    ACCELEROMETER_TRUSTED,
+    Table,
+)
+
+
+class MlJoin(str, Enum):
+    """How machine_learning_curated pairs a Step Trainer reading with accelerometer readings."""
+
+    seed = "seed"
+    """Same timestamp only: the rule of the original Glue job; pairs different customers' readings."""
+    same_customer = "same_customer"
+    """Same timestamp and the accelerometer's owner owns the Step Trainer."""
+
+
+def identity(column: str | pl.Expr) -> pl.Expr:
+    """The comparable form of an email or serial number."""
+    expr = pl.col(column) if isinstance(column, str) else column
+    return expr.str.strip_chars().str.to_lowercase()
+
+
+def has_research_consent() -> pl.Expr:
+    consent = pl.col("shareWithResearchAsOfDate")
+    return consent.is_not_null() & (consent != 0)
+
+
+def _declared(frame: pl.LazyFrame, declared: Table) -> pl.LazyFrame:
+    return frame.select(pl.col(n).cast(t) for n, t in declared.dtypes.items())
+
+
+def customer_current_state(customer_landing: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per customer (by email): the record with the latest lastUpdateDate.
+
+    Ties are broken by source file, then line, so the latest delivery wins deterministically.
+    """
+    order = ["lastUpdateDate", SOURCE_FILE, LINE_NUMBER]
+    return (
+        customer_landing.with_columns(_email_key=identity("email"))
+        .group_by("_email_key")
+        .agg(pl.all().sort_by(order, nulls_last=False).last())
+        .drop("_email_key")
+    )
+
+
+def customer_trusted(customer_landing: pl.LazyFrame) -> pl.LazyFrame:
+    """Customers whose current record gives research consent."""
+    current = customer_current_state(customer_landing)
+    return _declared(current.filter(has_research_consent()), CUSTOMER_TRUSTED)
+
+
+def accelerometer_trusted(
+    accelerometer_landing: pl.LazyFrame, customer_trusted: pl.LazyFrame
+) -> pl.LazyFrame:
+    """Readings whose user is a trusted customer, each distinct reading once."""
+    consenting = customer_trusted.select(_key=identity("email"))
+    readings = accelerometer_landing.join(consenting, left_on=identity("user"), right_on="_key", how="semi")
+    return _declared(readings, ACCELEROMETER_TRUSTED).unique(maintain_order=True)
+
+
+def customer_curated(customer_trusted: pl.LazyFrame, accelerometer_trusted: pl.LazyFrame) -> pl.LazyFrame:
+    """Trusted customers with at least one trusted accelerometer reading."""
+    users = accelerometer_trusted.select(_key=identity("user"))
+    curated = customer_trusted.join(users, left_on=identity("email"), right_on="_key", how="semi")
+    return _declared(curated, CUSTOMER_CURATED)
+
+
+def attributable_serials(customer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame) -> pl.LazyFrame:
+    """Serial numbers whose every current claimant is a curated customer.
+
+    The fulfilment website reused serial numbers; a device shared with a customer who did not
+    consent cannot be told apart, so its readings stay out of the trusted zone.
+    """
+    claimants = customer_current_state(customer_landing).select(
+        _serial=identity("serialNumber"), _email=identity("email")
+    )
+    curated = customer_curated.select(_email=identity("email"), _curated=pl.lit(True))
+    return (
+        claimants.join(curated, on="_email", how="left")
+        .group_by("_serial")
+        .agg(pl.col("_curated").fill_null(False).all().alias("_all_curated"))
+        .filter(pl.col("_all_curated"))
+        .select("_serial")
+    )
+
+
+def ambiguous_serials(customer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame) -> pl.LazyFrame:
+    """Serials of curated customers that are also claimed by someone who is not curated."""
+    curated = customer_curated.select(_serial=identity("serialNumber")).unique()
+    return curated.join(
+        attributable_serials(customer_landing, customer_curated), on="_serial", how="anti"
+    ).rename({"_serial": "serialNumber"})
+
+
+def step_trainer_trusted(
+    step_trainer_landing: pl.LazyFrame,
+    customer_curated: pl.LazyFrame,
+    customer_landing: pl.LazyFrame,
+) -> pl.LazyFrame:
+    """Readings of devices owned by curated customers (and by nobody else), each distinct reading once."""
+    serials = attributable_serials(customer_landing, customer_curated)
+    readings = step_trainer_landing.join(
+        serials, left_on=identity("serialNumber"), right_on="_serial", how="semi"
+    )
+    return _declared(readings, STEP_TRAINER_TRUSTED).unique(maintain_order=True)
+
+
+def _owner_serials(customer_curated: pl.LazyFrame) -> pl.LazyFrame:
+    return customer_curated.select(_user=identity("email"), _owner_serial=identity("serialNumber"))
+
+
+def machine_learning_curated(
+    step_trainer_trusted: pl.LazyFrame,
+    accelerometer_trusted: pl.LazyFrame,
+    customer_curated: pl.LazyFrame,
+    ml_join: MlJoin = MlJoin.seed,
+) -> pl.LazyFrame:
+    """Each Step Trainer reading paired with the accelerometer readings taken at the same time."""
+    if MlJoin(ml_join) is MlJoin.seed:
+        paired = step_trainer_trusted.join(
+            accelerometer_trusted,
+            left_on="sensorReadingTime",
+            right_on="timestamp",
+            how="inner",
+            coalesce=False,
+        )
+    else:
+        owned = accelerometer_trusted.join(
+            _owner_serials(customer_curated), left_on=identity("user"), right_on="_user"
+        )
+        paired = step_trainer_trusted.join(
+            owned,
+            left_on=[pl.col("sensorReadingTime"), identity("serialNumber")],
+            right_on=[pl.col("timestamp"), pl.col("_owner_serial")],
+            how="inner",
+            coalesce=False,
+        )
+    return _declared(paired, MACHINE_LEARNING_CURATED)
+
+
+def cross_customer_pairs(
+    machine_learning_curated: pl.LazyFrame, customer_curated: pl.LazyFrame
+) -> pl.LazyFrame:
+    """Training rows whose accelerometer owner does not own the Step Trainer of the row."""
+    owners = _owner_serials(customer_curated)
+    return (
+        machine_learning_curated.join(owners, left_on=identity("user"), right_on="_user", how="left")
+        .filter(pl.col("_owner_serial").is_null() | (pl.col("_owner_serial") != identity("serialNumber")))
+        .drop("_user", "_owner_serial", strict=False)
+    )

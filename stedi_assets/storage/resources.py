@@ -1,0 +1,77 @@
+"""The Dagster face of storage: typed settings with environment defaults, and the storage resource.
+
+Each setting is taken from run config (the launchpad, a schedule, `stedi run` flags), else from its
+`STEDI_<NAME>` environment variable, else its default. The environment is read when a run builds
+its resources, never when the code location is imported.
+"""
+
+# No `from __future__ import annotations` here: Dagster resolves nested resources from real annotations.
+from enum import Enum
+from typing import Any
+
+import dagster as dg
+from pydantic import Field, model_validator
+
+from stedi_assets.storage.environment import S3Options, settings_from_environment
+from stedi_assets.storage.errors import StorageError
+from stedi_assets.storage.lakehouse import DEFAULT_LAKEHOUSE_URI, DEFAULT_LANDING_URI, Lakehouse, LandingZone
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
+class EnvironmentDefaults(dg.ConfigurableResource):
+    """A resource whose fields not set in run config come from their STEDI_* variables.
+
+    Dagster passes a field's default along as if it were set, so a value equal to the default
+    also gives way to the environment.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _environment(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        unset = {
+            name: value
+            for name, value in data.items()
+            if name not in cls.model_fields or _plain(value) != _plain(cls.model_fields[name].default)
+        }
+        return settings_from_environment(unset, cls.model_fields)
+
+
+class StediStorage(EnvironmentDefaults):
+    """Where the landing zone and the lakehouse live: local folders or s3:// prefixes.
+
+    S3 credentials and endpoint come from the standard AWS variables (AWS_ENDPOINT_URL for
+    S3-compatible servers).
+    """
+
+    landing_uri: str = Field(
+        DEFAULT_LANDING_URI,
+        description="Landing root, a folder or s3://bucket/prefix holding <source>/*.json "
+        "(env STEDI_LANDING_URI).",
+    )
+    lakehouse_uri: str = Field(
+        DEFAULT_LAKEHOUSE_URI,
+        description="Lakehouse root, a folder or s3://bucket/prefix; each table is a Delta table at "
+        "<root>/<zone>/<table> (env STEDI_LAKEHOUSE_URI).",
+    )
+
+    @property
+    def s3(self) -> S3Options:
+        return S3Options.from_environment()
+
+    @property
+    def lakehouse(self) -> Lakehouse:
+        return Lakehouse(self.lakehouse_uri, self.s3)
+
+    @property
+    def landing(self) -> LandingZone:
+        return LandingZone(self.landing_uri, self.s3)
+
+
+def as_failure(error: StorageError) -> dg.Failure:
+    """A storage error as a step failure; only transient ones are left to the RetryPolicy."""
+    return dg.Failure(error.message, allow_retries=error.transient)

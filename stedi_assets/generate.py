@@ -160,7 +160,7 @@ _GOLDEN = 0x9E3779B97F4A7C15
 
 
 def generate_landing(out_dir: str | pathlib.Path, customers: int = 200, seed: int = 42) -> dict[str, int]:
-    """Writes <out_dir>/customer/*.json, <out_dir>/accelerometer/*.json, <out_dir>/step_trainer/*.json (JSON lines) and returns the number of lines written per source {"customer": n, "accelerometer": n, "step_trainer": n}."""
+    """Writes JSON-lines files under <out_dir>/<source>/ for each source; returns the lines per source."""
     rng = random.Random(seed)
     people = _customers(customers, rng)
     slots = _reading_slots(people)
@@ -218,13 +218,13 @@ def _customers(n: int, rng: random.Random) -> pl.DataFrame:
 
     reuse = _quota(n, _SERIAL_REUSE_RATE, minimum=1)
     chosen = rng.sample(range(n), 2 * reuse)
-    for borrower, owner in zip(chosen[:reuse], chosen[reuse:]):
+    for borrower, owner in zip(chosen[:reuse], chosen[reuse:], strict=False):
         serials[borrower] = serials[owner]
 
     with_readings = [i for i, a in enumerate(has_accelerometer) if a]
     twins = min(_quota(n, _SAME_MS_REGISTRATION_RATE, minimum=2), len(with_readings) // 2)
     chosen = rng.sample(with_readings, 2 * twins)
-    for copy, original in zip(chosen[:twins], chosen[twins:]):
+    for copy, original in zip(chosen[:twins], chosen[twins:], strict=False):
         registered[copy] = registered[original]
         cadence[copy] = cadence[original]
 

@@ -25,7 +25,12 @@ CUSTOMERS_HAVE_ACCELEROMETER_DATA = contracts.Membership(
     "the user of a trusted reading",
 )
 USERS_ARE_CURATED_CUSTOMERS = contracts.Membership(
-    "users_are_curated_customers", "machine_learning_curated", "user", "customer_curated", "email", "a curated customer"
+    "users_are_curated_customers",
+    "machine_learning_curated",
+    "user",
+    "customer_curated",
+    "email",
+    "a curated customer",
 )
 
 
@@ -54,7 +59,8 @@ def machine_learning_curated(
 @dg.asset_check(
     asset=machine_learning_curated,
     blocking=True,
-    description="Every training row has a Step Trainer side and an accelerometer side taken at the same time.",
+    description="Every training row has a Step Trainer side and an accelerometer side taken at the "
+    "same time.",
 )
 def rows_have_both_sides(machine_learning_curated: pl.LazyFrame) -> dg.AssetCheckResult:
     return check_result(contracts.both_sides_present(machine_learning_curated))
@@ -66,7 +72,9 @@ def rows_have_both_sides(machine_learning_curated: pl.LazyFrame) -> dg.AssetChec
     description="Training rows pairing one customer's Step Trainer with another customer's phone "
     "(timestamp-only join). Warns when any; set ml_join=same_customer to remove them.",
 )
-def cross_customer_pairs(machine_learning_curated: pl.LazyFrame, customer_curated: pl.LazyFrame) -> dg.AssetCheckResult:
+def cross_customer_pairs(
+    machine_learning_curated: pl.LazyFrame, customer_curated: pl.LazyFrame
+) -> dg.AssetCheckResult:
     return check_result(contracts.cross_customer(machine_learning_curated, customer_curated))
 
 

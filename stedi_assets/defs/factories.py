@@ -65,7 +65,8 @@ def publish_only_if(verdict: contracts.Verdict, contract: str) -> None:
     """Stops an asset before its IO manager publishes a table that breaks a privacy contract."""
     if not verdict.passed:
         raise dg.Failure(
-            description=f"The {contract} contract is broken, so the table was not published: {verdict.summary}",
+            description=f"The {contract} contract is broken, so the table was not published: "
+            f"{verdict.summary}",
             metadata=verdict_metadata(verdict),
             allow_retries=False,
         )
@@ -146,7 +147,11 @@ def table_checks(declared: Table) -> dg.AssetChecksDefinition:
             )
         if declared.zone in (TRUSTED, CURATED):
             found.append(
-                TableCheck("no_duplicate_rows", "No row is an exact duplicate of another.", contracts.no_duplicate_rows)
+                TableCheck(
+                    "no_duplicate_rows",
+                    "No row is an exact duplicate of another.",
+                    contracts.no_duplicate_rows,
+                )
             )
         if key:
             found.append(

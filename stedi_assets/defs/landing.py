@@ -69,7 +69,8 @@ def lines_accounted_for(source: Source) -> dg.AssetChecksDefinition:
             dg.AssetCheckSpec(
                 "lines_conserved",
                 asset=landing,
-                description="Accepted rows plus quarantined rejects equal the non-blank lines the ingest read.",
+                description="Accepted rows plus quarantined rejects equal the non-blank lines the "
+                "ingest read.",
                 blocking=True,
                 additional_deps=[rejects],
             ),

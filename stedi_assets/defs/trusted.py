@@ -20,7 +20,12 @@ from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import ACCELEROMETER_TRUSTED, CUSTOMER_TRUSTED, STEP_TRAINER_TRUSTED
 
 USERS_ARE_TRUSTED_CUSTOMERS = contracts.Membership(
-    "users_are_trusted_customers", "accelerometer_trusted", "user", "customer_trusted", "email", "a trusted customer"
+    "users_are_trusted_customers",
+    "accelerometer_trusted",
+    "user",
+    "customer_trusted",
+    "email",
+    "a trusted customer",
 )
 SERIALS_BELONG_TO_CURATED_CUSTOMERS = contracts.Membership(
     "serials_belong_to_curated_customers",
@@ -41,7 +46,9 @@ def customer_trusted(customer_landing: pl.LazyFrame) -> pl.LazyFrame:
 
 
 @table_asset(ACCELEROMETER_TRUSTED)
-def accelerometer_trusted(accelerometer_landing: pl.LazyFrame, customer_trusted: pl.LazyFrame) -> pl.LazyFrame:
+def accelerometer_trusted(
+    accelerometer_landing: pl.LazyFrame, customer_trusted: pl.LazyFrame
+) -> pl.LazyFrame:
     """Accelerometer readings whose user is a trusted customer."""
     frame = transforms.accelerometer_trusted(accelerometer_landing, customer_trusted)
     publish_only_if(USERS_ARE_TRUSTED_CUSTOMERS.verdict(frame, customer_trusted), "consent")

@@ -8,7 +8,7 @@ never raises on bad input.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import polars as pl
 
@@ -60,7 +60,7 @@ def _is_utf8(piece: bytes) -> bool:
 
 
 def empty_raw_lines() -> pl.DataFrame:
-    return raw_lines(b"", "", datetime.fromtimestamp(0, timezone.utc)).clear()
+    return raw_lines(b"", "", datetime.fromtimestamp(0, UTC)).clear()
 
 
 def non_blank_lines(lines: pl.LazyFrame) -> pl.LazyFrame:
@@ -179,5 +179,3 @@ def rejected_rows(parsed: pl.LazyFrame) -> pl.LazyFrame:
     return parsed.filter(pl.col(REASON).is_not_null()).select(
         pl.col(c.name).cast(c.dtype) for c in REJECT_COLUMNS
     )
-
-

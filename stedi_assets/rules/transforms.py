@@ -7,23 +7,23 @@ every join, because the app and the website do not agree on case or whitespace.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import polars as pl
 
 from stedi_assets.rules.catalog import (
+    ACCELEROMETER_TRUSTED,
     CUSTOMER_CURATED,
     CUSTOMER_TRUSTED,
     LINE_NUMBER,
     MACHINE_LEARNING_CURATED,
     SOURCE_FILE,
     STEP_TRAINER_TRUSTED,
-    ACCELEROMETER_TRUSTED,
     Table,
 )
 
 
-class MlJoin(str, Enum):
+class MlJoin(StrEnum):
     """How machine_learning_curated pairs a Step Trainer reading with accelerometer readings."""
 
     seed = "seed"

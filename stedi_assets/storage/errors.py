@@ -62,16 +62,21 @@ def classify(uri: str, error: BaseException, setting: str, endpoint: str) -> Sto
     """What went wrong with `uri` and what to fix (`setting` names the option that points there)."""
     code = error_code(error)
     if isinstance(error, CommitFailedError):
-        return StorageError(f"Another writer committed {uri} at the same time; this write was not applied.", True)
+        return StorageError(
+            f"Another writer committed {uri} at the same time; this write was not applied.", True
+        )
     if code in MISSING_BUCKET:
-        return StorageError(f"Bucket of {uri} does not exist at {endpoint}: create it or fix {setting}.", False)
+        return StorageError(
+            f"Bucket of {uri} does not exist at {endpoint}: create it or fix {setting}.", False
+        )
     if code in DENIED:
         return StorageError(
             f"Access to {uri} was denied ({code}): check the AWS credentials and the bucket policy.", False
         )
     if isinstance(error, (NoCredentialsError, PartialCredentialsError)):
         return StorageError(
-            f"No AWS credentials for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE).",
+            f"No AWS credentials for {uri}: "
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE).",
             False,
         )
     if isinstance(error, (ConnectionError, ReadTimeoutError)) or (

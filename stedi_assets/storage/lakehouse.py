@@ -7,7 +7,7 @@ manager, and `stedi sql` builds one directly. Every failure is a StorageError na
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -84,7 +84,9 @@ class Lakehouse:
 
     def scan(self, uri: str, version: int | None = None) -> pl.LazyFrame:
         """A lazy scan of one version (default: the latest) of a table."""
-        return pl.scan_delta(self.open(uri, version), storage_options=self._options(uri), credential_provider=None)
+        return pl.scan_delta(
+            self.open(uri, version), storage_options=self._options(uri), credential_provider=None
+        )
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ class LandingZone:
                 False,
             )
         return [
-            (str(p), p.read_bytes(), datetime.fromtimestamp(p.stat().st_mtime, timezone.utc))
+            (str(p), p.read_bytes(), datetime.fromtimestamp(p.stat().st_mtime, UTC))
             for p in sorted(folder.rglob("*.json"))
             if p.is_file()
         ]

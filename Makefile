@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test dev clean
+.PHONY: install demo lint test test-fast dev clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,16 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/stedi generate --out data/landing
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/stedi run --landing data/landing --lakehouse lakehouse
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest
+
+# The inner loop: no servers, no reference data, no subprocess-heavy tests (under a minute).
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow and not s3 and not reference"
 
 dev: install $(DAGSTER_HOME)/dagster.yaml
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev

@@ -78,7 +78,7 @@ def run_config(log_level: str = "DEBUG", **settings: Any) -> dict[str, Any]:
 
 
 def run_lakehouse(
-    select: str = "*",
+    select: str | dg.AssetSelection = "*",
     instance: dg.DagsterInstance | None = None,
     log_level: str = "DEBUG",
     **settings: Any,
@@ -93,11 +93,10 @@ def run_lakehouse(
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-    job = defs.resolve_job_def(JOB)
+    job = _job_for(select, defs)
     result = job.execute_in_process(
         run_config=run_config(log_level, **settings),
         instance=instance or _instance(),
-        asset_selection=_selected_keys(select, defs),
         raise_on_error=False,
         tags={"stedi/launched_by": "stedi run"},
     )
@@ -108,20 +107,23 @@ class InvalidSelection(ValueError):
     pass
 
 
-def _selected_keys(select: str, defs: dg.Definitions) -> list[dg.AssetKey] | None:
-    """The asset keys of a Dagster selection string, with the multi-assets they need whole."""
+def _job_for(select: str | dg.AssetSelection, defs: dg.Definitions) -> dg.JobDefinition:
+    """The lakehouse job, or its subset for a selection (with the multi-assets it needs whole)."""
     import dagster as dg
 
-    if select.strip() in ("", "*"):
-        return None
+    job = defs.resolve_job_def(JOB)
+    if isinstance(select, str) and select.strip() in ("", "*"):
+        return job
+    graph = defs.resolve_asset_graph()
     try:
-        selection = dg.AssetSelection.from_string(select).required_multi_asset_neighbors()
-        keys = selection.resolve(defs.resolve_asset_graph())
+        selection = select if isinstance(select, dg.AssetSelection) else dg.AssetSelection.from_string(select)
+        keys = selection.required_multi_asset_neighbors().resolve(graph)
+        checks = selection.resolve_checks(graph)
     except (dg.DagsterError, ValueError) as error:
         raise InvalidSelection(str(error)) from None
-    if not keys:
+    if not keys and not checks:
         raise InvalidSelection("it matches no asset")
-    return sorted(keys)
+    return job.get_subset(asset_selection=set(keys), asset_check_selection=set(checks))
 
 
 def _instance() -> dg.DagsterInstance:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from stedi_assets.generate import generate_landing
 from stedi_assets_tests.helpers import REFERENCE_ENV, moto_server, write_tiny_landing
+
+# Nothing is written into the working tree: hypothesis keeps its files in a temporary folder.
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="stedi-hypothesis-"))
 
 
 @pytest.fixture(autouse=True)
@@ -26,10 +31,14 @@ def reference_landing() -> Path:
     """The real STEDI landing data; skipped where not configured, an error where configured but absent."""
     configured = os.environ.get(REFERENCE_ENV)
     if not configured:
-        pytest.skip(f"{REFERENCE_ENV} is not set: point it at shared/stedi-reference/landing to run this test")
+        pytest.skip(
+            f"{REFERENCE_ENV} is not set: point it at shared/stedi-reference/landing to run this test"
+        )
     path = Path(configured)
     if not all((path / source).is_dir() for source in ("customer", "accelerometer", "step_trainer")):
-        pytest.fail(f"{REFERENCE_ENV}={configured} has no customer/, accelerometer/ and step_trainer/ folders")
+        pytest.fail(
+            f"{REFERENCE_ENV}={configured} has no customer/, accelerometer/ and step_trainer/ folders"
+        )
     return path
 
 

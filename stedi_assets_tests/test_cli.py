@@ -6,19 +6,17 @@ import json
 import os
 import subprocess
 import sys
-from importlib.resources import files
 from pathlib import Path
 
 import pytest
 
-from stedi_assets_tests.conftest import (
-    REFERENCE_COUNTS,
+from stedi_assets_tests.helpers import (
     REFERENCE_CROSS_CUSTOMER_PAIRS,
-    REFERENCE_SAME_CUSTOMER_ML_ROWS,
+    REFERENCE_EXPECTATIONS,
+    reference_counts,
 )
 
 STEDI = str(Path(sys.executable).parent / "stedi")
-REFERENCE_EXPECTATIONS = str(files("stedi_assets") / "expectations" / "reference.json")
 
 
 def stedi(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -54,7 +52,7 @@ def reference_run(reference_landing: Path, tmp_path_factory: pytest.TempPathFact
 def test_reference_counts_exactly(reference_run):
     summary, lakehouse = reference_run
     assert summary["success"] is True
-    assert {name: summary["tables"][name]["rows"] for name in REFERENCE_COUNTS} == REFERENCE_COUNTS
+    assert {name: info["rows"] for name, info in summary["tables"].items()} == reference_counts()
     assert summary["tables"]["customer_trusted"]["uri"] == str(
         lakehouse.absolute() / "trusted" / "customer_trusted"
     )
@@ -76,7 +74,10 @@ def test_reference_checks(reference_run):
     }
     cross = checks[("machine_learning_curated", "cross_customer_pairs")]
     assert (cross["passed"], cross["severity"]) == (False, "WARN")
-    assert cross["summary"].startswith(f"{REFERENCE_CROSS_CUSTOMER_PAIRS} rows")
+    assert cross["summary"] == (
+        f"{REFERENCE_CROSS_CUSTOMER_PAIRS} rows pair one customer's Step Trainer "
+        "with another customer's phone"
+    )
 
 
 @pytest.mark.reference
@@ -109,7 +110,10 @@ def test_same_customer_join_from_environment(reference_landing: Path, tmp_path: 
     )
     summary = json.loads(done.stdout)
     assert done.returncode == 0, summary["errors"]
-    assert summary["tables"]["machine_learning_curated"]["rows"] == REFERENCE_SAME_CUSTOMER_ML_ROWS
+    assert (
+        summary["tables"]["machine_learning_curated"]["rows"]
+        == reference_counts("same_customer")["machine_learning_curated"]
+    )
     cross = next(c for c in summary["checks"] if c["name"] == "cross_customer_pairs")
     assert cross["passed"] is True
 
@@ -163,14 +167,17 @@ def test_run_records_to_dagster_home(tiny_landing: Path, tmp_path: Path):
     assert done.returncode == 0, done.stderr[-2000:]
     run_id = json.loads(done.stdout)["run_id"]
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
-        assert instance.get_run_by_id(run_id).is_success
-        assert instance.get_latest_materialization_event(dg.AssetKey("machine_learning_curated")) is not None
+        run = instance.get_run_by_id(run_id)
+        assert (run.job_name, run.is_success) == ("stedi_lakehouse_job", True)
+        assert run.tags["stedi/launched_by"] == "stedi run"
+        event = instance.get_latest_materialization_event(dg.AssetKey("machine_learning_curated"))
+        assert event.run_id == run_id
 
 
 def test_sql_without_tables_says_so(tmp_path: Path):
     done = stedi("sql", "select 1", "--lakehouse", str(tmp_path))
     assert done.returncode == 2
-    assert "no tables under" in done.stderr
+    assert done.stderr == f"stedi sql: no tables under {tmp_path}; run `stedi run` first\n"
 
 
 def test_run_with_a_selection_matching_nothing_is_a_usage_error(tmp_path: Path):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from stedi_assets_tests.conftest import free_port
-from stedi_assets_tests.test_definitions import ASSETS, CHECKS
+from stedi_assets.definitions import defs
+from stedi_assets_tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -29,7 +29,7 @@ QUERY = """
     groupName
     assetChecksOrError { ... on AssetChecks { checks { name } } }
   }
-  runsOrError { ... on Runs { results { runId status } } }
+  runsOrError { ... on Runs { results { runId status jobName } } }
 }
 """
 
@@ -97,17 +97,22 @@ def dagster_dev(recorded_run: tuple[Path, str]) -> Iterator[str]:
 
 
 def test_ui_serves_every_asset_and_check(dagster_dev: str):
+    """The web server loads the same code location as the definitions module (pinned in test_definitions)."""
+    graph = defs.resolve_asset_graph()
     nodes = graphql(dagster_dev, QUERY)["assetNodes"]
-    assert {"/".join(n["assetKey"]["path"]): n["groupName"] for n in nodes} == ASSETS
+    assert {"/".join(n["assetKey"]["path"]): n["groupName"] for n in nodes} == {
+        key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()
+    }
     served_checks = {
         ("/".join(n["assetKey"]["path"]), check["name"])
         for n in nodes
         for check in n["assetChecksOrError"]["checks"]
     }
-    assert served_checks == CHECKS
+    assert len(served_checks) == 43
+    assert served_checks == {(key.asset_key.to_user_string(), key.name) for key in graph.asset_check_keys}
 
 
 def test_ui_shows_the_run_recorded_by_stedi_run(dagster_dev: str, recorded_run: tuple[Path, str]):
     _, run_id = recorded_run
     runs = graphql(dagster_dev, QUERY)["runsOrError"]["results"]
-    assert {"runId": run_id, "status": "SUCCESS"} in runs
+    assert {"runId": run_id, "status": "SUCCESS", "jobName": "stedi_lakehouse_job"} in runs

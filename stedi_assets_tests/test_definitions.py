@@ -126,12 +126,12 @@ def test_checks_and_their_blocking():
 
 
 def test_jobs_and_schedules():
-    assert {job.name for job in defs.resolve_all_job_defs()} >= {"stedi_lakehouse_job"}
+    assert [job.name for job in defs.jobs] == ["stedi_lakehouse_job"]
     schedule = defs.resolve_schedule_def("stedi_daily_refresh")
     assert schedule.cron_schedule == "0 3 * * *"
     assert schedule.job_name == "stedi_lakehouse_job"
     assert [s.name for s in defs.schedules] == ["stedi_daily_refresh"]
-    assert not list(defs.sensors or [])
+    assert list(defs.sensors or []) == []
 
 
 def test_each_table_writes_from_a_pool_of_its_own():

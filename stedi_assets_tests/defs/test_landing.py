@@ -10,8 +10,9 @@ import polars as pl
 import pytest
 
 from stedi_assets.cli import run_lakehouse
-from stedi_assets.resources import StediSettings, storage_options
-from stedi_assets_tests.conftest import make_bucket, upload_tree
+from stedi_assets.storage.environment import S3Options
+from stedi_assets.storage.lakehouse import Lakehouse
+from stedi_assets_tests.helpers import make_bucket, upload_tree
 
 T0 = 1_655_564_376_000
 
@@ -94,17 +95,16 @@ def messy_run(request: pytest.FixtureRequest, messy_landing: Path, tmp_path: Pat
         make_bucket(bucket)
         upload_tree(messy_landing, bucket, "landing")
         landing, lakehouse = f"s3://{bucket}/landing", f"s3://{bucket}/lakehouse"
-    settings = StediSettings(landing_uri=landing, lakehouse_uri=lakehouse, max_reject_rate=0.5)
-    return run_lakehouse(settings), lakehouse
+    return run_lakehouse(landing_uri=landing, lakehouse_uri=lakehouse, max_reject_rate=0.5), lakehouse
 
 
 def read(lakehouse: str, zone: str, name: str) -> pl.DataFrame:
-    uri = f"{lakehouse}/{zone}/{name}"
-    return pl.read_delta(uri, storage_options=storage_options(uri))
+    store = Lakehouse(lakehouse, S3Options.from_environment())
+    return store.scan(store.table_uri(zone, name)).collect()
 
 
 def test_quarantine_holds_exactly_the_bad_lines(messy_run, messy_landing: Path):
-    summary, lakehouse = messy_run
+    _, lakehouse = messy_run
     rejects = {
         source: read(lakehouse, "quarantine", f"{source}_rejects")
         .with_columns(pl.col("_source_file").str.split("/").list.last())
@@ -153,7 +153,7 @@ def test_every_line_accounted_for_and_rejects_warn(messy_run):
 
 def test_reject_rate_above_limit_is_an_error(messy_landing: Path, tmp_path: Path):
     summary = run_lakehouse(
-        StediSettings(landing_uri=str(messy_landing), lakehouse_uri=str(tmp_path / "lh"), max_reject_rate=0.1)
+        landing_uri=str(messy_landing), lakehouse_uri=str(tmp_path / "lh"), max_reject_rate=0.1
     )
     rate = next(
         c for c in summary["checks"] if (c["asset"], c["name"]) == ("accelerometer_landing", "reject_rate")
@@ -212,19 +212,28 @@ def test_a_row_lost_after_ingest_fails_conservation(messy_landing: Path, tmp_pat
 
     instance = dg.DagsterInstance.ephemeral()
     lakehouse = tmp_path / "lakehouse"
-    settings = StediSettings(
-        landing_uri=str(messy_landing), lakehouse_uri=str(lakehouse), max_reject_rate=0.5
-    )
-    assert run_lakehouse(settings, select="key:customer_landing", instance=instance)["success"]
+    settings = {"landing_uri": str(messy_landing), "lakehouse_uri": str(lakehouse), "max_reject_rate": 0.5}
+    assert run_lakehouse("key:customer_landing", instance=instance, **settings)["success"]
     uri = str(lakehouse / "landing" / "customer_landing")
     pl.read_delta(uri).head(3).write_delta(uri, mode="overwrite")
 
     summary = run_lakehouse(
-        settings, select=dg.AssetSelection.checks_for_assets("customer_landing"), instance=instance
+        dg.AssetSelection.checks_for_assets("customer_landing"), instance=instance, **settings
     )
 
     conserved = next(c for c in summary["checks"] if c["name"] == "lines_conserved")
     assert (conserved["passed"], conserved["summary"]) == (
         False,
         "6 non-blank lines read, 3 accepted + 2 rejected",
+    )
+
+
+def test_missing_landing_folder_is_one_clear_error(tmp_path: Path):
+    summary = run_lakehouse(landing_uri=str(tmp_path / "nowhere"), lakehouse_uri=str(tmp_path / "lh"))
+
+    assert not summary["success"]
+    assert summary["tables"] == {}
+    assert summary["retries"] == {}
+    assert f"ingest_customer: Landing folder {tmp_path / 'nowhere' / 'customer'} does not exist." in " ".join(
+        summary["errors"]
     )

@@ -1,0 +1,99 @@
+"""The trusted zone through the code location's job: exact tables, the privacy guard, blocking checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+from stedi_assets.cli import run_lakehouse
+from stedi_assets.defs.factories import publish_only_if
+from stedi_assets.defs.trusted import USERS_ARE_TRUSTED_CUSTOMERS
+
+
+def _read(lakehouse: Path, zone: str, name: str) -> pl.DataFrame:
+    return pl.read_delta(str(lakehouse / zone / name))
+
+
+def test_tiny_landing_gives_exact_trusted_tables(tiny_landing: Path, tmp_path: Path):
+    lakehouse = tmp_path / "lakehouse"
+    summary = run_lakehouse(landing_uri=str(tiny_landing), lakehouse_uri=str(lakehouse))
+
+    assert summary["success"], summary["errors"]
+    rows = {name: info["rows"] for name, info in summary["tables"].items()}
+    assert rows == {
+        "customer_landing": 5,
+        "accelerometer_landing": 4,
+        "step_trainer_landing": 4,
+        "customer_rejects": 0,
+        "accelerometer_rejects": 0,
+        "step_trainer_rejects": 0,
+        "customer_trusted": 3,
+        "accelerometer_trusted": 3,
+        "customer_curated": 2,
+        "step_trainer_trusted": 3,
+        "machine_learning_curated": 5,
+    }
+    assert sorted(_read(lakehouse, "trusted", "customer_trusted")["email"]) == [
+        "Alice@test.com",
+        "Carol@test.com",
+        "Erin@test.com",
+    ]
+    assert sorted(_read(lakehouse, "trusted", "accelerometer_trusted")["user"]) == [
+        "Alice@test.com",
+        "Alice@test.com",
+        "Erin@test.com",
+    ]
+    assert sorted(_read(lakehouse, "trusted", "step_trainer_trusted")["serialNumber"]) == [
+        "S-A",
+        "S-A",
+        "S-E",
+    ]
+
+
+def test_failing_blocking_check_stops_downstream(tiny_landing: Path, tmp_path: Path):
+    lakehouse = tmp_path / "lakehouse"
+    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(lakehouse)}
+    assert run_lakehouse(**settings)["success"]
+    trusted_uri = str(lakehouse / "trusted" / "customer_trusted")
+    tampered = pl.read_delta(trusted_uri).with_columns(
+        pl.when(pl.col("email") == "Carol@test.com")
+        .then(None)
+        .otherwise(pl.col("shareWithResearchAsOfDate"))
+        .alias("shareWithResearchAsOfDate")
+    )
+    tampered.write_delta(trusted_uri, mode="overwrite")
+    accel_version = DeltaTable(str(lakehouse / "trusted" / "accelerometer_trusted")).version()
+
+    trusted = dg.AssetSelection.assets("customer_trusted")
+    downstream_and_checks = (trusted.downstream() - trusted) | dg.AssetSelection.checks_for_assets(
+        "customer_trusted"
+    )
+    summary = run_lakehouse(downstream_and_checks, **settings)
+
+    consent = next(c for c in summary["checks"] if c["name"] == "consent_given")
+    assert consent["passed"] is False
+    assert consent["summary"] == (
+        "1 trusted customers without current research consent; 3 trusted of 3 consenting customers in landing"
+    )
+    assert not summary["success"]
+    assert "accelerometer_trusted" not in summary["tables"]
+    assert DeltaTable(str(lakehouse / "trusted" / "accelerometer_trusted")).version() == accel_version
+
+
+def test_privacy_guard_refuses_to_publish_a_broken_table():
+    """The guard runs inside the asset, so a table that breaks a privacy contract is never written."""
+    leaked = pl.LazyFrame({"user": ["bob@test.com"]})
+    trusted = pl.LazyFrame({"email": ["alice@test.com"]})
+    verdict = USERS_ARE_TRUSTED_CUSTOMERS.verdict(leaked, trusted)
+
+    with pytest.raises(dg.Failure) as failure:
+        publish_only_if(verdict, "consent")
+    assert failure.value.description == (
+        "The consent contract is broken, so the table was not published: "
+        "1 rows whose user is not a trusted customer"
+    )
+    assert "bob@test.com" in failure.value.metadata["offending_rows"].value

@@ -68,7 +68,7 @@ def run_config(log_level: str = "DEBUG", **settings: Any) -> dict[str, Any]:
 
     Settings left out are filled from the STEDI_* environment when the run starts.
     """
-    given = {name: value for name, value in settings.items() if value is not None}
+    given = {name: getattr(value, "value", value) for name, value in settings.items() if value is not None}
     storage = {name: value for name, value in given.items() if name in STORAGE_FIELDS}
     behaviour = {name: value for name, value in given.items() if name not in STORAGE_FIELDS}
     return {

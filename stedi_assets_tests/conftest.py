@@ -13,8 +13,9 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from stedi_assets.generate import generate_landing
 from stedi_assets_tests.helpers import REFERENCE_ENV, moto_server, write_tiny_landing
 
-# Nothing is written into the working tree: hypothesis keeps its files in a temporary folder.
-set_hypothesis_home_dir(tempfile.mkdtemp(prefix="stedi-hypothesis-"))
+# Nothing is written into the working tree: even with database=None, hypothesis caches constants
+# in its home folder (./.hypothesis by default), so that folder lives in the temporary directory.
+set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / "stedi-hypothesis"))
 
 
 @pytest.fixture(autouse=True)

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
 
-from stedi_assets.schemas import INGESTED_AT, LINE_NUMBER, SOURCE_FILE, table
+from stedi_assets.rules.catalog import INGESTED_AT, LINE_NUMBER, SOURCE_FILE, TABLES
 
-LANDED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+LANDED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 CONSENT = 1_655_564_376_361
 
 
 def rows_frame(name: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
     """A frame of the declared table `name`; columns a row does not mention are null."""
-    dtypes = table(name).dtypes
+    dtypes = TABLES[name].dtypes
     for row in rows:
         assert row.keys() <= dtypes.keys(), f"undeclared columns {row.keys() - dtypes.keys()}"
     return pl.DataFrame([{c: row.get(c) for c in dtypes} for row in rows], schema=dtypes)
 
 
 def landing(source: str, *rows: dict[str, Any]) -> pl.LazyFrame:
-    """A typed landing frame; provenance defaults to line i of `<source>-1.json`."""
+    """A typed landing frame of the source named `source`; provenance defaults to line i of
+    `<source>-1.json`."""
     with_provenance = [
         {SOURCE_FILE: f"{source}-1.json", LINE_NUMBER: i, INGESTED_AT: LANDED_AT} | row
         for i, row in enumerate(rows, 1)

@@ -91,3 +91,8 @@ def test_run_config_sends_each_setting_to_its_resource():
         },
         "loggers": {"console": {"config": {"log_level": "INFO"}}},
     }
+
+
+def test_run_config_takes_enum_members_as_their_values():
+    config = run_config(ml_join=MlJoin.same_customer)
+    assert config["resources"]["settings"]["config"] == {"ml_join": "same_customer"}

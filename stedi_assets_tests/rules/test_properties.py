@@ -21,16 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 from polars.exceptions import PanicException
 from polars.testing import assert_frame_equal
 
-from stedi_assets import contracts, transforms
 from stedi_assets.cli import run_lakehouse
-from stedi_assets.resources import StediSettings
-from stedi_assets.schemas import LINE_NUMBER, REQUIRED_FIELDS, SOURCE_COLUMNS, SOURCE_FILE, SOURCES, TABLES
-from stedi_assets.transforms import MlJoin
+from stedi_assets.rules import contracts, parsing, transforms
+from stedi_assets.rules.catalog import LINE_NUMBER, SOURCE_FILE, SOURCES, TABLES
+from stedi_assets.rules.transforms import MlJoin
 
 T0 = 1_655_564_376_000
 TIMES = tuple(T0 + 1_000 * k for k in range(6))
@@ -38,7 +38,7 @@ EMAILS = ("anna@test.com", "ben@test.com", "cy@test.com", "dee@test.com")
 STRANGER = "zed@test.com"
 """A phone user who is never a customer."""
 SERIALS = ("SER-1", "SER-2", "SER-3")
-HOME_SERIAL = dict(zip(EMAILS, (*SERIALS, SERIALS[0])))
+HOME_SERIAL = dict(zip(EMAILS, (*SERIALS, SERIALS[0]), strict=True))
 UNCLAIMED = "SER-9"
 """A Step Trainer no customer claims."""
 LANDED_AT = datetime(2024, 1, 1, tzinfo=UTC)
@@ -53,9 +53,13 @@ JUNK = ("[1]", '"x"', "42", "null", "true", "[]", "{}", "{", "not json", '{"a": 
 BLANKS = ("", " ", "\t", "  \t ")
 PADDING = st.sampled_from(("", " ", "\t", "  "))
 SEPARATORS = st.sampled_from(((", ", ": "), (",", ":"), (" , ", " : "), (",\t", ":\t")))
+SOURCE = {source.name: source for source in SOURCES}
+SOURCE_NAMES = tuple(SOURCE)
 # Column order of each source's declared landing columns (and of the rows the reference expects).
-COLUMNS = {source: tuple(c.name for c in columns) for source, columns in SOURCE_COLUMNS.items()}
-DTYPES = {source: {c.name: c.dtype for c in columns} for source, columns in SOURCE_COLUMNS.items()}
+COLUMNS = {source.name: tuple(c.name for c in source.columns) for source in SOURCES}
+DTYPES = {source.name: {c.name: c.dtype for c in source.columns} for source in SOURCES}
+
+PROJECT = Path(__file__).resolve().parents[2]
 
 FAST = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -120,7 +124,7 @@ def render_object(pairs: list[tuple[str, Any]], separators: tuple[str, str]) -> 
 @st.composite
 def accepted_value(draw, name: str, value: Any) -> Any:
     """A JSON value the parser must read back as `value`."""
-    if value is None or name not in IDENTITY_FIELDS and not isinstance(value, (int, float)):
+    if value is None or (name not in IDENTITY_FIELDS and not isinstance(value, (int, float))):
         return value
     if name in IDENTITY_FIELDS:
         return draw(PADDING) + value + draw(PADDING)
@@ -168,7 +172,7 @@ def corrupted_line(
         bad = NOT_AN_INTEGER if dtype.is_integer() else NOT_A_NUMBER if dtype.is_float() else NOT_A_STRING
         new = [(draw(case_variant(column)), draw(st.sampled_from(bad)))]
     else:
-        column = draw(st.sampled_from(REQUIRED_FIELDS[source]))
+        column = draw(st.sampled_from(SOURCE[source].required))
         value = draw(st.sampled_from(("absent", None, "", "  ")))
         new = [] if value == "absent" else [(draw(case_variant(column)), value)]
     return render_object(_replace(pairs, column, new), separators).encode()
@@ -236,7 +240,7 @@ def source_files(draw, source: str, records: list[dict[str, Any]]) -> list[Landi
     lines = list(draw(st.permutations(lines)))
     n_files = draw(st.integers(1, 3))
     cuts = sorted(draw(st.lists(st.integers(0, len(lines)), min_size=n_files - 1, max_size=n_files - 1)))
-    chunks = [lines[a:b] for a, b in zip([0, *cuts], [*cuts, len(lines)])]
+    chunks = [lines[a:b] for a, b in zip([0, *cuts], [*cuts, len(lines)], strict=True)]
     if draw(st.integers(0, 3)) == 0:
         chunks.append(draw(st.sampled_from(chunks)))  # resent under another name
     return [
@@ -279,21 +283,21 @@ def ingest(files: list[LandingFile], source: str) -> Ingested:
     One chunk per file, as LandingZone.read_lines concatenates them: the chunk layout matters
     (test_ingest_survives_a_blank_file_before_a_bad_value).
     """
-    frames = [transforms.raw_lines(f.data(), f.name, LANDED_AT) for f in files if f.source == source]
-    lines = pl.concat(frames) if frames else transforms.empty_raw_lines()
+    frames = [parsing.raw_lines(f.data(), f.name, LANDED_AT) for f in files if f.source == source]
+    lines = pl.concat(frames) if frames else parsing.empty_raw_lines()
     lazy = lines.lazy()
     try:
-        parsed = transforms.parse_landing(lazy, source, transforms.json_keys(lazy)).collect()
+        parsed = parsing.parse_landing(lazy, SOURCE[source], parsing.json_keys(lazy)).collect()
     except PanicException as panic:  # a BaseException: re-raised as a failure so hypothesis shrinks it
         raise AssertionError(f"parsing {source} lines panicked: {panic}") from None
-    accepted = transforms.accepted_rows(parsed.lazy(), source).collect()
-    return Ingested(lines, parsed, accepted, transforms.rejected_rows(parsed.lazy()).collect())
+    accepted = parsing.accepted_rows(parsed.lazy(), SOURCE[source]).collect()
+    return Ingested(lines, parsed, accepted, parsing.rejected_rows(parsed.lazy()).collect())
 
 
 def run_chain(files: list[LandingFile]) -> dict[str, pl.DataFrame]:
     """Every table of the lakehouse from the pure rules, keyed by table name."""
-    ingested = {source: ingest(files, source) for source in SOURCES}
-    customer, accel, steps = (ingested[s].accepted.lazy() for s in SOURCES)
+    ingested = {source: ingest(files, source) for source in SOURCE_NAMES}
+    customer, accel, steps = (ingested[s].accepted.lazy() for s in SOURCE_NAMES)
     customer_trusted = transforms.customer_trusted(customer)
     accelerometer_trusted = transforms.accelerometer_trusted(accel, customer_trusted)
     customer_curated = transforms.customer_curated(customer_trusted, accelerometer_trusted)
@@ -310,8 +314,8 @@ def run_chain(files: list[LandingFile]) -> dict[str, pl.DataFrame]:
             for join in MlJoin
         },
     }
-    tables = dict(zip(plans, pl.collect_all(list(plans.values()))))
-    for source in SOURCES:
+    tables = dict(zip(plans, pl.collect_all(list(plans.values())), strict=True))
+    for source in SOURCE_NAMES:
         tables[f"{source}_landing"] = ingested[source].accepted
         tables[f"{source}_rejects"] = ingested[source].rejected
     return tables
@@ -357,13 +361,13 @@ class Reference:
             (s, a) for s in self.step_trainer_trusted for a in self.accelerometer_trusted if s[0] == a[1]
         ]
         self.machine_learning_curated = {
-            MlJoin.SEED: Counter(s + a for s, a in pairs),
-            MlJoin.SAME_CUSTOMER: Counter(
+            MlJoin.seed: Counter(s + a for s, a in pairs),
+            MlJoin.same_customer: Counter(
                 s + a for s, a in pairs if owner_serial[ident(a[0])] == ident(s[1])
             ),
         }
-        self.cross_customer_pairs = sum(self.machine_learning_curated[MlJoin.SEED].values()) - sum(
-            self.machine_learning_curated[MlJoin.SAME_CUSTOMER].values()
+        self.cross_customer_pairs = sum(self.machine_learning_curated[MlJoin.seed].values()) - sum(
+            self.machine_learning_curated[MlJoin.same_customer].values()
         )
 
     def customer_rows(self, keys: set[str]) -> Counter:
@@ -381,16 +385,16 @@ def identities(frame: pl.DataFrame, column: str) -> list[str]:
 @FAST
 @given(landing=landings())
 def test_every_non_blank_line_is_accepted_or_rejected_once(landing: Landing):
-    for source in SOURCES:
+    for source in SOURCE_NAMES:
         got = ingest(landing.of(source), source)
         non_blank = {(name, n) for name, n, line in landing.numbered(source) if not line.blank}
-        read = transforms.non_blank_lines(got.lines.lazy()).collect().height
+        read = parsing.non_blank_lines(got.lines.lazy()).collect().height
         assert read == len(non_blank), source
         assert got.accepted.height + got.rejected.height == read, source
         assert contracts.conservation(read, got.accepted.height, got.rejected.height).passed
 
-        accepted = list(zip(got.accepted[SOURCE_FILE], got.accepted[LINE_NUMBER]))
-        rejected = list(zip(got.rejected[SOURCE_FILE], got.rejected[LINE_NUMBER]))
+        accepted = list(zip(got.accepted[SOURCE_FILE], got.accepted[LINE_NUMBER], strict=True))
+        rejected = list(zip(got.rejected[SOURCE_FILE], got.rejected[LINE_NUMBER], strict=True))
         assert len(set(accepted)) == len(accepted) and len(set(rejected)) == len(rejected), source
         assert not set(accepted) & set(rejected), f"{source}: lines both accepted and rejected"
         assert set(accepted) | set(rejected) == non_blank, source
@@ -400,7 +404,7 @@ def test_every_non_blank_line_is_accepted_or_rejected_once(landing: Landing):
 @FAST
 @given(landing=landings())
 def test_each_line_is_accepted_with_its_values_or_rejected_as_the_generator_says(landing: Landing):
-    for source in SOURCES:
+    for source in SOURCE_NAMES:
         got = ingest(landing.of(source), source)
         expected = landing.accepted(source)
         accepted = {
@@ -421,7 +425,7 @@ def test_each_line_is_accepted_with_its_values_or_rejected_as_the_generator_says
 
 @FAST
 @given(
-    source=st.sampled_from(SOURCES),
+    source=st.sampled_from(SOURCE_NAMES),
     data=st.data(),
     inner=st.sampled_from(({}, [], {"v": 1}, [1], 1, "s", "{not nested}", None)),
     in_list=st.booleans(),
@@ -443,7 +447,7 @@ def test_unknown_keys_are_ignored_whatever_their_value(
 
 
 @settings(FAST, max_examples=10)
-@given(source=st.sampled_from(SOURCES), data=st.data())
+@given(source=st.sampled_from(SOURCE_NAMES), data=st.data())
 def test_ingest_survives_a_blank_file_before_a_bad_value(source: str, data: st.DataObject):
     """Regression: with pl.format in the reject reason, Polars 2.1's streaming engine panicked
     ('assertion failed: i < self.len()') when the non-blank filter dropped a whole per-file chunk."""
@@ -541,21 +545,23 @@ def read_tables(lakehouse: Path) -> dict[str, pl.DataFrame]:
     return found
 
 
+@pytest.mark.slow
 @settings(max_examples=5, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(landing=landings())
 def test_lakehouse_runs_are_repeatable_and_keep_their_contracts(landing: Landing):
     with tempfile.TemporaryDirectory() as tmp:
         root, lakehouse = Path(tmp) / "landing", Path(tmp) / "lakehouse"
-        for source in SOURCES:
+        for source in SOURCE_NAMES:
             (root / source).mkdir(parents=True)
         for f in landing.files:
             (root / f.name).write_bytes(f.data())
         (root / "customer" / "_SUCCESS").write_text("not json\n")
-        settings_ = StediSettings(landing_uri=str(root), lakehouse_uri=str(lakehouse), max_reject_rate=1.0)
 
         summaries, tables = [], []
         for _ in range(2):
-            summaries.append(run_lakehouse(settings_))
+            summaries.append(
+                run_lakehouse(landing_uri=str(root), lakehouse_uri=str(lakehouse), max_reject_rate=1.0)
+            )
             tables.append(read_tables(lakehouse))
 
         counts = [{name: info["rows"] for name, info in s["tables"].items()} for s in summaries]
@@ -566,7 +572,7 @@ def test_lakehouse_runs_are_repeatable_and_keep_their_contracts(landing: Landing
         for summary in summaries:
             checks = {(c["asset"], c["name"]): c for c in summary["checks"]}
             wanted = [
-                *((f"{source}_landing", "lines_conserved") for source in SOURCES),
+                *((f"{source}_landing", "lines_conserved") for source in SOURCE_NAMES),
                 ("customer_trusted", "consent_given"),
                 ("accelerometer_trusted", "users_are_trusted_customers"),
             ]

@@ -1,4 +1,4 @@
-"""The data contracts (stedi_assets.contracts): each passes a good frame and fails a bad one."""
+"""The data contracts (stedi_assets.rules.contracts): each passes a good frame and fails a bad one."""
 
 from __future__ import annotations
 
@@ -8,14 +8,10 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from stedi_assets import contracts, transforms
-from stedi_assets.schemas import (
-    ACCELEROMETER_COLUMNS,
-    INGESTED_AT,
-    PROVENANCE,
-    table,
-)
-from stedi_assets.transforms import MlJoin
+from stedi_assets.rules import contracts, transforms
+from stedi_assets.rules.catalog import ACCELEROMETER, INGESTED_AT, PROVENANCE, TABLES
+from stedi_assets.rules.contracts import Severity
+from stedi_assets.rules.transforms import MlJoin
 from stedi_assets_tests.frames import CONSENT, landing, rows_frame
 
 
@@ -41,11 +37,31 @@ def assert_verdict(
     observed: Any,
     expected: Any,
     offending: pl.DataFrame | None = None,
+    severity: Severity = Severity.ERROR,
 ) -> None:
-    seen = (verdict.passed, verdict.observed, verdict.expected)
-    assert seen == (passed, observed, expected), verdict.summary
+    seen = (verdict.passed, verdict.observed, verdict.expected, verdict.severity)
+    assert seen == (passed, observed, expected, severity), verdict.summary
     if offending is not None:
         assert_frame_equal(verdict.offending, offending)
+
+
+def test_no_offending_rows_passes_an_empty_frame() -> None:
+    frame = pl.DataFrame({"a": [1, 2]}).clear()
+    verdict = contracts.no_offending_rows(frame.lazy(), "rows are odd")
+    assert_verdict(verdict, True, 0, 0, frame)
+    assert verdict.summary == "0 rows are odd"
+
+
+def test_no_offending_rows_counts_all_samples_five_and_carries_severity() -> None:
+    frame = pl.DataFrame({"a": [7, 6, 5, 4, 3, 2, 1], "b": list("abcdefg")})
+    verdict = contracts.no_offending_rows(frame.lazy(), "rows are odd", Severity.WARN)
+    assert_verdict(verdict, False, 7, 0, frame.head(5), Severity.WARN)
+    assert verdict.summary == "7 rows are odd"
+
+
+def test_no_offending_rows_is_an_error_by_default() -> None:
+    frame = pl.DataFrame({"a": [1]})
+    assert_verdict(contracts.no_offending_rows(frame.lazy(), "rows are odd"), False, 1, 0, frame)
 
 
 LANDING = customer_landing(customer("a@x.com", "s1"), customer("b@x.com", "s2", consent=0))
@@ -90,19 +106,35 @@ def test_consenting_only_fails_a_stale_consenting_record_of_a_withdrawn_customer
 
 
 PARENTS = rows_frame("customer_trusted", [customer(" A@x.COM", "s1")]).lazy()
+USERS_ARE_TRUSTED = contracts.Membership(
+    "users_are_trusted", "accelerometer_trusted", "user", "customer_trusted", "email", "a trusted customer"
+)
 
 
-def test_belongs_to_passes_known_children() -> None:
+def test_membership_passes_known_children() -> None:
     child = rows_frame("accelerometer_trusted", [reading(" A@X.com", 1), reading("a@x.com", 2)])
-    verdict = contracts.belongs_to(child.lazy(), "user", PARENTS, "email", "a trusted customer")
+    verdict = USERS_ARE_TRUSTED.verdict(child.lazy(), PARENTS)
     assert_verdict(verdict, True, 0, 0, child.clear())
+    assert verdict.summary == "0 rows whose user is not a trusted customer"
 
 
-def test_belongs_to_fails_orphans() -> None:
+def test_membership_fails_orphans() -> None:
     child = rows_frame("accelerometer_trusted", [reading("a@x.com", 1), reading("z@x.com", 2)])
-    verdict = contracts.belongs_to(child.lazy(), "user", PARENTS, "email", "a trusted customer")
+    verdict = USERS_ARE_TRUSTED.verdict(child.lazy(), PARENTS)
     assert_verdict(verdict, False, 1, 0, child[1:2])
     assert verdict.summary == "1 rows whose user is not a trusted customer"
+
+
+def test_membership_fails_every_row_against_an_empty_parent() -> None:
+    child = rows_frame("accelerometer_trusted", [reading("a@x.com", 1), reading("b@x.com", 2)])
+    verdict = USERS_ARE_TRUSTED.verdict(child.lazy(), PARENTS.clear())
+    assert_verdict(verdict, False, 2, 0, child)
+
+
+def test_membership_describes_itself() -> None:
+    assert USERS_ARE_TRUSTED.description == (
+        "Every accelerometer_trusted row's user is a trusted customer (customer_trusted.email)."
+    )
 
 
 def ml_frame(*rows: dict[str, Any]) -> pl.DataFrame:
@@ -132,7 +164,8 @@ CURATED = rows_frame("customer_curated", [customer("a@x.com", "s1"), customer("b
 
 def test_cross_customer_passes_owner_pairs() -> None:
     frame = ml_frame(step("S1", 10) | reading("A@x.com ", 10), step("s2", 10) | reading("b@x.com", 10))
-    assert_verdict(contracts.cross_customer(frame.lazy(), CURATED), True, 0, 0, frame.clear())
+    verdict = contracts.cross_customer(frame.lazy(), CURATED)
+    assert_verdict(verdict, True, 0, 0, frame.clear(), Severity.WARN)
 
 
 def test_cross_customer_fails_foreign_pairs() -> None:
@@ -141,30 +174,53 @@ def test_cross_customer_fails_foreign_pairs() -> None:
         step("s1", 10) | reading("b@x.com", 10),
         step("s2", 10) | reading("a@x.com", 10),
     )
-    assert_verdict(contracts.cross_customer(frame.lazy(), CURATED), False, 2, 0, frame[1:])
+    verdict = contracts.cross_customer(frame.lazy(), CURATED)
+    assert_verdict(verdict, False, 2, 0, frame[1:], Severity.WARN)
+    assert verdict.summary == "2 rows pair one customer's Step Trainer with another customer's phone"
 
 
 def test_cross_customer_flags_the_seed_join_only() -> None:
     steps = rows_frame("step_trainer_trusted", [step("s1", 10), step("s2", 10)]).lazy()
     readings = rows_frame("accelerometer_trusted", [reading("a@x.com", 10), reading("b@x.com", 10)]).lazy()
-    seed = transforms.machine_learning_curated(steps, readings, CURATED, MlJoin.SEED)
-    owner = transforms.machine_learning_curated(steps, readings, CURATED, MlJoin.SAME_CUSTOMER)
+    seed = transforms.machine_learning_curated(steps, readings, CURATED, MlJoin.seed)
+    owner = transforms.machine_learning_curated(steps, readings, CURATED, MlJoin.same_customer)
     assert contracts.cross_customer(seed, CURATED).observed == 2
     assert contracts.cross_customer(owner, CURATED).passed
 
 
-def test_profile_columns_pass_sensor_columns() -> None:
-    assert_verdict(contracts.profile_columns([c.name for c in ACCELEROMETER_COLUMNS]), True, "none", "none")
+SERIALS = pl.DataFrame({"serialNumber": ["s1"]}, schema={"serialNumber": pl.String})
 
 
-def test_profile_columns_fail_profile_data() -> None:
+def test_shared_serials_passes_serials_of_curated_customers_only() -> None:
+    landing = customer_landing(customer("a@x.com", "s1"), customer("b@x.com", "s2"))
+    verdict = contracts.shared_serials(landing, CURATED)
+    assert_verdict(verdict, True, 0, 0, SERIALS.clear(), Severity.WARN)
+
+
+def test_shared_serials_warns_on_a_serial_also_claimed_by_a_customer_not_curated() -> None:
+    landing = customer_landing(
+        customer("a@x.com", "s1"), customer("b@x.com", "s2"), customer("d@x.com", " S1", consent=None)
+    )
+    verdict = contracts.shared_serials(landing, CURATED)
+    assert_verdict(verdict, False, 1, 0, SERIALS, Severity.WARN)
+    assert (
+        verdict.summary == "1 curated customers' serial numbers are shared with customers who are not curated"
+    )
+
+
+def test_no_profile_columns_pass_sensor_columns() -> None:
+    verdict = contracts.no_profile_columns([c.name for c in ACCELEROMETER.columns])
+    assert_verdict(verdict, True, "none", "none")
+
+
+def test_no_profile_columns_fail_profile_data() -> None:
     columns = ["user", "timestamp", "phone", "registrationDate", "birthDay", "email"]
-    verdict = contracts.profile_columns(columns)
+    verdict = contracts.no_profile_columns(columns)
     assert_verdict(verdict, False, "birthDay, phone, registrationDate", "none")
     assert verdict.summary == "customer profile columns present: birthDay, phone, registrationDate"
 
 
-ACCEL = table("accelerometer_trusted")
+ACCEL = TABLES["accelerometer_trusted"]
 
 
 def test_schema_matches_declared() -> None:
@@ -187,7 +243,7 @@ def test_schema_wrong_dtype() -> None:
 
 
 def test_schema_wrong_time_zone() -> None:
-    landing = table("customer_landing")
+    landing = TABLES["customer_landing"]
     verdict = contracts.schema_matches(landing.dtypes | {INGESTED_AT: pl.Datetime("us")}, landing)
     assert_verdict(verdict, False, 1, 0)
     assert verdict.summary.startswith(f"{INGESTED_AT}: ")
@@ -200,19 +256,19 @@ def test_schema_extra_column() -> None:
 
 
 def test_schema_provenance_is_declared_for_landing_only() -> None:
-    with_provenance = ACCEL.dtypes | PROVENANCE
-    assert contracts.schema_matches(with_provenance, table("accelerometer_landing")).passed
+    with_provenance = ACCEL.dtypes | {c.name: c.dtype for c in PROVENANCE}
+    assert contracts.schema_matches(with_provenance, TABLES["accelerometer_landing"]).passed
     assert contracts.schema_matches(with_provenance, ACCEL).observed == 3
 
 
-def test_duplicate_rows_pass_distinct_rows() -> None:
+def test_no_duplicate_rows_pass_distinct_rows() -> None:
     frame = pl.DataFrame({"a": [1, 1, 2], "b": ["x", "y", "x"]})
-    assert_verdict(contracts.duplicate_rows(frame.lazy()), True, 0, 0, frame.clear())
+    assert_verdict(contracts.no_duplicate_rows(frame.lazy()), True, 0, 0, frame.clear())
 
 
-def test_duplicate_rows_count_all_and_sample_five() -> None:
+def test_no_duplicate_rows_count_all_and_sample_five() -> None:
     frame = pl.DataFrame({"a": [1, 2, 1, 3, 2, 3, 4], "b": ["x"] * 7})
-    verdict = contracts.duplicate_rows(frame.lazy())
+    verdict = contracts.no_duplicate_rows(frame.lazy())
     assert_verdict(verdict, False, 6, 0, pl.DataFrame({"a": [1, 2, 1, 3, 2], "b": ["x"] * 5}))
     assert verdict.summary == "6 rows are exact duplicates of another row"
 
@@ -267,7 +323,7 @@ def test_conservation_fails_invented_line() -> None:
 
 def test_reject_rate_fails_on_any_reject_and_reports_the_rate() -> None:
     verdict = contracts.reject_rate(200, 2, 0.01)
-    assert_verdict(verdict, False, 0.01, 0.01)
+    assert_verdict(verdict, False, 0.01, 0.01, severity=Severity.WARN)
     assert verdict.summary == "2 of 200 lines rejected (1.00%; limit 1.00%)"
 
 
@@ -276,8 +332,25 @@ def test_reject_rate_above_the_limit_is_observed_above_expected() -> None:
 
 
 def test_reject_rate_passes_without_rejects() -> None:
-    assert_verdict(contracts.reject_rate(200, 0, 0.01), True, 0.0, 0.01)
+    assert_verdict(contracts.reject_rate(200, 0, 0.01), True, 0.0, 0.01, severity=Severity.WARN)
 
 
 def test_reject_rate_of_nothing_read_is_zero() -> None:
-    assert_verdict(contracts.reject_rate(0, 0, 0.0), True, 0.0, 0.0)
+    assert_verdict(contracts.reject_rate(0, 0, 0.0), True, 0.0, 0.0, severity=Severity.WARN)
+
+
+@pytest.mark.parametrize(
+    ("read", "rejected", "max_rate", "severity"),
+    [
+        (200, 1, 0.01, Severity.WARN),
+        (200, 2, 0.01, Severity.WARN),
+        (200, 3, 0.01, Severity.ERROR),
+        (10, 10, 1.0, Severity.WARN),
+        (10, 1, 0.0, Severity.ERROR),
+    ],
+)
+def test_reject_rate_warns_up_to_the_limit_and_is_an_error_above_it(
+    read: int, rejected: int, max_rate: float, severity: Severity
+) -> None:
+    verdict = contracts.reject_rate(read, rejected, max_rate)
+    assert (verdict.passed, verdict.severity) == (False, severity), verdict.summary

@@ -29,7 +29,7 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest
 
-# The inner loop: no servers, no reference data, no subprocess-heavy tests (under a minute).
+# The inner loop: no S3 or web servers, no reference data, no slow tests (about 50 s on two cores).
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow and not s3 and not reference"
 

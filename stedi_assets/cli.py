@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from stedi_assets.rules.transforms import MlJoin
 from stedi_assets.storage.lakehouse import DEFAULT_LAKEHOUSE_URI, DEFAULT_LANDING_URI
 
 if TYPE_CHECKING:
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
 
 JOB = "stedi_lakehouse_job"
 STORAGE_FIELDS = ("landing_uri", "lakehouse_uri")
-ML_JOINS = ("seed", "same_customer")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--landing", help=f"landing root, folder or s3:// (default {DEFAULT_LANDING_URI})")
     run.add_argument("--lakehouse", help=f"lakehouse root, folder or s3:// (default {DEFAULT_LAKEHOUSE_URI})")
     run.add_argument("--select", default="*", help="Dagster asset selection, e.g. 'key:customer_trusted+'")
-    run.add_argument("--ml-join", choices=ML_JOINS)
+    run.add_argument("--ml-join", choices=[m.value for m in MlJoin])
     run.add_argument("--expectations", help="JSON file of exact row counts to check")
     run.add_argument("--max-reject-rate", type=float, help="share of rejected lines that fails a run")
     run.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

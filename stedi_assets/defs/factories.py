@@ -107,13 +107,13 @@ def latest_metadata(instance: dg.DagsterInstance, table: str, key: str) -> Any:
 class TableCheck:
     name: str
     description: str
-    evaluate: Callable[[pl.LazyFrame], contracts.Verdict]
+    evaluate: Callable[[pl.LazyFrame, StediSettings, dg.DagsterInstance], contracts.Verdict]
     blocking: bool = False
     depends_on: str | None = None
 
 
-def table_checks(declared: Table) -> dg.AssetChecksDefinition:
-    """The table-level contracts a declaration implies, in one step that reads the table.
+def table_contracts(declared: Table) -> list[TableCheck]:
+    """The table-level contracts a declaration implies.
 
     Every table: schema as declared. Landing, trusted and curated: a row count (non-empty, within
     the table it filters, equal to the expectations file). Trusted and curated: no duplicate rows,
@@ -121,56 +121,53 @@ def table_checks(declared: Table) -> dg.AssetChecksDefinition:
     """
     name, subset_of, key = declared.name, declared.subset_of, declared.key
 
-    def specs(settings: StediSettings | None, instance: dg.DagsterInstance | None) -> list[TableCheck]:
-        def row_count(frame: pl.LazyFrame) -> contracts.Verdict:
-            within = latest_metadata(instance, subset_of, "dagster/row_count") if subset_of else None
-            expected = settings.expected_row_count(name) if settings else None
-            observed = frame.select(pl.len()).collect().item()
-            return contracts.row_count(observed, within, expected, subset_of or "")
+    def row_count(frame: pl.LazyFrame, settings: StediSettings, instance: dg.DagsterInstance):
+        within = latest_metadata(instance, subset_of, "dagster/row_count") if subset_of else None
+        observed = frame.select(pl.len()).collect().item()
+        return contracts.row_count(observed, within, settings.expected_row_count(name), subset_of or "")
 
-        def schema(frame: pl.LazyFrame) -> contracts.Verdict:
-            return contracts.schema_matches(dict(frame.collect_schema()), declared)
-
-        def profile(frame: pl.LazyFrame) -> contracts.Verdict:
-            return contracts.no_profile_columns(frame.collect_schema().names())
-
+    found = [
+        TableCheck(
+            "schema_as_declared",
+            "Columns and dtypes are exactly as declared.",
+            lambda frame, *_: contracts.schema_matches(dict(frame.collect_schema()), declared),
+        )
+    ]
+    if declared.zone != QUARANTINE:
         within = f"no more rows than {subset_of}, " if subset_of else ""
-        found = [TableCheck("schema_as_declared", "Columns and dtypes are exactly as declared.", schema)]
-        if declared.zone != QUARANTINE:
-            found.append(
-                TableCheck(
-                    "row_count",
-                    f"Not empty, {within}and exactly the expectations file's count when one is set.",
-                    row_count,
-                    depends_on=subset_of,
-                )
+        description = f"Not empty, {within}and exactly the expectations file's count when one is set."
+        found.append(TableCheck("row_count", description, row_count, depends_on=subset_of))
+    if declared.zone in (TRUSTED, CURATED):
+        found.append(
+            TableCheck(
+                "no_duplicate_rows",
+                "No row is an exact duplicate of another.",
+                lambda frame, *_: contracts.no_duplicate_rows(frame),
             )
-        if declared.zone in (TRUSTED, CURATED):
-            found.append(
-                TableCheck(
-                    "no_duplicate_rows",
-                    "No row is an exact duplicate of another.",
-                    contracts.no_duplicate_rows,
-                )
+        )
+    if key:
+        found.append(
+            TableCheck(
+                f"unique_by_{key}",
+                f"One row per {key} (trimmed, lower-cased).",
+                lambda frame, *_: contracts.unique_identity(frame, key),
             )
-        if key:
-            found.append(
-                TableCheck(
-                    f"unique_by_{key}",
-                    f"One row per {key} (trimmed, lower-cased).",
-                    lambda frame: contracts.unique_identity(frame, key),
-                )
+        )
+    if declared.sensor_only:
+        found.append(
+            TableCheck(
+                "no_profile_columns",
+                "No customer profile column (name, phone, birthday, registration or consent dates).",
+                lambda frame, *_: contracts.no_profile_columns(frame.collect_schema().names()),
+                blocking=True,
             )
-        if declared.sensor_only:
-            found.append(
-                TableCheck(
-                    "no_profile_columns",
-                    "No customer profile column (name, phone, birthday, registration or consent dates).",
-                    profile,
-                    blocking=True,
-                )
-            )
-        return found
+        )
+    return found
+
+
+def table_checks(declared: Table) -> dg.AssetChecksDefinition:
+    """The table's contracts as one check step; each contract is its own query of the table."""
+    name, checks = declared.name, table_contracts(declared)
 
     @dg.multi_asset_check(
         name=f"{name}_table_contracts",
@@ -182,14 +179,15 @@ def table_checks(declared: Table) -> dg.AssetChecksDefinition:
                 blocking=check.blocking,
                 additional_deps=[check.depends_on] if check.depends_on else None,
             )
-            for check in specs(None, None)
+            for check in checks
         ],
         ins={"subject": dg.AssetIn(name)},
     )
-    def table_contracts(
+    def contracts_of_table(
         context: dg.AssetCheckExecutionContext, settings: StediSettings, subject: pl.LazyFrame
     ) -> Iterator[dg.AssetCheckResult]:
-        for check in specs(settings, context.instance):
-            yield check_result(check.evaluate(subject), asset_key=name, check_name=check.name)
+        for check in checks:
+            verdict = check.evaluate(subject, settings, context.instance)
+            yield check_result(verdict, asset_key=name, check_name=check.name)
 
-    return table_contracts
+    return contracts_of_table

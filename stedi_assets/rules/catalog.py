@@ -49,9 +49,6 @@ class Table:
     def dtypes(self) -> dict[str, pl.DataType]:
         return {c.name: c.dtype for c in self.columns}
 
-    def column(self, name: str) -> Column:
-        return next(c for c in self.columns if c.name == name)
-
     @property
     def sensor_only(self) -> bool:
         """A trusted or curated table declared without profile columns: none may ever appear in it."""

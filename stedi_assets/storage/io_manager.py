@@ -59,8 +59,8 @@ class DeltaIOManager(dg.ConfigurableIOManager):
 
 def table_metadata(lakehouse: Lakehouse, uri: str) -> dict[str, Any]:
     """What Dagster's UI shows for a materialization: rows, preview, URI, Delta version."""
-    version = lakehouse.open(uri).version()
-    frame = lakehouse.scan(uri, version)
+    table = lakehouse.open(uri)
+    version, frame = table.version(), lakehouse.scan_opened(uri, table)
     return {
         "dagster/row_count": frame.select(pl.len()).collect().item(),
         "dagster/uri": dg.MetadataValue.path(uri),

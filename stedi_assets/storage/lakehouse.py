@@ -14,11 +14,11 @@ from urllib.parse import urlparse
 import polars as pl
 from botocore.exceptions import BotoCoreError, ClientError
 from deltalake import CommitProperties, DeltaTable
-from deltalake.exceptions import DeltaError, TableNotFoundError
+from deltalake.exceptions import DeltaError
 
 from stedi_assets.rules.parsing import empty_raw_lines, raw_lines
 from stedi_assets.storage.environment import S3Options
-from stedi_assets.storage.errors import StorageError, TableMissing, classify
+from stedi_assets.storage.errors import StorageError, classify
 
 DEFAULT_LANDING_URI = "data/landing"
 DEFAULT_LAKEHOUSE_URI = "lakehouse"
@@ -73,20 +73,19 @@ class Lakehouse:
             raise self._failure(uri, error) from error
 
     def open(self, uri: str, version: int | None = None) -> DeltaTable:
+        """The table at one version (default: the latest); TableMissing when it was never written."""
         try:
             return DeltaTable(uri, storage_options=self._options(uri), version=version)
-        except TableNotFoundError:
-            raise TableMissing(
-                f"No Delta table at {uri}: materialize that asset first (or check {LAKEHOUSE_SETTING})."
-            ) from None
         except (OSError, DeltaError) as error:
             raise self._failure(uri, error) from error
 
     def scan(self, uri: str, version: int | None = None) -> pl.LazyFrame:
         """A lazy scan of one version (default: the latest) of a table."""
-        return pl.scan_delta(
-            self.open(uri, version), storage_options=self._options(uri), credential_provider=None
-        )
+        return self.scan_opened(uri, self.open(uri, version))
+
+    def scan_opened(self, uri: str, table: DeltaTable) -> pl.LazyFrame:
+        """A lazy scan of a table already opened (at the version it was opened at)."""
+        return pl.scan_delta(table, storage_options=self._options(uri), credential_provider=None)
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ REJECT_COLUMNS = (
     PROVENANCE[0],
     PROVENANCE[1],
     Column("reason", pl.String(), "Why the line was set aside."),
-    Column("raw_line", pl.String(), "The line as read (invalid UTF-8 replaced by U+FFFD)."),
+    Column("raw_line", pl.String(), "The line as read (invalid UTF-8 replaced by U+FFFD).", pii=True),
     PROVENANCE[2],
 )
 
@@ -198,3 +198,5 @@ TABLES: dict[str, Table] = {
     )
 }
 PROFILE_COLUMNS = tuple(c.name for s in SOURCES for c in s.columns if c.profile)
+PII_COLUMNS = frozenset(c.name for t in TABLES.values() for c in t.columns if c.pii)
+"""Columns whose values never leave the lakehouse (previews and check samples show them masked)."""

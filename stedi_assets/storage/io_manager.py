@@ -14,7 +14,7 @@ import polars as pl
 
 from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.lakehouse import Lakehouse
-from stedi_assets.storage.metadata import ZONE, markdown_table
+from stedi_assets.storage.metadata import ZONE, markdown_table, pii_columns
 from stedi_assets.storage.resources import StediStorage, as_failure
 
 PREVIEW_ROWS = 5
@@ -42,7 +42,9 @@ class DeltaIOManager(dg.ConfigurableIOManager):
         uri = _table_uri(lakehouse, context.asset_key, context.definition_metadata)
         try:
             lakehouse.write(uri, obj.lazy())
-            context.add_output_metadata(table_metadata(lakehouse, uri))
+            context.add_output_metadata(
+                table_metadata(lakehouse, uri, pii_columns(context.definition_metadata))
+            )
         except StorageError as error:
             raise as_failure(error) from error
 
@@ -57,8 +59,8 @@ class DeltaIOManager(dg.ConfigurableIOManager):
         return frame.collect() if context.dagster_type.typing_type is pl.DataFrame else frame
 
 
-def table_metadata(lakehouse: Lakehouse, uri: str) -> dict[str, Any]:
-    """What Dagster's UI shows for a materialization: rows, preview, URI, Delta version."""
+def table_metadata(lakehouse: Lakehouse, uri: str, pii: frozenset[str]) -> dict[str, Any]:
+    """What Dagster's UI shows for a materialization: rows, preview (PII masked), URI, Delta version."""
     table = lakehouse.open(uri)
     version, frame = table.version(), lakehouse.scan_opened(uri, table)
     return {
@@ -66,5 +68,5 @@ def table_metadata(lakehouse: Lakehouse, uri: str) -> dict[str, Any]:
         "dagster/uri": dg.MetadataValue.path(uri),
         "table_uri": dg.MetadataValue.path(uri),
         "delta_version": version,
-        "preview": dg.MetadataValue.md(markdown_table(frame.head(PREVIEW_ROWS).collect())),
+        "preview": dg.MetadataValue.md(markdown_table(frame.head(PREVIEW_ROWS).collect(), pii)),
     }

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
 import polars as pl
 
-from stedi_assets.rules.catalog import Table
+from stedi_assets.rules.catalog import PII_COLUMNS, Table
 
 ZONE = "stedi/zone"
 """Definition metadata: the lakehouse zone (folder) of the asset's Delta table."""
+MASK = "[redacted]"
+CELL_CHARACTERS = 60
+"""Longer cells are cut: a reason or value must not carry a whole line into Dagster's event log."""
 
 
 def column_schema(declared: Table) -> dg.TableSchema:
@@ -29,13 +33,31 @@ def definition_metadata(declared: Table) -> dict[str, Any]:
     return {ZONE: declared.zone, "dagster/column_schema": column_schema(declared)}
 
 
-def markdown_table(frame: pl.DataFrame) -> str:
-    """A GitHub-style markdown table; Dagster renders it as the preview."""
+def pii_columns(metadata: Mapping[str, Any]) -> frozenset[str]:
+    """Every catalog PII column, plus those tagged `pii` in an asset's declared column schema."""
+    schema = metadata.get("dagster/column_schema")
+    tagged = {c.name for c in schema.columns if "pii" in c.tags} if schema else set()
+    return PII_COLUMNS | tagged
 
-    def cell(value: Any) -> str:
-        return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
 
+def markdown_table(frame: pl.DataFrame, pii: frozenset[str] = PII_COLUMNS) -> str:
+    """A GitHub-style markdown table for Dagster's metadata, which lives outside the lakehouse.
+
+    Values of personal-data columns are masked and every cell is cut short, so no name, email,
+    phone, birthday or raw customer line reaches the Dagster instance's event log.
+    """
+
+    def cell(value: Any, masked: bool) -> str:
+        if value is None:
+            return ""
+        text = MASK if masked else str(value).replace("|", "\\|").replace("\n", " ")
+        return text if len(text) <= CELL_CHARACTERS else text[: CELL_CHARACTERS - 1] + "…"
+
+    masked = [name in pii for name in frame.columns]
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "|" + "---|" * frame.width
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.iter_rows()]
+    rows = [
+        "| " + " | ".join(cell(v, m) for v, m in zip(row, masked, strict=True)) + " |"
+        for row in frame.iter_rows()
+    ]
     return "\n".join([header, rule, *rows])

@@ -61,3 +61,29 @@ def test_rerun_overwrites_and_is_idempotent(generated_landing: Path, tmp_path: P
     error_checks = [c for c in second["checks"] if c["severity"] == "ERROR"]
     assert len(error_checks) == 38
     assert all(c["passed"] for c in error_checks)
+
+
+def test_no_personal_data_reaches_the_dagster_instance(tiny_landing: Path, tmp_path: Path):
+    """Previews and check samples mask PII columns and raw lines: the event log holds none of them."""
+    with (tiny_landing / "customer" / "customer-1.json").open("a") as customers:
+        customers.write(
+            '{"customerName": "Zed Zulu", "email": "zed@test.com", "phone": "5550100", "serialNum\n'
+        )
+    instance = dg.DagsterInstance.ephemeral()
+    summary = run_lakehouse(
+        instance=instance,
+        landing_uri=str(tiny_landing),
+        lakehouse_uri=str(tmp_path / "lh"),
+        max_reject_rate=1,
+    )
+    assert summary["tables"]["customer_rejects"]["rows"] == 1
+
+    logged = "\n".join(dg.serialize_value(entry) for entry in instance.all_logs(summary["run_id"]))
+    for personal in ("Alice", "Erin", "Zed Zulu", "@test.com", "8015551212", "5550100", "1900-01-01"):
+        assert personal not in logged, personal
+    preview = _latest(instance, "customer_trusted")["preview"].splitlines()
+    assert preview[2].startswith("| [redacted] | [redacted] | [redacted] | [redacted] | S-")
+    assert _latest(instance, "customer_rejects")["preview"].splitlines()[2].split(" | ")[2:4] == [
+        "not valid JSON",
+        "[redacted]",
+    ]

@@ -29,3 +29,17 @@ def landing(source: str, *rows: dict[str, Any]) -> pl.LazyFrame:
         for i, row in enumerate(rows, 1)
     ]
     return rows_frame(f"{source}_landing", with_provenance).lazy()
+
+
+def customer_rejects(*raw_lines: str) -> pl.LazyFrame:
+    """Quarantined customer lines, each with a reason, as the ingest writes them."""
+    return rows_frame(
+        "customer_rejects",
+        [
+            {SOURCE_FILE: "customer-9.json", LINE_NUMBER: i, "reason": "not valid JSON", "raw_line": raw}
+            for i, raw in enumerate(raw_lines, 1)
+        ],
+    ).lazy()
+
+
+NO_REJECTS = customer_rejects()

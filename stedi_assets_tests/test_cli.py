@@ -62,7 +62,7 @@ def test_reference_counts_exactly(reference_run):
 def test_reference_checks(reference_run):
     summary, _ = reference_run
     checks = {(c["asset"], c["name"]): c for c in summary["checks"]}
-    assert len(checks) == 43
+    assert len(checks) == 44
     failing_errors = [k for k, c in checks.items() if c["severity"] == "ERROR" and not c["passed"]]
     assert failing_errors == []
     assert set(checks[("machine_learning_curated", "row_count")]) == {

@@ -33,6 +33,7 @@ CHECKS = {
     ("accelerometer_rejects", "schema_as_declared"),
     ("step_trainer_rejects", "schema_as_declared"),
     ("customer_trusted", "consent_given"),
+    ("customer_trusted", "customers_on_hold"),
     ("customer_trusted", "schema_as_declared"),
     ("customer_trusted", "row_count"),
     ("customer_trusted", "no_duplicate_rows"),
@@ -103,10 +104,15 @@ def test_lineage_between_zones():
         key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
         for key in graph.get_all_asset_keys()
     }
-    assert parents["customer_trusted"] == {"customer_landing"}
+    assert parents["customer_trusted"] == {"customer_landing", "customer_rejects"}
     assert parents["accelerometer_trusted"] == {"accelerometer_landing", "customer_trusted"}
     assert parents["customer_curated"] == {"customer_trusted", "accelerometer_trusted"}
-    assert parents["step_trainer_trusted"] == {"step_trainer_landing", "customer_curated", "customer_landing"}
+    assert parents["step_trainer_trusted"] == {
+        "step_trainer_landing",
+        "customer_curated",
+        "customer_landing",
+        "customer_rejects",
+    }
     assert parents["machine_learning_curated"] == {
         "step_trainer_trusted",
         "accelerometer_trusted",

@@ -38,10 +38,11 @@ SERIALS_BELONG_TO_CURATED_CUSTOMERS = contracts.Membership(
 
 
 @table_asset(CUSTOMER_TRUSTED)
-def customer_trusted(customer_landing: pl.LazyFrame) -> pl.LazyFrame:
-    """The current record of each customer whose research consent is set and not 0."""
-    frame = transforms.customer_trusted(customer_landing)
-    publish_only_if(contracts.consenting_only(frame, customer_landing), "consent")
+def customer_trusted(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame) -> pl.LazyFrame:
+    """The current record of each customer whose research consent is certain: set and not 0 in every
+    record that could be the newest, and named by no quarantined line."""
+    frame = transforms.customer_trusted(customer_landing, customer_rejects)
+    publish_only_if(contracts.consenting_only(frame, customer_landing, customer_rejects), "consent")
     return frame
 
 
@@ -57,10 +58,15 @@ def accelerometer_trusted(
 
 @table_asset(STEP_TRAINER_TRUSTED)
 def step_trainer_trusted(
-    step_trainer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame, customer_landing: pl.LazyFrame
+    step_trainer_landing: pl.LazyFrame,
+    customer_curated: pl.LazyFrame,
+    customer_landing: pl.LazyFrame,
+    customer_rejects: pl.LazyFrame,
 ) -> pl.LazyFrame:
-    """Step Trainer readings of devices owned only by curated customers."""
-    frame = transforms.step_trainer_trusted(step_trainer_landing, customer_curated, customer_landing)
+    """Step Trainer readings of devices claimed only by curated customers, in any record."""
+    frame = transforms.step_trainer_trusted(
+        step_trainer_landing, customer_curated, customer_landing, customer_rejects
+    )
     publish_only_if(SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(frame, customer_curated), "consent")
     return frame
 
@@ -68,12 +74,32 @@ def step_trainer_trusted(
 @dg.asset_check(
     asset=customer_trusted,
     blocking=True,
-    additional_ins={"customer_landing": dg.AssetIn("customer_landing")},
-    description="Every trusted customer's current record has research consent, and every consenting "
-    "customer in landing is trusted.",
+    additional_ins={
+        "customer_landing": dg.AssetIn("customer_landing"),
+        "customer_rejects": dg.AssetIn("customer_rejects"),
+    },
+    description="Every trusted customer's consent is certain (every record that could be the newest "
+    "consents, no quarantined line names them), and every such customer is trusted.",
 )
-def consent_given(customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame) -> dg.AssetCheckResult:
-    return check_result(contracts.consent(customer_trusted, customer_landing))
+def consent_given(
+    customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame
+) -> dg.AssetCheckResult:
+    return check_result(contracts.consent(customer_trusted, customer_landing, customer_rejects))
+
+
+@dg.asset_check(
+    asset=customer_trusted,
+    additional_ins={
+        "customer_landing": dg.AssetIn("customer_landing"),
+        "customer_rejects": dg.AssetIn("customer_rejects"),
+    },
+    description="Customers left out because a quarantined customer line names them and no later valid "
+    "record supersedes it. Warns when any; fix the line to release them.",
+)
+def customers_on_hold(
+    customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame
+) -> dg.AssetCheckResult:
+    return check_result(contracts.customers_held(customer_landing, customer_rejects))
 
 
 @dg.asset_check(
@@ -81,19 +107,25 @@ def consent_given(customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame
     additional_ins={
         "customer_landing": dg.AssetIn("customer_landing"),
         "customer_curated": dg.AssetIn("customer_curated"),
+        "customer_rejects": dg.AssetIn("customer_rejects"),
     },
-    description="Serial numbers reused for a customer who is not curated: their readings cannot be "
-    "attributed, so they are left out. Warns when any are found.",
+    description="Serial numbers of curated customers also claimed by a record (accepted or quarantined) "
+    "of someone who is not curated: their readings cannot be attributed, so they are left out. Warns "
+    "when any are found.",
 )
 def shared_serials_excluded(
-    step_trainer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame
+    step_trainer_trusted: pl.LazyFrame,
+    customer_landing: pl.LazyFrame,
+    customer_curated: pl.LazyFrame,
+    customer_rejects: pl.LazyFrame,
 ) -> dg.AssetCheckResult:
-    return check_result(contracts.shared_serials(customer_landing, customer_curated))
+    return check_result(contracts.shared_serials(customer_landing, customer_curated, customer_rejects))
 
 
 trusted_assets = [customer_trusted, accelerometer_trusted, step_trainer_trusted]
 trusted_checks = [
     consent_given,
+    customers_on_hold,
     shared_serials_excluded,
     membership_check(USERS_ARE_TRUSTED_CUSTOMERS),
     membership_check(SERIALS_BELONG_TO_CURATED_CUSTOMERS),

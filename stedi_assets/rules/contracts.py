@@ -16,8 +16,9 @@ import polars as pl
 from stedi_assets.rules.catalog import PROFILE_COLUMNS, Table
 from stedi_assets.rules.transforms import (
     ambiguous_serials,
+    consenting_customers,
     cross_customer_pairs,
-    customer_current_state,
+    customers_on_hold,
     has_research_consent,
     identity,
 )
@@ -50,11 +51,11 @@ def no_offending_rows(rows: pl.LazyFrame, what: str, severity: Severity = Severi
     return Verdict(count == 0, f"{count} {what}", count, 0, frame.drop("_n"), severity)
 
 
-def consent_violations(customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame) -> pl.LazyFrame:
-    """Trusted rows without consent of their own, or whose customer's current record withdrew it."""
-    consenting = (
-        customer_current_state(customer_landing).filter(has_research_consent()).select(_key=identity("email"))
-    )
+def consent_violations(
+    customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame
+) -> pl.LazyFrame:
+    """Trusted rows whose customer's consent is not certain now, or that carry no consent of their own."""
+    consenting = consenting_customers(customer_landing, customer_rejects).select(_key=identity("email"))
     return (
         customer_trusted.join(consenting, left_on=identity("email"), right_on="_key", how="left")
         .filter(pl.col("_key").is_null() | ~has_research_consent().fill_null(False))
@@ -62,18 +63,22 @@ def consent_violations(customer_trusted: pl.LazyFrame, customer_landing: pl.Lazy
     )
 
 
-def consenting_only(customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame) -> Verdict:
-    """The privacy half of the consent contract: no trusted customer lacks current consent."""
+def consenting_only(
+    customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame
+) -> Verdict:
+    """The privacy half of the consent contract: no trusted customer lacks certain, current consent."""
     return no_offending_rows(
-        consent_violations(customer_trusted, customer_landing),
+        consent_violations(customer_trusted, customer_landing, customer_rejects),
         "trusted customers without current research consent",
     )
 
 
-def consent(customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame) -> Verdict:
-    """Only customers whose current record consents are trusted, and every such customer is."""
-    privacy = consenting_only(customer_trusted, customer_landing)
-    consenting = customer_current_state(customer_landing).filter(has_research_consent())
+def consent(
+    customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame
+) -> Verdict:
+    """Only customers whose consent is certain are trusted, and every such customer is."""
+    privacy = consenting_only(customer_trusted, customer_landing, customer_rejects)
+    consenting = consenting_customers(customer_landing, customer_rejects)
     expected = consenting.select(pl.len()).collect().item()
     observed = customer_trusted.select(pl.len()).collect().item()
     return Verdict(
@@ -130,10 +135,28 @@ def cross_customer(machine_learning_curated: pl.LazyFrame, customer_curated: pl.
     )
 
 
-def shared_serials(customer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame) -> Verdict:
+def customers_held(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame) -> Verdict:
+    """Drift, not a break: customers left out because a quarantined line names them.
+
+    Counted only: the sample would be identities, which do not leave the lakehouse.
+    """
+    held = customers_on_hold(customer_landing, customer_rejects).select(pl.len()).collect().item()
+    return Verdict(
+        held == 0,
+        f"{held} customers on hold: a quarantined customer line names them and no later valid record "
+        "supersedes it",
+        held,
+        0,
+        severity=Severity.WARN,
+    )
+
+
+def shared_serials(
+    customer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame, customer_rejects: pl.LazyFrame
+) -> Verdict:
     """Drift, not a break: reused serial numbers whose readings were left out as unattributable."""
     return no_offending_rows(
-        ambiguous_serials(customer_landing, customer_curated),
+        ambiguous_serials(customer_landing, customer_curated, customer_rejects),
         "curated customers' serial numbers are shared with customers who are not curated",
         Severity.WARN,
     )

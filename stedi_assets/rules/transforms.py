@@ -61,10 +61,77 @@ def customer_current_state(customer_landing: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def customer_trusted(customer_landing: pl.LazyFrame) -> pl.LazyFrame:
-    """Customers whose current record gives research consent."""
-    current = customer_current_state(customer_landing)
-    return _declared(current.filter(has_research_consent()), CUSTOMER_TRUSTED)
+_STRING_PAIR = r'(?i)"{key}"\s*:\s*"((?:[^"\\]|\\.)*)"'
+_NUMBER_PAIR = r'(?i)"{key}"\s*:\s*"?\s*(\d+)'
+
+
+def recovered_customer_claims(customer_rejects: pl.LazyFrame) -> pl.LazyFrame:
+    """What each quarantined customer line still says about whom it concerns.
+
+    A line that could not be ingested may still be a withdrawal or a claim on a serial number, so
+    its `"email": "..."`, `"serialNumber": "..."` and `lastUpdateDate` pairs are read from its raw
+    text (keys in any case, whether or not the line is valid JSON). Lines naming neither are left out.
+    """
+    raw = pl.col("raw_line")
+    return customer_rejects.select(
+        email=raw.str.extract(_STRING_PAIR.format(key="email"), 1),
+        serialNumber=raw.str.extract(_STRING_PAIR.format(key="serialNumber"), 1),
+        lastUpdateDate=raw.str.extract(_NUMBER_PAIR.format(key="lastUpdateDate"), 1).cast(
+            pl.Int64, strict=False
+        ),
+    ).filter(pl.col("email").is_not_null() | pl.col("serialNumber").is_not_null())
+
+
+def customers_with_certain_consent(customer_landing: pl.LazyFrame) -> pl.LazyFrame:
+    """Identity keys (`_key`) of customers whose consent is certain.
+
+    Records that cannot be ordered before the newest one (no lastUpdateDate, or the same
+    lastUpdateDate as the newest) could each be the current state, so every one of them must
+    consent: an undated or tied withdrawal means no consent.
+    """
+    newest = pl.col("lastUpdateDate").max().over("_key")
+    undecided = pl.col("lastUpdateDate").is_null() | (pl.col("lastUpdateDate") == newest)
+    return (
+        customer_landing.with_columns(_key=identity("email"))
+        .with_columns(_consents=has_research_consent() | ~undecided)
+        .group_by("_key")
+        .agg(pl.col("_consents").all())
+        .filter("_consents")
+        .select("_key")
+    )
+
+
+def customers_on_hold(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame) -> pl.LazyFrame:
+    """Identity keys (`_key`) of customers named by a quarantined line that no valid record supersedes.
+
+    Such a line may be a withdrawal, so the customer is left out until the line is fixed or a valid
+    record with a later lastUpdateDate than the line's arrives.
+    """
+    newest = customer_landing.group_by(_key=identity("email")).agg(_newest=pl.col("lastUpdateDate").max())
+    claims = recovered_customer_claims(customer_rejects).filter(pl.col("email").is_not_null())
+    return (
+        claims.select(_key=identity("email"), _updated=pl.col("lastUpdateDate"))
+        .join(newest, on="_key", how="left")
+        .filter(~(pl.col("_updated") < pl.col("_newest")).fill_null(False))
+        .select("_key")
+        .unique()
+    )
+
+
+def consenting_customers(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame) -> pl.LazyFrame:
+    """The current record of each customer whose research consent is certain and not on hold."""
+    return (
+        customer_current_state(customer_landing)
+        .with_columns(_key=identity("email"))
+        .join(customers_with_certain_consent(customer_landing), on="_key", how="semi")
+        .join(customers_on_hold(customer_landing, customer_rejects), on="_key", how="anti")
+        .drop("_key")
+    )
+
+
+def customer_trusted(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame) -> pl.LazyFrame:
+    """Customers whose consent is certain: fails closed on undated, tied and quarantined records."""
+    return _declared(consenting_customers(customer_landing, customer_rejects), CUSTOMER_TRUSTED)
 
 
 def accelerometer_trusted(
@@ -83,30 +150,43 @@ def customer_curated(customer_trusted: pl.LazyFrame, accelerometer_trusted: pl.L
     return _declared(curated, CUSTOMER_CURATED)
 
 
-def attributable_serials(customer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame) -> pl.LazyFrame:
-    """Serial numbers whose every current claimant is a curated customer.
+def serial_claims(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame) -> pl.LazyFrame:
+    """Every (`_serial`, `_email`) claim of any customer record, accepted or quarantined.
 
-    The fulfilment website reused serial numbers; a device shared with a customer who did not
-    consent cannot be told apart, so its readings stay out of the trusted zone.
+    A quarantined line's claimant is null when no email can be read from it.
     """
-    claimants = customer_current_state(customer_landing).select(
-        _serial=identity("serialNumber"), _email=identity("email")
+    accepted = customer_landing.select(_serial=identity("serialNumber"), _email=identity("email"))
+    quarantined = (
+        recovered_customer_claims(customer_rejects)
+        .filter(pl.col("serialNumber").is_not_null())
+        .select(_serial=identity("serialNumber"), _email=identity("email"))
     )
-    curated = customer_curated.select(_email=identity("email"), _curated=pl.lit(True))
-    return (
-        claimants.join(curated, on="_email", how="left")
-        .group_by("_serial")
-        .agg(pl.col("_curated").fill_null(False).all().alias("_all_curated"))
-        .filter(pl.col("_all_curated"))
-        .select("_serial")
-    )
+    return pl.concat([accepted, quarantined])
 
 
-def ambiguous_serials(customer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame) -> pl.LazyFrame:
+def attributable_serials(
+    customer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame, customer_rejects: pl.LazyFrame
+) -> pl.LazyFrame:
+    """Serial numbers of curated customers' devices that no one else claims, in any record.
+
+    The fulfilment website reused serial numbers; a device also claimed by a customer who is not
+    curated, or by a quarantined record whose claimant cannot be read, cannot be told apart, so its
+    readings stay out of the trusted zone.
+    """
+    curated = customer_curated.select(_email=identity("email"))
+    owned = customer_curated.select(_serial=identity("serialNumber")).unique()
+    # a null claimant (no readable email) matches no curated customer, so it stays a foreign claim
+    foreign = serial_claims(customer_landing, customer_rejects).join(curated, on="_email", how="anti")
+    return owned.join(foreign.select("_serial"), on="_serial", how="anti")
+
+
+def ambiguous_serials(
+    customer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame, customer_rejects: pl.LazyFrame
+) -> pl.LazyFrame:
     """Serials of curated customers that are also claimed by someone who is not curated."""
     curated = customer_curated.select(_serial=identity("serialNumber")).unique()
     return curated.join(
-        attributable_serials(customer_landing, customer_curated), on="_serial", how="anti"
+        attributable_serials(customer_landing, customer_curated, customer_rejects), on="_serial", how="anti"
     ).rename({"_serial": "serialNumber"})
 
 
@@ -114,9 +194,10 @@ def step_trainer_trusted(
     step_trainer_landing: pl.LazyFrame,
     customer_curated: pl.LazyFrame,
     customer_landing: pl.LazyFrame,
+    customer_rejects: pl.LazyFrame,
 ) -> pl.LazyFrame:
     """Readings of devices owned by curated customers (and by nobody else), each distinct reading once."""
-    serials = attributable_serials(customer_landing, customer_curated)
+    serials = attributable_serials(customer_landing, customer_curated, customer_rejects)
     readings = step_trainer_landing.join(
         serials, left_on=identity("serialNumber"), right_on="_serial", how="semi"
     )

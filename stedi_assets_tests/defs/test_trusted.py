@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -12,6 +13,7 @@ from deltalake import DeltaTable
 from stedi_assets.cli import run_lakehouse
 from stedi_assets.defs.factories import publish_only_if
 from stedi_assets.defs.trusted import USERS_ARE_TRUSTED_CUSTOMERS
+from stedi_assets_tests.helpers import write_jsonl
 
 
 def _read(lakehouse: Path, zone: str, name: str) -> pl.DataFrame:
@@ -97,3 +99,52 @@ def test_privacy_guard_refuses_to_publish_a_broken_table():
         "1 rows whose user is not a trusted customer"
     )
     assert failure.value.metadata["offending_rows"].value == "| user |\n|---|\n| [redacted] |"
+
+
+@pytest.mark.reference
+def test_undated_tied_and_quarantined_withdrawals_reach_no_table(reference_landing: Path, tmp_path: Path):
+    """The adversary's repro on the reference data: three consenting customers withdraw in ways that
+    cannot be ordered or read; none of them may stay in any trusted or curated table."""
+    landing = tmp_path / "landing"
+    shutil.copytree(reference_landing, landing)
+    for path in landing.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    customers = pl.concat(pl.read_ndjson(p) for p in sorted((landing / "customer").glob("*.json")))
+    undated, tied, quarantined = (
+        customers.filter(pl.col("shareWithResearchAsOfDate") > 0).head(3).rows(named=True)
+    )
+    withdrawals = [
+        {
+            "email": undated["email"],
+            "serialNumber": undated["serialNumber"],
+            "shareWithResearchAsOfDate": None,
+        },
+        tied | {"shareWithResearchAsOfDate": None},
+        {"email": quarantined["email"], "shareWithResearchAsOfDate": False},
+    ]
+    write_jsonl(landing / "customer" / "zz-withdrawals.json", withdrawals)
+    lakehouse = tmp_path / "lakehouse"
+
+    summary = run_lakehouse(landing_uri=str(landing), lakehouse_uri=str(lakehouse))
+
+    assert summary["errors"] == []
+    assert summary["tables"]["customer_trusted"]["rows"] == 482 - 3
+    assert summary["tables"]["customer_rejects"]["rows"] == 1
+    gone = {c["email"].strip().lower() for c in (undated, tied, quarantined)}
+    serials = {c["serialNumber"].strip().lower() for c in (undated, tied, quarantined)}
+    for zone, name, column in [
+        ("trusted", "customer_trusted", "email"),
+        ("curated", "customer_curated", "email"),
+        ("trusted", "accelerometer_trusted", "user"),
+        ("curated", "machine_learning_curated", "user"),
+    ]:
+        present = set(_read(lakehouse, zone, name)[column].str.strip_chars().str.to_lowercase())
+        assert not gone & present, name
+    for zone, name in [("trusted", "step_trainer_trusted"), ("curated", "machine_learning_curated")]:
+        present = set(_read(lakehouse, zone, name)["serialNumber"].str.strip_chars().str.to_lowercase())
+        assert not serials & present, name
+    checks = {c["name"]: c for c in summary["checks"]}
+    assert (checks["consent_given"]["passed"], checks["customers_on_hold"]["summary"]) == (
+        True,
+        "1 customers on hold: a quarantined customer line names them and no later valid record supersedes it",
+    )

@@ -12,7 +12,7 @@ from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import ACCELEROMETER, INGESTED_AT, PROVENANCE, TABLES
 from stedi_assets.rules.contracts import Severity
 from stedi_assets.rules.transforms import MlJoin
-from stedi_assets_tests.frames import CONSENT, landing, rows_frame
+from stedi_assets_tests.frames import CONSENT, NO_REJECTS, landing, rows_frame
 
 
 def customer_landing(*rows: dict[str, Any]) -> pl.LazyFrame:
@@ -68,8 +68,8 @@ LANDING = customer_landing(customer("a@x.com", "s1"), customer("b@x.com", "s2", 
 
 
 def test_consent_passes_trusted_customers() -> None:
-    trusted = transforms.customer_trusted(LANDING)
-    verdict = contracts.consent(trusted, LANDING)
+    trusted = transforms.customer_trusted(LANDING, NO_REJECTS)
+    verdict = contracts.consent(trusted, LANDING, NO_REJECTS)
     assert_verdict(verdict, True, 1, 1, rows_frame("customer_trusted", []))
     assert verdict.summary == (
         "0 trusted customers without current research consent; 1 trusted of 1 consenting customers in landing"
@@ -79,18 +79,18 @@ def test_consent_passes_trusted_customers() -> None:
 def test_consent_fails_non_consenting_customer() -> None:
     rows = [customer("a@x.com", "s1"), customer("b@x.com", "s2", consent=0)]
     trusted = rows_frame("customer_trusted", rows)
-    verdict = contracts.consent(trusted.lazy(), LANDING)
+    verdict = contracts.consent(trusted.lazy(), LANDING, NO_REJECTS)
     assert_verdict(verdict, False, 2, 1, trusted[1:2])
 
 
 def test_consent_fails_swapped_customer_with_right_count() -> None:
     trusted = rows_frame("customer_trusted", [customer("b@x.com", "s2", consent=0)])
-    assert_verdict(contracts.consent(trusted.lazy(), LANDING), False, 1, 1, trusted)
+    assert_verdict(contracts.consent(trusted.lazy(), LANDING, NO_REJECTS), False, 1, 1, trusted)
 
 
 def test_consent_fails_missing_consenting_customer() -> None:
     trusted = rows_frame("customer_trusted", [])
-    assert_verdict(contracts.consent(trusted.lazy(), LANDING), False, 0, 1, trusted)
+    assert_verdict(contracts.consent(trusted.lazy(), LANDING, NO_REJECTS), False, 0, 1, trusted)
 
 
 def test_consenting_only_fails_a_stale_consenting_record_of_a_withdrawn_customer() -> None:
@@ -98,11 +98,13 @@ def test_consenting_only_fails_a_stale_consenting_record_of_a_withdrawn_customer
     landing = customer_landing(customer("a@x.com", "s1"), withdrawn)
     stale = rows_frame("customer_trusted", [customer("a@x.com", "s1")])
 
-    verdict = contracts.consenting_only(stale.lazy(), landing)
+    verdict = contracts.consenting_only(stale.lazy(), landing, NO_REJECTS)
 
     assert_verdict(verdict, False, 1, 0, stale)
     assert verdict.summary == "1 trusted customers without current research consent"
-    assert contracts.consenting_only(transforms.customer_trusted(landing), landing).passed
+    assert contracts.consenting_only(
+        transforms.customer_trusted(landing, NO_REJECTS), landing, NO_REJECTS
+    ).passed
 
 
 PARENTS = rows_frame("customer_trusted", [customer(" A@x.COM", "s1")]).lazy()
@@ -193,7 +195,7 @@ SERIALS = pl.DataFrame({"serialNumber": ["s1"]}, schema={"serialNumber": pl.Stri
 
 def test_shared_serials_passes_serials_of_curated_customers_only() -> None:
     landing = customer_landing(customer("a@x.com", "s1"), customer("b@x.com", "s2"))
-    verdict = contracts.shared_serials(landing, CURATED)
+    verdict = contracts.shared_serials(landing, CURATED, NO_REJECTS)
     assert_verdict(verdict, True, 0, 0, SERIALS.clear(), Severity.WARN)
 
 
@@ -201,7 +203,7 @@ def test_shared_serials_warns_on_a_serial_also_claimed_by_a_customer_not_curated
     landing = customer_landing(
         customer("a@x.com", "s1"), customer("b@x.com", "s2"), customer("d@x.com", " S1", consent=None)
     )
-    verdict = contracts.shared_serials(landing, CURATED)
+    verdict = contracts.shared_serials(landing, CURATED, NO_REJECTS)
     assert_verdict(verdict, False, 1, 0, SERIALS, Severity.WARN)
     assert (
         verdict.summary == "1 curated customers' serial numbers are shared with customers who are not curated"

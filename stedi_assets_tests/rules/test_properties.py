@@ -13,6 +13,7 @@ Python (`Reference`) says what every trusted and curated table must hold.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -231,6 +232,14 @@ class Landing:
         """(file, line) -> values, for the lines that must be accepted."""
         return {(name, n): line.record for name, n, line in self.numbered(source) if line.record is not None}
 
+    def rejected_text(self, source: str) -> list[str]:
+        """The text of every line that must be quarantined."""
+        return [
+            line.data.decode("utf-8", "replace")
+            for _, _, line in self.numbered(source)
+            if line.record is None and not line.blank
+        ]
+
 
 @st.composite
 def source_files(draw, source: str, records: list[dict[str, Any]]) -> list[LandingFile]:
@@ -298,10 +307,11 @@ def run_chain(files: list[LandingFile]) -> dict[str, pl.DataFrame]:
     """Every table of the lakehouse from the pure rules, keyed by table name."""
     ingested = {source: ingest(files, source) for source in SOURCE_NAMES}
     customer, accel, steps = (ingested[s].accepted.lazy() for s in SOURCE_NAMES)
-    customer_trusted = transforms.customer_trusted(customer)
+    rejects = ingested["customer"].rejected.lazy()
+    customer_trusted = transforms.customer_trusted(customer, rejects)
     accelerometer_trusted = transforms.accelerometer_trusted(accel, customer_trusted)
     customer_curated = transforms.customer_curated(customer_trusted, accelerometer_trusted)
-    step_trainer_trusted = transforms.step_trainer_trusted(steps, customer_curated, customer)
+    step_trainer_trusted = transforms.step_trainer_trusted(steps, customer_curated, customer, rejects)
     plans = {
         "customer_trusted": customer_trusted,
         "accelerometer_trusted": accelerometer_trusted,
@@ -330,30 +340,75 @@ def values(record: dict[str, Any], source: str) -> tuple:
     return tuple(record[c] for c in COLUMNS[source])
 
 
+def recovered(text: str, key: str, value: str = r'"((?:[^"\\]|\\.)*)"') -> str | None:
+    """A `"key": value` pair read from a quarantined line's text, as the consent rule does."""
+    found = re.search(rf'"{key}"\s*:\s*{value}', text, re.IGNORECASE)
+    return found.group(1) if found else None
+
+
+def consents(record: dict[str, Any]) -> bool:
+    return record["shareWithResearchAsOfDate"] not in (None, 0)
+
+
 class Reference:
     """What the trusted and curated tables must hold, from the generated records alone."""
 
     def __init__(self, landing: Landing):
         current: dict[str, tuple[tuple, dict[str, Any]]] = {}
+        records: dict[str, list[dict[str, Any]]] = {}
         for (file, line), record in landing.accepted("customer").items():
             updated = record["lastUpdateDate"]
             # latest lastUpdateDate wins (a missing one is older than any), then the later file, then line
             order = (updated is not None, updated or 0, file, line)
             key = ident(record["email"])
+            records.setdefault(key, []).append(record)
             if key not in current or order > current[key][0]:
                 current[key] = (order, record)
         self.current = {key: record for key, (_, record) in current.items()}
-        self.consenting = {
-            key for key, r in self.current.items() if r["shareWithResearchAsOfDate"] not in (None, 0)
+        newest = {
+            key: max((r["lastUpdateDate"] for r in rs if r["lastUpdateDate"] is not None), default=None)
+            for key, rs in records.items()
         }
+        # fail closed: every record that could be the newest (undated, or dated the newest) consents
+        certain = {
+            key
+            for key, rs in records.items()
+            if all(consents(r) for r in rs if r["lastUpdateDate"] in (None, newest[key]))
+        }
+        quarantined = [
+            (
+                recovered(text, "email"),
+                recovered(text, "serialNumber"),
+                recovered(text, "lastUpdateDate", r'"?\s*(\d+)'),
+            )
+            for text in landing.rejected_text("customer")
+        ]
+        # a quarantined line naming a customer holds them, unless a valid record is provably later
+        self.held = {
+            ident(email)
+            for email, _, updated in quarantined
+            if email is not None
+            and not (
+                updated is not None
+                and newest.get(ident(email)) is not None
+                and int(updated) < newest[ident(email)]
+            )
+        }
+        self.consenting = {key for key, r in self.current.items() if consents(r)} & certain - self.held
         readings = {values(r, "accelerometer") for r in landing.accepted("accelerometer").values()}
         self.accelerometer_trusted = {r for r in readings if ident(r[0]) in self.consenting}
         self.curated = self.consenting & {ident(r[0]) for r in self.accelerometer_trusted}
-        claimants: dict[str, set[str]] = {}
-        for key, record in self.current.items():
-            claimants.setdefault(ident(record["serialNumber"]), set()).add(key)
+        # every record claims its serial, accepted or quarantined (None: a claimant with no readable email)
+        claimants: dict[str, set[str | None]] = {}
+        for key, rs in records.items():
+            for record in rs:
+                claimants.setdefault(ident(record["serialNumber"]), set()).add(key)
+        for email, serial, _ in quarantined:
+            if serial is not None:
+                claimants.setdefault(ident(serial), set()).add(None if email is None else ident(email))
         self.claimants = claimants
-        self.attributable = {serial for serial, who in claimants.items() if who <= self.curated}
+        owned = {ident(self.current[key]["serialNumber"]) for key in self.curated}
+        self.attributable = {serial for serial in owned if claimants[serial] <= self.curated}
         steps = {values(r, "step_trainer") for r in landing.accepted("step_trainer").values()}
         self.step_trainer_trusted = {s for s in steps if ident(s[1]) in self.attributable}
         owner_serial = {key: ident(self.current[key]["serialNumber"]) for key in self.curated}

@@ -10,7 +10,7 @@ from polars.testing import assert_frame_equal
 from stedi_assets.rules import transforms
 from stedi_assets.rules.catalog import PROVENANCE
 from stedi_assets.rules.transforms import MlJoin
-from stedi_assets_tests.frames import CONSENT, landing, rows_frame
+from stedi_assets_tests.frames import CONSENT, NO_REJECTS, customer_rejects, landing, rows_frame
 
 PROVENANCE_NAMES = {c.name for c in PROVENANCE}
 
@@ -98,7 +98,7 @@ def test_latest_record_without_consent_not_trusted() -> None:
         customer("b@x.com", "s2", updated=2, consent=CONSENT),
     )
     expected = declared("customer_trusted", customer("b@x.com", "s2", updated=2, consent=CONSENT))
-    assert_rows(transforms.customer_trusted(frame), expected)
+    assert_rows(transforms.customer_trusted(frame, NO_REJECTS), expected)
 
 
 def test_consent_zero_or_null_is_not_consent() -> None:
@@ -107,7 +107,10 @@ def test_consent_zero_or_null_is_not_consent() -> None:
         customer("null@x.com", "s2", consent=None),
         customer("yes@x.com", "s3", consent=CONSENT),
     )
-    assert_rows(transforms.customer_trusted(frame), declared("customer_trusted", customer("yes@x.com", "s3")))
+    assert_rows(
+        transforms.customer_trusted(frame, NO_REJECTS),
+        declared("customer_trusted", customer("yes@x.com", "s3")),
+    )
 
 
 def test_accelerometer_only_trusted_users() -> None:
@@ -147,7 +150,7 @@ def test_step_trainer_only_curated_serials() -> None:
     curated = declared("customer_curated", customer("a@x.com", "s1")).lazy()
     readings = landing("step_trainer", step("s1", 1), step(" S1", 2), step("s2", 3), step("s9", 4))
     expected = declared("step_trainer_trusted", step("s1", 1), step(" S1", 2))
-    assert_rows(transforms.step_trainer_trusted(readings, curated, landing_customers), expected)
+    assert_rows(transforms.step_trainer_trusted(readings, curated, landing_customers, NO_REJECTS), expected)
 
 
 def test_step_trainer_exact_duplicates_collapse() -> None:
@@ -155,7 +158,7 @@ def test_step_trainer_exact_duplicates_collapse() -> None:
     curated = declared("customer_curated", customer("a@x.com", "s1")).lazy()
     readings = landing("step_trainer", step("s1", 1), step("s1", 1, _source_file="step_trainer-2.json"))
     expected = declared("step_trainer_trusted", step("s1", 1))
-    assert_rows(transforms.step_trainer_trusted(readings, curated, landing_customers), expected)
+    assert_rows(transforms.step_trainer_trusted(readings, curated, landing_customers, NO_REJECTS), expected)
 
 
 def test_serial_shared_with_non_curated_customer_excluded() -> None:
@@ -167,16 +170,17 @@ def test_serial_shared_with_non_curated_customer_excluded() -> None:
     curated = declared("customer_curated", customer("a@x.com", "s1"), customer("e@x.com", "s5")).lazy()
     readings = landing("step_trainer", step("s1", 1), step("s5", 2))
     assert_rows(
-        transforms.step_trainer_trusted(readings, curated, landing_customers),
+        transforms.step_trainer_trusted(readings, curated, landing_customers, NO_REJECTS),
         declared("step_trainer_trusted", step("s5", 2)),
     )
     assert_rows(
-        transforms.ambiguous_serials(landing_customers, curated),
+        transforms.ambiguous_serials(landing_customers, curated, NO_REJECTS),
         pl.DataFrame({"serialNumber": ["s1"]}, schema={"serialNumber": pl.String}),
     )
 
 
-def test_serial_released_by_earlier_record_is_attributable() -> None:
+def test_serial_claimed_by_an_earlier_record_of_someone_else_is_not_attributable() -> None:
+    """Fail closed: d once claimed s1, so an s1 reading may be d's, whoever holds s1 now."""
     landing_customers = customers(
         customer("a@x.com", "s1"),
         customer("d@x.com", "s1", consent=None, updated=1),
@@ -184,11 +188,11 @@ def test_serial_released_by_earlier_record_is_attributable() -> None:
     )
     curated = declared("customer_curated", customer("a@x.com", "s1")).lazy()
     readings = landing("step_trainer", step("s1", 1))
-    assert_rows(
-        transforms.step_trainer_trusted(readings, curated, landing_customers),
-        declared("step_trainer_trusted", step("s1", 1)),
+    assert (
+        transforms.step_trainer_trusted(readings, curated, landing_customers, NO_REJECTS).collect().height
+        == 0
     )
-    assert transforms.ambiguous_serials(landing_customers, curated).collect().height == 0
+    assert transforms.ambiguous_serials(landing_customers, curated, NO_REJECTS).collect().rows() == [("s1",)]
 
 
 def ml_row(st: dict[str, Any], acc: dict[str, Any]) -> dict[str, Any]:
@@ -226,3 +230,71 @@ def test_cross_customer_pairs_are_the_seed_extras() -> None:
     expected = declared("machine_learning_curated", ml_row(ST_A10, ACC_B10), ml_row(ST_B10, ACC_A10))
     assert_rows(transforms.cross_customer_pairs(ml(MlJoin.seed), ML_CURATED.lazy()), expected)
     assert transforms.cross_customer_pairs(ml(MlJoin.same_customer), ML_CURATED.lazy()).collect().height == 0
+
+
+def trusted_emails(frame: pl.LazyFrame, rejects: pl.LazyFrame = NO_REJECTS) -> list[str]:
+    return sorted(transforms.customer_trusted(frame, rejects).collect()["email"])
+
+
+def test_an_undated_withdrawal_means_no_consent() -> None:
+    frame = customers(
+        customer("a@x.com", "s1", updated=5, consent=CONSENT),
+        customer("a@x.com", "s1", updated=None, consent=None),
+        customer("b@x.com", "s2", updated=5, consent=CONSENT),
+        customer("b@x.com", "s2", updated=None, consent=CONSENT),
+    )
+    assert trusted_emails(frame) == ["b@x.com"]
+
+
+def test_records_tied_on_the_newest_date_must_all_consent() -> None:
+    frame = customers(
+        customer("a@x.com", "s1", updated=5, consent=CONSENT, _source_file="customer-2.json"),
+        customer("A@x.com", "s1", updated=5, consent=0, _source_file="customer-1.json"),
+        customer("b@x.com", "s2", updated=5, consent=CONSENT),
+        customer("b@x.com", "s2", updated=5, consent=CONSENT + 1),
+        customer("c@x.com", "s3", updated=4, consent=None),
+        customer("c@x.com", "s3", updated=5, consent=CONSENT),
+    )
+    assert trusted_emails(frame) == ["b@x.com", "c@x.com"]
+
+
+def test_a_quarantined_line_naming_a_customer_holds_them() -> None:
+    frame = customers(
+        customer("a@x.com", "s1", updated=5),
+        customer("b@x.com", "s2", updated=5),
+        customer("c@x.com", "s3", updated=5),
+        customer("d@x.com", "s4", updated=5),
+    )
+    rejects = customer_rejects(
+        '{"email": " A@X.com", "shareWithResearchAsOfDate": false}',
+        '{"EMAIL":"b@x.com","serialNumber":"s2","lastUpdateDate": 9',
+        '{"email": "c@x.com", "lastUpdateDate": 4, "shareWithResearchAsOfDate": "no"}',
+        '{"customerName": "nobody in particular"',
+    )
+    assert trusted_emails(frame, rejects) == ["c@x.com", "d@x.com"]
+    assert sorted(transforms.customers_on_hold(frame, rejects).collect()["_key"]) == ["a@x.com", "b@x.com"]
+
+
+def test_recovered_claims_read_the_raw_text() -> None:
+    rejects = customer_rejects(
+        '{"Email": "a@x.com", "SerialNumber": "s1", "lastUpdateDate": "12"}',
+        '{"serialNumber": "s9"',
+        "not json at all",
+    )
+    assert transforms.recovered_customer_claims(rejects).collect().rows() == [
+        ("a@x.com", "s1", 12),
+        (None, "s9", None),
+    ]
+
+
+def test_a_serial_claimed_by_a_quarantined_line_is_not_attributable() -> None:
+    landing_customers = customers(customer("a@x.com", "s1"), customer("b@x.com", "s2"))
+    curated = declared("customer_curated", customer("a@x.com", "s1"), customer("b@x.com", "s2")).lazy()
+    readings = landing("step_trainer", step("s1", 1), step("s2", 2))
+    rejects = customer_rejects(
+        '{"serialNumber": "S1 ", "email": ', '{"email": "b@x.com", "serialNumber": "s2"'
+    )
+    assert_rows(
+        transforms.step_trainer_trusted(readings, curated, landing_customers, rejects),
+        declared("step_trainer_trusted", step("s2", 2)),
+    )

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pyarrow as pa
@@ -76,6 +77,34 @@ def _assert_classified(
     return classified
 
 
+def _three_ways(endpoint: str, landing_call: Callable[[Any], Any]) -> list[tuple[str, str, BaseException]]:
+    """One S3 fault met by boto3 (the landing reader) and by delta-rs opening and writing a table."""
+    from_boto3 = _raised(lambda: landing_call(_boto3(endpoint)))
+    on_open = _raised(lambda: DeltaTable(TABLE_URI, storage_options=_delta_options(endpoint)))
+    on_write = _raised(
+        lambda: write_deltalake(
+            TABLE_URI, _rows(1), mode="overwrite", storage_options=_delta_options(endpoint)
+        )
+    )
+    assert type(on_open) is OSError and type(on_write) is OSError
+    return [
+        (LANDING_URI, LANDING, from_boto3),
+        (TABLE_URI, LAKEHOUSE, on_open),
+        (TABLE_URI, LAKEHOUSE, on_write),
+    ]
+
+
+def _assert_one_sentence(
+    ways: list[tuple[str, str, BaseException]],
+    endpoint: str,
+    sentence: Callable[[str, str], str],
+    transient: bool,
+) -> None:
+    """Each way of meeting the fault gives the same sentence (for its own URI and setting)."""
+    for uri, setting, error in ways:
+        _assert_classified(error, uri, setting, endpoint, sentence(uri, setting), transient)
+
+
 # 1. The S3 faults both clients meet: each comes out as one sentence, identical for both.
 
 
@@ -88,85 +117,53 @@ def s3_with_auth() -> Iterator[str]:
 
 @pytest.mark.s3
 def test_missing_bucket(s3_env: str):
-    from_boto3 = _raised(lambda: _boto3(s3_env).list_objects_v2(Bucket="stedi-landing", Prefix="landing/"))
-    on_open = _raised(lambda: DeltaTable(TABLE_URI, storage_options=_delta_options(s3_env)))
-    on_write = _raised(
-        lambda: write_deltalake(TABLE_URI, _rows(1), mode="overwrite", storage_options=_delta_options(s3_env))
+    ways = _three_ways(
+        s3_env, lambda client: client.list_objects_v2(Bucket="stedi-landing", Prefix="landing/")
     )
 
-    assert type(from_boto3).__name__ == "NoSuchBucket"
-    assert type(on_open) is OSError and type(on_write) is OSError
-    assert error_code(from_boto3) == error_code(on_open) == error_code(on_write) == "NoSuchBucket"
-    for uri, setting, error in [
-        (LANDING_URI, LANDING, from_boto3),
-        (TABLE_URI, LAKEHOUSE, on_open),
-        (TABLE_URI, LAKEHOUSE, on_write),
-    ]:
-        _assert_classified(
-            error,
-            uri,
-            setting,
-            s3_env,
-            f"Bucket of {uri} does not exist at {s3_env}: create it or fix {setting}.",
-            False,
-        )
+    assert type(ways[0][2]).__name__ == "NoSuchBucket"
+    assert [error_code(error) for *_, error in ways] == ["NoSuchBucket"] * 3
+    _assert_one_sentence(
+        ways,
+        s3_env,
+        lambda uri, setting: f"Bucket of {uri} does not exist at {s3_env}: create it or fix {setting}.",
+        False,
+    )
 
 
 @pytest.mark.s3
 def test_unknown_access_key(s3_with_auth: str, s3_env: str, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-a-key")
-    from_boto3 = _raised(lambda: _boto3(s3_with_auth).list_objects_v2(Bucket="stedi-landing"))
-    on_open = _raised(lambda: DeltaTable(TABLE_URI, storage_options=_delta_options(s3_with_auth)))
-    on_write = _raised(
-        lambda: write_deltalake(
-            TABLE_URI, _rows(1), mode="overwrite", storage_options=_delta_options(s3_with_auth)
-        )
-    )
+    ways = _three_ways(s3_with_auth, lambda client: client.list_objects_v2(Bucket="stedi-landing"))
 
-    assert type(from_boto3) is ClientError
-    assert type(on_open) is OSError and type(on_write) is OSError
-    assert error_code(from_boto3) == error_code(on_open) == error_code(on_write) == "InvalidAccessKeyId"
-    for uri, setting, error in [
-        (LANDING_URI, LANDING, from_boto3),
-        (TABLE_URI, LAKEHOUSE, on_open),
-        (TABLE_URI, LAKEHOUSE, on_write),
-    ]:
-        _assert_classified(
-            error,
-            uri,
-            setting,
-            s3_with_auth,
+    assert type(ways[0][2]) is ClientError
+    assert [error_code(error) for *_, error in ways] == ["InvalidAccessKeyId"] * 3
+    _assert_one_sentence(
+        ways,
+        s3_with_auth,
+        lambda uri, _: (
             f"Access to {uri} was denied (InvalidAccessKeyId): "
-            "check the AWS credentials and the bucket policy.",
-            False,
-        )
+            "check the AWS credentials and the bucket policy."
+        ),
+        False,
+    )
 
 
 @pytest.mark.s3
 def test_unreachable_endpoint(s3_env: str):
     closed = f"http://127.0.0.1:{free_port()}"
-    from_boto3 = _raised(lambda: _boto3(closed).list_objects_v2(Bucket="stedi-landing"))
-    on_open = _raised(lambda: DeltaTable(TABLE_URI, storage_options=_delta_options(closed)))
-    on_write = _raised(
-        lambda: write_deltalake(TABLE_URI, _rows(1), mode="overwrite", storage_options=_delta_options(closed))
-    )
+    ways = _three_ways(closed, lambda client: client.list_objects_v2(Bucket="stedi-landing"))
 
-    assert type(from_boto3) is EndpointConnectionError
-    assert type(on_open) is OSError and type(on_write) is OSError
-    assert error_code(from_boto3) is error_code(on_open) is error_code(on_write) is None
-    for uri, setting, error in [
-        (LANDING_URI, LANDING, from_boto3),
-        (TABLE_URI, LAKEHOUSE, on_open),
-        (TABLE_URI, LAKEHOUSE, on_write),
-    ]:
-        _assert_classified(
-            error,
-            uri,
-            setting,
-            closed,
-            f"Cannot reach {closed} for {uri}: check AWS_ENDPOINT_URL and that the S3 server is running.",
-            True,
-        )
+    assert type(ways[0][2]) is EndpointConnectionError
+    assert [error_code(error) for *_, error in ways] == [None] * 3
+    _assert_one_sentence(
+        ways,
+        closed,
+        lambda uri, _: (
+            f"Cannot reach {closed} for {uri}: check AWS_ENDPOINT_URL and that the S3 server is running."
+        ),
+        True,
+    )
 
 
 @pytest.mark.s3

@@ -6,6 +6,8 @@ breaks them is never written: Dagster's IO manager publishes before blocking che
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import dagster as dg
 import polars as pl
 
@@ -71,35 +73,37 @@ def step_trainer_trusted(
     return frame
 
 
-@dg.asset_check(
-    asset=customer_trusted,
-    blocking=True,
-    additional_ins={
-        "customer_landing": dg.AssetIn("customer_landing"),
-        "customer_rejects": dg.AssetIn("customer_rejects"),
+@dg.multi_asset_check(
+    name="customer_trusted_consent",
+    specs=[
+        dg.AssetCheckSpec(
+            "consent_given",
+            asset="customer_trusted",
+            blocking=True,
+            additional_deps=["customer_landing", "customer_rejects"],
+            description="Every trusted customer's consent is certain (every record that could be the "
+            "newest consents, no quarantined line names them), and every such customer is trusted.",
+        ),
+        dg.AssetCheckSpec(
+            "customers_on_hold",
+            asset="customer_trusted",
+            additional_deps=["customer_landing", "customer_rejects"],
+            description="Customers left out because a quarantined customer line names them and no later "
+            "valid record supersedes it. Warns when any; fix the line to release them.",
+        ),
+    ],
+    ins={
+        "trusted": dg.AssetIn("customer_trusted"),
+        "landing": dg.AssetIn("customer_landing"),
+        "rejects": dg.AssetIn("customer_rejects"),
     },
-    description="Every trusted customer's consent is certain (every record that could be the newest "
-    "consents, no quarantined line names them), and every such customer is trusted.",
 )
-def consent_given(
-    customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame
-) -> dg.AssetCheckResult:
-    return check_result(contracts.consent(customer_trusted, customer_landing, customer_rejects))
-
-
-@dg.asset_check(
-    asset=customer_trusted,
-    additional_ins={
-        "customer_landing": dg.AssetIn("customer_landing"),
-        "customer_rejects": dg.AssetIn("customer_rejects"),
-    },
-    description="Customers left out because a quarantined customer line names them and no later valid "
-    "record supersedes it. Warns when any; fix the line to release them.",
-)
-def customers_on_hold(
-    customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame
-) -> dg.AssetCheckResult:
-    return check_result(contracts.customers_held(customer_landing, customer_rejects))
+def consent_checks(
+    trusted: pl.LazyFrame, landing: pl.LazyFrame, rejects: pl.LazyFrame
+) -> Iterator[dg.AssetCheckResult]:
+    key = {"asset_key": "customer_trusted"}
+    yield check_result(contracts.consent(trusted, landing, rejects), check_name="consent_given", **key)
+    yield check_result(contracts.customers_held(landing, rejects), check_name="customers_on_hold", **key)
 
 
 @dg.asset_check(
@@ -124,8 +128,7 @@ def shared_serials_excluded(
 
 trusted_assets = [customer_trusted, accelerometer_trusted, step_trainer_trusted]
 trusted_checks = [
-    consent_given,
-    customers_on_hold,
+    consent_checks,
     shared_serials_excluded,
     membership_check(USERS_ARE_TRUSTED_CUSTOMERS),
     membership_check(SERIALS_BELONG_TO_CURATED_CUSTOMERS),

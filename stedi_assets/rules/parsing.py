@@ -126,8 +126,14 @@ def parse_landing(lines: pl.LazyFrame, source: Source, keys: Iterable[str]) -> p
     )
     for c in columns:
         text, cast = pl.col(f"_text_{c.name}"), pl.col(c.name)
+        # a personal value is not repeated in the reason: reasons are shown outside the lakehouse
+        shown = (
+            pl.lit(f"{c.name}: a value that")
+            if c.pii
+            else pl.concat_str(pl.lit(f"{c.name}: '"), text, pl.lit("'"))
+        )
         reason = reason.when((text.is_not_null() & cast.is_null()) | nested[c.name]).then(
-            pl.concat_str(pl.lit(f"{c.name}: '"), text, pl.lit(f"' is not {_type_word(c.dtype)}"))
+            pl.concat_str(shown, pl.lit(f" is not {_type_word(c.dtype)}"))
         )
     for name in source.required:
         reason = reason.when(pl.col(name).is_null() | (pl.col(name).cast(pl.String) == "")).then(

@@ -301,3 +301,11 @@ def test_blank_file_before_a_bad_line_is_no_crash() -> None:
 def test_escaped_key_spelling_is_the_key_it_spells() -> None:
     blob = b'{"\\u0065mail": "a@x.com", "serialNumber": "s1"}\n'
     assert accepted(blob, "customer").select("email", "serialNumber").rows() == [("a@x.com", "s1")]
+
+
+def test_a_reason_never_repeats_a_personal_value() -> None:
+    blob = (
+        GOOD_LINE["customer"].encode()
+        + b'\n{"email": "b@x.com", "serialNumber": "s", "phone": ["555 0100"]}\n'
+    )
+    assert rejected(blob, "customer")[REASON].to_list() == ["phone: a value that is not a string"]

@@ -29,9 +29,9 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest
 
-# The inner loop: no S3 or web servers, no reference data, no slow tests (about 50 s on two cores).
+# The inner loop: no S3 or web servers, no reference data, no slow tests, on two workers (about 30 s).
 test-fast: lint
-	$(BIN)/python -m pytest -q -m "not slow and not s3 and not reference"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow and not s3 and not reference"
 
 dev: install $(DAGSTER_HOME)/dagster.yaml
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev

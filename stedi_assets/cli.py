@@ -63,7 +63,7 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_config(log_level: str = "DEBUG", **settings: Any) -> dict[str, Any]:
+def run_config(log_level: str = "WARNING", **settings: Any) -> dict[str, Any]:
     """Run config of the lakehouse job: each setting given (not None) goes to the resource that owns it.
 
     Settings left out are filled from the STEDI_* environment when the run starts.
@@ -80,7 +80,7 @@ def run_config(log_level: str = "DEBUG", **settings: Any) -> dict[str, Any]:
 def run_lakehouse(
     select: str | dg.AssetSelection = "*",
     instance: dg.DagsterInstance | None = None,
-    log_level: str = "DEBUG",
+    log_level: str = "WARNING",
     **settings: Any,
 ) -> dict[str, Any]:
     """Runs the code location's own job in process (the selection with its checks); returns the summary.

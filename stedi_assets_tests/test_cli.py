@@ -118,6 +118,7 @@ def test_same_customer_join_from_environment(reference_landing: Path, tmp_path: 
     assert cross["passed"] is True
 
 
+@pytest.mark.slow
 def test_generate_then_run_then_sql(tmp_path: Path):
     landing, lakehouse = tmp_path / "landing", tmp_path / "lakehouse"
     generated = stedi("generate", "--out", str(landing), "--customers", "40", "--seed", "3")
@@ -136,6 +137,7 @@ def test_generate_then_run_then_sql(tmp_path: Path):
     assert queried.stdout == "n\n40\n"
 
 
+@pytest.mark.slow
 def test_run_on_missing_landing_fails_with_one_readable_line(tmp_path: Path):
     done = stedi("run", "--landing", str(tmp_path / "absent"), "--lakehouse", str(tmp_path / "lh"), "--json")
 
@@ -150,6 +152,7 @@ def test_run_on_missing_landing_fails_with_one_readable_line(tmp_path: Path):
     assert "Traceback" not in done.stdout
 
 
+@pytest.mark.slow
 def test_run_records_to_dagster_home(tiny_landing: Path, tmp_path: Path):
     import dagster as dg
     from dagster._core.instance.ref import InstanceRef

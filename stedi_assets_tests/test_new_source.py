@@ -18,7 +18,7 @@ from stedi_assets.defs.factories import membership_check, table_asset, table_che
 from stedi_assets.defs.landing import source_definitions
 from stedi_assets.rules.catalog import TRUSTED, Column, Source, Table
 from stedi_assets.rules.contracts import Membership
-from stedi_assets.rules.transforms import identity
+from stedi_assets.rules.identity import KEY, keys, with_key
 from stedi_assets_tests.helpers import T1, write_jsonl, write_tiny_landing
 
 HEART_RATE = Source(
@@ -52,8 +52,7 @@ USERS_CONSENT = Membership(
 
 @table_asset(HEART_RATE_TRUSTED)
 def heart_rate_trusted(heart_rate_landing: pl.LazyFrame, customer_trusted: pl.LazyFrame) -> pl.LazyFrame:
-    consenting = customer_trusted.select(_key=identity("email"))
-    readings = heart_rate_landing.join(consenting, left_on=identity("user"), right_on="_key", how="semi")
+    readings = with_key(heart_rate_landing, "user").join(keys(customer_trusted, "email"), on=KEY, how="semi")
     return readings.select(list(HEART_RATE_TRUSTED.dtypes))
 
 

@@ -149,7 +149,7 @@ def table_contracts(declared: Table) -> list[TableCheck]:
         found.append(
             TableCheck(
                 f"unique_by_{key}",
-                f"One row per {key} (trimmed, lower-cased).",
+                f"One row per {key} (canonical identity: NFKC, no format characters, case-folded, trimmed).",
                 lambda frame, *_: contracts.unique_identity(frame, key),
             )
         )

@@ -14,13 +14,13 @@ from enum import StrEnum
 import polars as pl
 
 from stedi_assets.rules.catalog import PROFILE_COLUMNS, Table
+from stedi_assets.rules.identity import KEY, keys, with_key
 from stedi_assets.rules.transforms import (
     ambiguous_serials,
     consenting_customers,
     cross_customer_pairs,
     customers_on_hold,
     has_research_consent,
-    identity,
 )
 
 SAMPLE_ROWS = 5
@@ -55,11 +55,14 @@ def consent_violations(
     customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame
 ) -> pl.LazyFrame:
     """Trusted rows whose customer's consent is not certain now, or that carry no consent of their own."""
-    consenting = consenting_customers(customer_landing, customer_rejects).select(_key=identity("email"))
+    consenting = keys(consenting_customers(customer_landing, customer_rejects), "email").with_columns(
+        _consenting=pl.lit(True)
+    )
     return (
-        customer_trusted.join(consenting, left_on=identity("email"), right_on="_key", how="left")
-        .filter(pl.col("_key").is_null() | ~has_research_consent().fill_null(False))
-        .drop("_key")
+        with_key(customer_trusted, "email")
+        .join(consenting, on=KEY, how="left")
+        .filter(pl.col("_consenting").is_null() | ~has_research_consent().fill_null(False))
+        .drop(KEY, "_consenting")
     )
 
 
@@ -110,8 +113,8 @@ class Membership:
         return f"Every {self.table} row's {self.key} is {self.parent_role} ({self.parent}.{self.parent_key})."
 
     def verdict(self, frame: pl.LazyFrame, parent: pl.LazyFrame) -> Verdict:
-        keys = parent.select(_key=identity(self.parent_key)).unique()
-        orphans = frame.join(keys, left_on=identity(self.key), right_on="_key", how="anti")
+        parents = keys(parent, self.parent_key)
+        orphans = with_key(frame, self.key).join(parents, on=KEY, how="anti").drop(KEY)
         return no_offending_rows(orphans, f"rows whose {self.key} is not {self.parent_role}")
 
 
@@ -187,7 +190,8 @@ def no_duplicate_rows(frame: pl.LazyFrame) -> Verdict:
 
 def unique_identity(frame: pl.LazyFrame, key: str) -> Verdict:
     return no_offending_rows(
-        frame.filter(identity(key).is_duplicated()), f"rows share their {key} with another row"
+        with_key(frame, key).filter(pl.col(KEY).is_duplicated()).drop(KEY),
+        f"rows share their {key} with another row",
     )
 
 

@@ -1,8 +1,8 @@
 """The zone rules as pure Polars: LazyFrame in, LazyFrame out, no Dagster and no I/O.
 
 Every rule here is what an asset computes and what the tests pin down on hand-made frames.
-Identities (emails, serial numbers) are compared trimmed and lower-cased on both sides of
-every join, because the app and the website do not agree on case or whitespace.
+Identities (emails, serial numbers) are compared in their canonical form (rules/identity.py) on
+both sides of every join, because the app and the website do not agree on how they are spelled.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from stedi_assets.rules.catalog import (
     STEP_TRAINER_TRUSTED,
     Table,
 )
+from stedi_assets.rules.identity import KEY, keys, with_key
 
 
 class MlJoin(StrEnum):
@@ -30,12 +31,6 @@ class MlJoin(StrEnum):
     """Same timestamp only: the rule of the original Glue job; pairs different customers' readings."""
     same_customer = "same_customer"
     """Same timestamp and the accelerometer's owner owns the Step Trainer."""
-
-
-def identity(column: str | pl.Expr) -> pl.Expr:
-    """The comparable form of an email or serial number."""
-    expr = pl.col(column) if isinstance(column, str) else column
-    return expr.str.strip_chars().str.to_lowercase()
 
 
 def has_research_consent() -> pl.Expr:
@@ -48,21 +43,28 @@ def _declared(frame: pl.LazyFrame, declared: Table) -> pl.LazyFrame:
 
 
 def customer_current_state(customer_landing: pl.LazyFrame) -> pl.LazyFrame:
-    """One row per customer (by email): the record with the latest lastUpdateDate.
+    """One row per customer (by canonical email): the record with the latest lastUpdateDate.
 
     Ties are broken by source file, then line, so the latest delivery wins deterministically.
     """
     order = ["lastUpdateDate", SOURCE_FILE, LINE_NUMBER]
     return (
-        customer_landing.with_columns(_email_key=identity("email"))
-        .group_by("_email_key")
+        with_key(customer_landing, "email")
+        .group_by(KEY)
         .agg(pl.all().sort_by(order, nulls_last=False).last())
-        .drop("_email_key")
+        .drop(KEY)
     )
 
 
-_STRING_PAIR = r'(?i)"{key}"\s*:\s*"((?:[^"\\]|\\.)*)"'
+_STRING_PAIR = r'(?i)"{key}"\s*:\s*"((?:[^"\\]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{{4}})*)"'
 _NUMBER_PAIR = r'(?i)"{key}"\s*:\s*"?\s*(\d+)'
+
+
+def _json_string(raw: pl.Expr, key: str) -> pl.Expr:
+    """The value of the first `"key": "..."` pair in a raw line, JSON escapes decoded (`\\u0040` is @)."""
+    content = raw.str.extract(_STRING_PAIR.format(key=key), 1)
+    # not pl.format: on a multi-chunk column the streaming engine panics in it (polars 2.1)
+    return (pl.lit('"') + content + pl.lit('"')).str.json_decode(pl.String)
 
 
 def recovered_customer_claims(customer_rejects: pl.LazyFrame) -> pl.LazyFrame:
@@ -70,12 +72,13 @@ def recovered_customer_claims(customer_rejects: pl.LazyFrame) -> pl.LazyFrame:
 
     A line that could not be ingested may still be a withdrawal or a claim on a serial number, so
     its `"email": "..."`, `"serialNumber": "..."` and `lastUpdateDate` pairs are read from its raw
-    text (keys in any case, whether or not the line is valid JSON). Lines naming neither are left out.
+    text (keys in any case, JSON escapes decoded, whether or not the line is valid JSON). Lines
+    naming neither are left out.
     """
     raw = pl.col("raw_line")
     return customer_rejects.select(
-        email=raw.str.extract(_STRING_PAIR.format(key="email"), 1),
-        serialNumber=raw.str.extract(_STRING_PAIR.format(key="serialNumber"), 1),
+        email=_json_string(raw, "email"),
+        serialNumber=_json_string(raw, "serialNumber"),
         lastUpdateDate=raw.str.extract(_NUMBER_PAIR.format(key="lastUpdateDate"), 1).cast(
             pl.Int64, strict=False
         ),
@@ -83,37 +86,38 @@ def recovered_customer_claims(customer_rejects: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def customers_with_certain_consent(customer_landing: pl.LazyFrame) -> pl.LazyFrame:
-    """Identity keys (`_key`) of customers whose consent is certain.
+    """Canonical emails (`_key`) of customers whose consent is certain.
 
     Records that cannot be ordered before the newest one (no lastUpdateDate, or the same
     lastUpdateDate as the newest) could each be the current state, so every one of them must
     consent: an undated or tied withdrawal means no consent.
     """
-    newest = pl.col("lastUpdateDate").max().over("_key")
+    newest = pl.col("lastUpdateDate").max().over(KEY)
     undecided = pl.col("lastUpdateDate").is_null() | (pl.col("lastUpdateDate") == newest)
     return (
-        customer_landing.with_columns(_key=identity("email"))
+        with_key(customer_landing, "email")
         .with_columns(_consents=has_research_consent() | ~undecided)
-        .group_by("_key")
+        .group_by(KEY)
         .agg(pl.col("_consents").all())
         .filter("_consents")
-        .select("_key")
+        .select(KEY)
     )
 
 
 def customers_on_hold(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame) -> pl.LazyFrame:
-    """Identity keys (`_key`) of customers named by a quarantined line that no valid record supersedes.
+    """Canonical emails (`_key`) of customers named by a quarantined line that no valid record supersedes.
 
     Such a line may be a withdrawal, so the customer is left out until the line is fixed or a valid
     record with a later lastUpdateDate than the line's arrives.
     """
-    newest = customer_landing.group_by(_key=identity("email")).agg(_newest=pl.col("lastUpdateDate").max())
+    newest = with_key(customer_landing, "email").group_by(KEY).agg(_newest=pl.col("lastUpdateDate").max())
     claims = recovered_customer_claims(customer_rejects).filter(pl.col("email").is_not_null())
     return (
-        claims.select(_key=identity("email"), _updated=pl.col("lastUpdateDate"))
-        .join(newest, on="_key", how="left")
+        with_key(claims, "email")
+        .select(KEY, _updated=pl.col("lastUpdateDate"))
+        .join(newest, on=KEY, how="left")
         .filter(~(pl.col("_updated") < pl.col("_newest")).fill_null(False))
-        .select("_key")
+        .select(KEY)
         .unique()
     )
 
@@ -121,11 +125,10 @@ def customers_on_hold(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyF
 def consenting_customers(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame) -> pl.LazyFrame:
     """The current record of each customer whose research consent is certain and not on hold."""
     return (
-        customer_current_state(customer_landing)
-        .with_columns(_key=identity("email"))
-        .join(customers_with_certain_consent(customer_landing), on="_key", how="semi")
-        .join(customers_on_hold(customer_landing, customer_rejects), on="_key", how="anti")
-        .drop("_key")
+        with_key(customer_current_state(customer_landing), "email")
+        .join(customers_with_certain_consent(customer_landing), on=KEY, how="semi")
+        .join(customers_on_hold(customer_landing, customer_rejects), on=KEY, how="anti")
+        .drop(KEY)
     )
 
 
@@ -138,43 +141,45 @@ def accelerometer_trusted(
     accelerometer_landing: pl.LazyFrame, customer_trusted: pl.LazyFrame
 ) -> pl.LazyFrame:
     """Readings whose user is a trusted customer, each distinct reading once."""
-    consenting = customer_trusted.select(_key=identity("email"))
-    readings = accelerometer_landing.join(consenting, left_on=identity("user"), right_on="_key", how="semi")
+    readings = with_key(accelerometer_landing, "user").join(
+        keys(customer_trusted, "email"), on=KEY, how="semi"
+    )
     return _declared(readings, ACCELEROMETER_TRUSTED).unique(maintain_order=True)
 
 
 def customer_curated(customer_trusted: pl.LazyFrame, accelerometer_trusted: pl.LazyFrame) -> pl.LazyFrame:
     """Trusted customers with at least one trusted accelerometer reading."""
-    users = accelerometer_trusted.select(_key=identity("user"))
-    curated = customer_trusted.join(users, left_on=identity("email"), right_on="_key", how="semi")
+    curated = with_key(customer_trusted, "email").join(
+        keys(accelerometer_trusted, "user"), on=KEY, how="semi"
+    )
     return _declared(curated, CUSTOMER_CURATED)
 
 
+def _claims(frame: pl.LazyFrame) -> pl.LazyFrame:
+    serials = with_key(frame, "serialNumber", "_serial")
+    return with_key(serials, "email", "_email").select("_serial", "_email")
+
+
 def serial_claims(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame) -> pl.LazyFrame:
-    """Every (`_serial`, `_email`) claim of any customer record, accepted or quarantined.
+    """Every (`_serial`, `_email`) claim of any customer record, accepted or quarantined, canonical.
 
     A quarantined line's claimant is null when no email can be read from it.
     """
-    accepted = customer_landing.select(_serial=identity("serialNumber"), _email=identity("email"))
-    quarantined = (
-        recovered_customer_claims(customer_rejects)
-        .filter(pl.col("serialNumber").is_not_null())
-        .select(_serial=identity("serialNumber"), _email=identity("email"))
-    )
-    return pl.concat([accepted, quarantined])
+    quarantined = recovered_customer_claims(customer_rejects).filter(pl.col("serialNumber").is_not_null())
+    return pl.concat([_claims(customer_landing), _claims(quarantined)])
 
 
 def attributable_serials(
     customer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame, customer_rejects: pl.LazyFrame
 ) -> pl.LazyFrame:
-    """Serial numbers of curated customers' devices that no one else claims, in any record.
+    """Canonical serial numbers (`_serial`) of curated customers' devices that no one else claims.
 
     The fulfilment website reused serial numbers; a device also claimed by a customer who is not
     curated, or by a quarantined record whose claimant cannot be read, cannot be told apart, so its
     readings stay out of the trusted zone.
     """
-    curated = customer_curated.select(_email=identity("email"))
-    owned = customer_curated.select(_serial=identity("serialNumber")).unique()
+    curated = keys(customer_curated, "email", "_email")
+    owned = keys(customer_curated, "serialNumber", "_serial")
     # a null claimant (no readable email) matches no curated customer, so it stays a foreign claim
     foreign = serial_claims(customer_landing, customer_rejects).join(curated, on="_email", how="anti")
     return owned.join(foreign.select("_serial"), on="_serial", how="anti")
@@ -183,8 +188,8 @@ def attributable_serials(
 def ambiguous_serials(
     customer_landing: pl.LazyFrame, customer_curated: pl.LazyFrame, customer_rejects: pl.LazyFrame
 ) -> pl.LazyFrame:
-    """Serials of curated customers that are also claimed by someone who is not curated."""
-    curated = customer_curated.select(_serial=identity("serialNumber")).unique()
+    """Canonical serials of curated customers that are also claimed by someone who is not curated."""
+    curated = keys(customer_curated, "serialNumber", "_serial")
     return curated.join(
         attributable_serials(customer_landing, customer_curated, customer_rejects), on="_serial", how="anti"
     ).rename({"_serial": "serialNumber"})
@@ -198,14 +203,15 @@ def step_trainer_trusted(
 ) -> pl.LazyFrame:
     """Readings of devices owned by curated customers (and by nobody else), each distinct reading once."""
     serials = attributable_serials(customer_landing, customer_curated, customer_rejects)
-    readings = step_trainer_landing.join(
-        serials, left_on=identity("serialNumber"), right_on="_serial", how="semi"
+    readings = with_key(step_trainer_landing, "serialNumber", "_serial").join(
+        serials, on="_serial", how="semi"
     )
     return _declared(readings, STEP_TRAINER_TRUSTED).unique(maintain_order=True)
 
 
 def _owner_serials(customer_curated: pl.LazyFrame) -> pl.LazyFrame:
-    return customer_curated.select(_user=identity("email"), _owner_serial=identity("serialNumber"))
+    owners = with_key(customer_curated, "email", "_user")
+    return with_key(owners, "serialNumber", "_owner_serial").select("_user", "_owner_serial")
 
 
 def machine_learning_curated(
@@ -224,13 +230,13 @@ def machine_learning_curated(
             coalesce=False,
         )
     else:
-        owned = accelerometer_trusted.join(
-            _owner_serials(customer_curated), left_on=identity("user"), right_on="_user"
+        owned = with_key(accelerometer_trusted, "user", "_user").join(
+            _owner_serials(customer_curated), on="_user"
         )
-        paired = step_trainer_trusted.join(
+        paired = with_key(step_trainer_trusted, "serialNumber", "_serial").join(
             owned,
-            left_on=[pl.col("sensorReadingTime"), identity("serialNumber")],
-            right_on=[pl.col("timestamp"), pl.col("_owner_serial")],
+            left_on=["sensorReadingTime", "_serial"],
+            right_on=["timestamp", "_owner_serial"],
             how="inner",
             coalesce=False,
         )
@@ -241,9 +247,9 @@ def cross_customer_pairs(
     machine_learning_curated: pl.LazyFrame, customer_curated: pl.LazyFrame
 ) -> pl.LazyFrame:
     """Training rows whose accelerometer owner does not own the Step Trainer of the row."""
-    owners = _owner_serials(customer_curated)
+    rows = with_key(with_key(machine_learning_curated, "user", "_user"), "serialNumber", "_serial")
     return (
-        machine_learning_curated.join(owners, left_on=identity("user"), right_on="_user", how="left")
-        .filter(pl.col("_owner_serial").is_null() | (pl.col("_owner_serial") != identity("serialNumber")))
-        .drop("_user", "_owner_serial", strict=False)
+        rows.join(_owner_serials(customer_curated), on="_user", how="left")
+        .filter(pl.col("_owner_serial").is_null() | (pl.col("_owner_serial") != pl.col("_serial")))
+        .drop("_user", "_serial", "_owner_serial")
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import unicodedata
 from pathlib import Path
 
 import dagster as dg
@@ -101,17 +102,35 @@ def test_privacy_guard_refuses_to_publish_a_broken_table():
     assert failure.value.metadata["offending_rows"].value == "| user |\n|---|\n| [redacted] |"
 
 
+def canonical(value: str) -> str:
+    """The documented canonical identity, in plain Python."""
+    value = unicodedata.normalize("NFKC", value)
+    return "".join(c for c in value if unicodedata.category(c) != "Cf").casefold().strip()
+
+
+def spelled_otherwise(identity: str) -> str:
+    """The same identity as a person might type it: fullwidth capitals and a zero-width space."""
+    fullwidth = identity.upper().translate({code: code + 0xFEE0 for code in range(0x21, 0x7F)})
+    return "\u200b" + fullwidth[:3] + "\u200b" + fullwidth[3:]
+
+
 @pytest.mark.reference
-def test_undated_tied_and_quarantined_withdrawals_reach_no_table(reference_landing: Path, tmp_path: Path):
-    """The adversary's repro on the reference data: three consenting customers withdraw in ways that
-    cannot be ordered or read; none of them may stay in any trusted or curated table."""
+def test_undated_tied_quarantined_and_respelled_withdrawals_reach_no_table(
+    reference_landing: Path, tmp_path: Path
+):
+    """The adversary's repro on the reference data: consenting customers withdraw in ways that cannot
+    be ordered or read, or under another spelling of their email; a stranger claims a device under
+    another spelling of its serial. None of them may stay in any trusted or curated table."""
     landing = tmp_path / "landing"
     shutil.copytree(reference_landing, landing)
     for path in landing.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     customers = pl.concat(pl.read_ndjson(p) for p in sorted((landing / "customer").glob("*.json")))
-    undated, tied, quarantined = (
-        customers.filter(pl.col("shareWithResearchAsOfDate") > 0).head(3).rows(named=True)
+    undated, tied, quarantined, respelled, escaped, shared = (
+        customers.filter(pl.col("shareWithResearchAsOfDate") > 0)
+        .unique("email", keep="first", maintain_order=True)
+        .head(6)
+        .rows(named=True)
     )
     withdrawals = [
         {
@@ -121,30 +140,47 @@ def test_undated_tied_and_quarantined_withdrawals_reach_no_table(reference_landi
         },
         tied | {"shareWithResearchAsOfDate": None},
         {"email": quarantined["email"], "shareWithResearchAsOfDate": False},
+        respelled
+        | {
+            "email": spelled_otherwise(respelled["email"]),
+            "lastUpdateDate": respelled["lastUpdateDate"] + 1,
+            "shareWithResearchAsOfDate": None,
+        },
+        shared
+        | {
+            "email": "not.a.customer.yet@example.com",
+            "serialNumber": spelled_otherwise(shared["serialNumber"]),
+            "shareWithResearchAsOfDate": None,
+        },
     ]
     write_jsonl(landing / "customer" / "zz-withdrawals.json", withdrawals)
+    # a quarantined withdrawal whose email is written with a JSON escape for "@"
+    escaped_email = escaped["email"].replace("@", "\\u0040")
+    with (landing / "customer" / "zz-withdrawals.json").open("a") as file:
+        file.write(f'{{"email": "{escaped_email}", "shareWithResearchAsOfDate": "withdrawn"}}\n')
     lakehouse = tmp_path / "lakehouse"
 
     summary = run_lakehouse(landing_uri=str(landing), lakehouse_uri=str(lakehouse))
 
     assert summary["errors"] == []
-    assert summary["tables"]["customer_trusted"]["rows"] == 482 - 3
-    assert summary["tables"]["customer_rejects"]["rows"] == 1
-    gone = {c["email"].strip().lower() for c in (undated, tied, quarantined)}
-    serials = {c["serialNumber"].strip().lower() for c in (undated, tied, quarantined)}
+    assert summary["tables"]["customer_trusted"]["rows"] == 482 - 5
+    assert summary["tables"]["customer_rejects"]["rows"] == 2
+    gone = {canonical(c["email"]) for c in (undated, tied, quarantined, respelled, escaped)}
+    serials = {canonical(c["serialNumber"]) for c in (undated, tied, quarantined, respelled, escaped, shared)}
     for zone, name, column in [
         ("trusted", "customer_trusted", "email"),
         ("curated", "customer_curated", "email"),
         ("trusted", "accelerometer_trusted", "user"),
         ("curated", "machine_learning_curated", "user"),
     ]:
-        present = set(_read(lakehouse, zone, name)[column].str.strip_chars().str.to_lowercase())
-        assert not gone & present, name
+        present = {canonical(v) for v in _read(lakehouse, zone, name)[column]}
+        assert len(present) > 400 and not gone & present, name
     for zone, name in [("trusted", "step_trainer_trusted"), ("curated", "machine_learning_curated")]:
-        present = set(_read(lakehouse, zone, name)["serialNumber"].str.strip_chars().str.to_lowercase())
-        assert not serials & present, name
+        present = {canonical(v) for v in _read(lakehouse, zone, name)["serialNumber"]}
+        assert len(present) > 400 and not serials & present, name
     checks = {c["name"]: c for c in summary["checks"]}
-    assert (checks["consent_given"]["passed"], checks["customers_on_hold"]["summary"]) == (
-        True,
-        "1 customers on hold: a quarantined customer line names them and no later valid record supersedes it",
+    assert checks["consent_given"]["passed"]
+    assert checks["customers_on_hold"]["summary"] == (
+        "2 customers on hold: a quarantined customer line names them and no later valid record supersedes it"
     )
+    assert checks["shared_serials_excluded"]["summary"].startswith("1 curated customers' serial numbers")

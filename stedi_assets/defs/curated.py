@@ -8,13 +8,13 @@ import polars as pl
 from stedi_assets.defs.factories import (
     check_result,
     membership_check,
-    publish_only_if,
     table_asset,
     table_checks,
 )
 from stedi_assets.defs.settings import StediSettings
 from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import CUSTOMER_CURATED, MACHINE_LEARNING_CURATED
+from stedi_assets.storage.io_manager import Publication
 
 CUSTOMERS_HAVE_ACCELEROMETER_DATA = contracts.Membership(
     "customers_have_accelerometer_data",
@@ -52,8 +52,10 @@ def machine_learning_curated(
     frame = transforms.machine_learning_curated(
         step_trainer_trusted, accelerometer_trusted, customer_curated, settings.ml_join
     )
-    publish_only_if(USERS_ARE_CURATED_CUSTOMERS.verdict(frame, customer_curated), "consent")
-    return dg.MaterializeResult(value=frame, metadata={"ml_join": settings.ml_join.value})
+    publication = Publication(
+        frame, "consent", lambda staged: USERS_ARE_CURATED_CUSTOMERS.verdict(staged, customer_curated)
+    )
+    return dg.MaterializeResult(value=publication, metadata={"ml_join": settings.ml_join.value})
 
 
 @dg.asset_check(

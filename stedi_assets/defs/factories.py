@@ -14,7 +14,7 @@ import polars as pl
 from stedi_assets.defs.settings import StediSettings
 from stedi_assets.rules import contracts
 from stedi_assets.rules.catalog import CURATED, QUARANTINE, TRUSTED, Table
-from stedi_assets.storage.metadata import definition_metadata, markdown_table
+from stedi_assets.storage.metadata import definition_metadata, verdict_metadata
 
 KINDS = {"polars", "delta"}
 STORAGE_RETRY = dg.RetryPolicy(max_retries=3, delay=1.0, backoff=dg.Backoff.EXPONENTIAL)
@@ -40,17 +40,6 @@ def table_asset(declared: Table) -> Callable[..., dg.AssetsDefinition]:
     )
 
 
-def verdict_metadata(verdict: contracts.Verdict) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"summary": verdict.summary}
-    if verdict.observed is not None:
-        metadata["observed"] = verdict.observed
-    if verdict.expected is not None:
-        metadata["expected"] = verdict.expected
-    if verdict.offending.height:
-        metadata["offending_rows"] = dg.MetadataValue.md(markdown_table(verdict.offending))
-    return metadata
-
-
 def check_result(verdict: contracts.Verdict, **key: Any) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=verdict.passed,
@@ -59,17 +48,6 @@ def check_result(verdict: contracts.Verdict, **key: Any) -> dg.AssetCheckResult:
         description=verdict.summary,
         **key,
     )
-
-
-def publish_only_if(verdict: contracts.Verdict, contract: str) -> None:
-    """Stops an asset before its IO manager publishes a table that breaks a privacy contract."""
-    if not verdict.passed:
-        raise dg.Failure(
-            description=f"The {contract} contract is broken, so the table was not published: "
-            f"{verdict.summary}",
-            metadata=verdict_metadata(verdict),
-            allow_retries=False,
-        )
 
 
 def membership_check(membership: contracts.Membership) -> dg.AssetChecksDefinition:

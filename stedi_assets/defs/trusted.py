@@ -1,7 +1,8 @@
 """Trusted zone: only research-consenting customers and their readings, with the checks that guard them.
 
-Privacy contracts are verified on the computed plan before an asset returns, so a table that
-breaks them is never written: Dagster's IO manager publishes before blocking checks run.
+Each asset returns a Publication: the IO manager stages the table, verifies its privacy contract
+on the staged files and only then commits, so a table that breaks the contract never becomes
+visible (Dagster's blocking checks run after the IO manager has published, too late for that).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import polars as pl
 from stedi_assets.defs.factories import (
     check_result,
     membership_check,
-    publish_only_if,
     table_asset,
     table_checks,
 )
 from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import ACCELEROMETER_TRUSTED, CUSTOMER_TRUSTED, STEP_TRAINER_TRUSTED
+from stedi_assets.storage.io_manager import Publication
 
 USERS_ARE_TRUSTED_CUSTOMERS = contracts.Membership(
     "users_are_trusted_customers",
@@ -40,22 +41,24 @@ SERIALS_BELONG_TO_CURATED_CUSTOMERS = contracts.Membership(
 
 
 @table_asset(CUSTOMER_TRUSTED)
-def customer_trusted(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame) -> pl.LazyFrame:
+def customer_trusted(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame) -> Publication:
     """The current record of each customer whose research consent is certain: set and not 0 in every
     record that could be the newest, and named by no quarantined line."""
-    frame = transforms.customer_trusted(customer_landing, customer_rejects)
-    publish_only_if(contracts.consenting_only(frame, customer_landing, customer_rejects), "consent")
-    return frame
+    return Publication(
+        transforms.customer_trusted(customer_landing, customer_rejects),
+        "consent",
+        lambda staged: contracts.consenting_only(staged, customer_landing, customer_rejects),
+    )
 
 
 @table_asset(ACCELEROMETER_TRUSTED)
-def accelerometer_trusted(
-    accelerometer_landing: pl.LazyFrame, customer_trusted: pl.LazyFrame
-) -> pl.LazyFrame:
+def accelerometer_trusted(accelerometer_landing: pl.LazyFrame, customer_trusted: pl.LazyFrame) -> Publication:
     """Accelerometer readings whose user is a trusted customer."""
-    frame = transforms.accelerometer_trusted(accelerometer_landing, customer_trusted)
-    publish_only_if(USERS_ARE_TRUSTED_CUSTOMERS.verdict(frame, customer_trusted), "consent")
-    return frame
+    return Publication(
+        transforms.accelerometer_trusted(accelerometer_landing, customer_trusted),
+        "consent",
+        lambda staged: USERS_ARE_TRUSTED_CUSTOMERS.verdict(staged, customer_trusted),
+    )
 
 
 @table_asset(STEP_TRAINER_TRUSTED)
@@ -64,13 +67,15 @@ def step_trainer_trusted(
     customer_curated: pl.LazyFrame,
     customer_landing: pl.LazyFrame,
     customer_rejects: pl.LazyFrame,
-) -> pl.LazyFrame:
+) -> Publication:
     """Step Trainer readings of devices claimed only by curated customers, in any record."""
-    frame = transforms.step_trainer_trusted(
-        step_trainer_landing, customer_curated, customer_landing, customer_rejects
+    return Publication(
+        transforms.step_trainer_trusted(
+            step_trainer_landing, customer_curated, customer_landing, customer_rejects
+        ),
+        "consent",
+        lambda staged: SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(staged, customer_curated),
     )
-    publish_only_if(SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(frame, customer_curated), "consent")
-    return frame
 
 
 @dg.multi_asset_check(

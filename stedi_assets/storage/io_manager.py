@@ -1,20 +1,25 @@
-"""Delta Lake IO manager on Polars' own readers and sinks.
+"""Delta Lake IO manager on Polars' own readers and sinks: stage -> verify -> commit.
 
 Each asset is a Delta table at <lakehouse>/<zone>/<table>/, the zone taken from the asset's
-definition metadata. A write is one overwrite commit, so a re-run replaces the table atomically
-(readers see the old or the new version, never a mix). Inputs load as lazy scans so plans stream.
+definition metadata. An asset returns its plan, or a `Publication` of it with the contract that
+must hold on what is published. The plan is streamed into staged files no reader can see, the
+contract is verified on those files, and only then one overwrite commit makes them the table: a
+table that breaks its contract is never visible and its Delta version does not change. Inputs load
+as lazy scans so plans stream.
 """
 
 # No `from __future__ import annotations` here: Dagster resolves nested resources from real annotations.
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
 import polars as pl
 
+from stedi_assets.rules.contracts import Verdict
 from stedi_assets.storage.errors import StorageError
-from stedi_assets.storage.lakehouse import Lakehouse
-from stedi_assets.storage.metadata import ZONE, markdown_table, pii_columns
+from stedi_assets.storage.lakehouse import Lakehouse, Staged
+from stedi_assets.storage.metadata import ZONE, markdown_table, pii_columns, verdict_metadata
 from stedi_assets.storage.resources import StediStorage, as_failure
 
 PREVIEW_ROWS = 5
@@ -30,20 +35,61 @@ def _table_uri(lakehouse: Lakehouse, key: dg.AssetKey, metadata: Mapping[str, An
     return lakehouse.table_uri(str(zone), key.path[-1])
 
 
+@dataclass(frozen=True)
+class Publication:
+    """A table's new content and what must hold on it before anyone may see it.
+
+    `verify` is evaluated on the staged files (what would be published, not the plan that made
+    them); `properties` are recorded in the Delta commit (the rules the table was made under).
+    """
+
+    frame: pl.LazyFrame
+    contract: str = ""
+    verify: Callable[[pl.LazyFrame], Verdict] | None = None
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+
+def publish(lakehouse: Lakehouse, uri: str, publication: Publication) -> tuple[Staged, int]:
+    """Stage, verify, commit; the staged write and the committed version.
+
+    When the contract is broken the staged files are deleted and nothing is committed: a
+    dg.Failure that is not retried (recomputing gives the same table), with a masked sample.
+    """
+    staged = lakehouse.stage(uri, publication.frame)
+    if publication.verify is not None:
+        try:
+            verdict = publication.verify(lakehouse.scan_staged(staged))
+        except BaseException:
+            lakehouse.discard(staged)
+            raise
+        if not verdict.passed:
+            lakehouse.discard(staged)
+            raise dg.Failure(
+                description=f"The {publication.contract} contract is broken, so the table was not "
+                f"published: {verdict.summary}",
+                metadata=verdict_metadata(verdict),
+                allow_retries=False,
+            )
+    return staged, lakehouse.commit(staged, publication.properties)
+
+
 class DeltaIOManager(dg.ConfigurableIOManager):
     """Stores Polars frames as Delta tables in the lakehouse, local or on S3."""
 
     storage: StediStorage
 
-    def handle_output(self, context: dg.OutputContext, obj: pl.LazyFrame | pl.DataFrame | None) -> None:
+    def handle_output(
+        self, context: dg.OutputContext, obj: Publication | pl.LazyFrame | pl.DataFrame | None
+    ) -> None:
         if obj is None:
             return
+        publication = obj if isinstance(obj, Publication) else Publication(obj.lazy())
         lakehouse = self.storage.lakehouse
         uri = _table_uri(lakehouse, context.asset_key, context.definition_metadata)
         try:
-            lakehouse.write(uri, obj.lazy())
+            staged, version = publish(lakehouse, uri, publication)
             context.add_output_metadata(
-                table_metadata(lakehouse, uri, pii_columns(context.definition_metadata))
+                table_metadata(lakehouse, staged, version, pii_columns(context.definition_metadata))
             )
         except StorageError as error:
             raise as_failure(error) from error
@@ -59,14 +105,14 @@ class DeltaIOManager(dg.ConfigurableIOManager):
         return frame.collect() if context.dagster_type.typing_type is pl.DataFrame else frame
 
 
-def table_metadata(lakehouse: Lakehouse, uri: str, pii: frozenset[str]) -> dict[str, Any]:
-    """What Dagster's UI shows for a materialization: rows, preview (PII masked), URI, Delta version."""
-    table = lakehouse.open(uri)
-    version, frame = table.version(), lakehouse.scan_opened(uri, table)
+def table_metadata(lakehouse: Lakehouse, staged: Staged, version: int, pii: frozenset[str]) -> dict[str, Any]:
+    """What Dagster's UI shows for a materialization: rows (from the write, not a re-scan), a preview
+    with PII masked, URI and Delta version."""
+    preview = lakehouse.scan_staged(staged).head(PREVIEW_ROWS).collect()
     return {
-        "dagster/row_count": frame.select(pl.len()).collect().item(),
-        "dagster/uri": dg.MetadataValue.path(uri),
-        "table_uri": dg.MetadataValue.path(uri),
+        "dagster/row_count": staged.rows,
+        "dagster/uri": dg.MetadataValue.path(staged.uri),
+        "table_uri": dg.MetadataValue.path(staged.uri),
         "delta_version": version,
-        "preview": dg.MetadataValue.md(markdown_table(frame.head(PREVIEW_ROWS).collect(), pii)),
+        "preview": dg.MetadataValue.md(markdown_table(preview, pii)),
     }

@@ -6,6 +6,10 @@ manager, and `stedi sql` builds one directly. Every failure is a StorageError na
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,10 +19,12 @@ import polars as pl
 from botocore.exceptions import BotoCoreError, ClientError
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import DeltaError
+from deltalake.schema import Schema
+from deltalake.transaction import AddAction, create_table_with_add_actions
 
 from stedi_assets.rules.parsing import empty_raw_lines, raw_lines
 from stedi_assets.storage.environment import S3Options
-from stedi_assets.storage.errors import StorageError, classify
+from stedi_assets.storage.errors import StorageError, TableMissing, classify
 
 DEFAULT_LANDING_URI = "data/landing"
 DEFAULT_LAKEHOUSE_URI = "lakehouse"
@@ -36,8 +42,39 @@ def _root(uri: str) -> str:
 
 
 @dataclass(frozen=True)
+class StagedFile:
+    """A data file written into a table's folder but not yet in its log, so no reader sees it."""
+
+    path: str
+    """Relative to the table's root, as the Delta log records it."""
+    size: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A table's next version, written and not yet committed: verify it, then commit or discard it."""
+
+    uri: str
+    files: tuple[StagedFile, ...]
+    schema: pl.Schema
+    read_version: int | None
+    """The table's version before the plan ran (None: no table yet); the commit must follow it."""
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+
+@dataclass(frozen=True)
 class Lakehouse:
-    """Delta tables at `<root>/<zone>/<table>/`; each write is one atomic overwrite commit."""
+    """Delta tables at `<root>/<zone>/<table>/`, written stage -> verify -> commit.
+
+    A write streams the plan into Parquet files inside the table's folder that no Delta log entry
+    names yet (invisible to every reader), the caller verifies what was staged, and one commit of
+    those files makes the new version visible: the table changes whole or not at all, and a table
+    that breaks a contract is never visible, not even for a moment.
+    """
 
     root: str
     s3: S3Options = field(default_factory=S3Options)
@@ -51,26 +88,104 @@ class Lakehouse:
     def _failure(self, uri: str, error: BaseException) -> StorageError:
         return classify(uri, error, LAKEHOUSE_SETTING, self.s3.endpoint)
 
-    def write(self, uri: str, frame: pl.LazyFrame) -> None:
-        """Streams the plan into one overwrite commit: the table changes whole or not at all.
-
-        Commits are never rebased (max_commit_retries=0): delta-rs would otherwise rebase an
-        overwrite that raced another writer's first commit onto it, keeping both frames. A lost
-        race fails the write instead, as a transient error, and the caller recomputes.
-        """
+    def stage(self, uri: str, frame: pl.LazyFrame) -> Staged:
+        """Streams the plan into a new data file of the table, invisible until `commit`."""
+        name = f"part-{uuid.uuid4()}.parquet"
+        target = f"{uri}/{name}"
+        read_version = self.open(uri).version() if self.exists(uri) else None
         try:
-            frame.sink_delta(
-                uri,
-                mode="overwrite",
-                storage_options=self._options(uri),
-                credential_provider=None,
-                delta_write_options={
-                    "schema_mode": "overwrite",
-                    "commit_properties": CommitProperties(max_commit_retries=0),
-                },
+            if not is_s3(uri):
+                Path(uri).mkdir(parents=True, exist_ok=True)
+            frame.sink_parquet(target, storage_options=self._options(uri), credential_provider=None)
+            written = pl.scan_parquet(target, storage_options=self._options(uri), credential_provider=None)
+            schema = written.collect_schema()
+            rows = written.select(pl.len()).collect().item()
+            size = self._size(target)
+        except BaseException as error:
+            self._delete([target])
+            if isinstance(error, (OSError, DeltaError, ClientError, BotoCoreError)):
+                raise self._failure(uri, error) from error
+            raise
+        return Staged(uri, (StagedFile(name, size, rows),), schema, read_version)
+
+    def scan_staged(self, staged: Staged) -> pl.LazyFrame:
+        """What `commit` would publish, read back from the staged files."""
+        paths = [f"{staged.uri}/{f.path}" for f in staged.files]
+        return pl.scan_parquet(paths, storage_options=self._options(staged.uri), credential_provider=None)
+
+    def commit(self, staged: Staged, properties: Mapping[str, str] | None = None) -> int:
+        """Makes the staged files the table's whole content in one overwrite commit; the new version.
+
+        The commit follows the version the table had before the plan ran and is never rebased
+        (max_commit_retries=0): if another writer committed in between, this write fails as a
+        transient error and the caller recomputes from the newer inputs. `properties` are recorded in the
+        commit (the rules the data was made under). Staged files are deleted when the commit fails.
+        """
+        now = int(time.time() * 1000)
+        actions = [
+            AddAction(f.path, f.size, {}, now, True, json.dumps({"numRecords": f.rows})) for f in staged.files
+        ]
+        schema = Schema.from_arrow(pl.DataFrame(schema=staged.schema).to_arrow().schema)
+        commit = CommitProperties(max_commit_retries=0, custom_metadata=dict(properties or {}))
+        options = self._options(staged.uri)
+        try:
+            if staged.read_version is None:
+                return self._create(staged, schema, actions, commit)
+            table = DeltaTable(staged.uri, storage_options=options, version=staged.read_version)
+            table.create_write_transaction(actions, mode="overwrite", schema=schema, commit_properties=commit)
+            return staged.read_version + 1
+        except BaseException as error:
+            self.discard(staged)
+            if isinstance(error, (OSError, DeltaError)):
+                raise self._failure(staged.uri, error) from error
+            raise
+
+    def _create(
+        self, staged: Staged, schema: Schema, actions: list[AddAction], commit: CommitProperties
+    ) -> int:
+        try:
+            create_table_with_add_actions(
+                staged.uri,
+                schema,
+                actions,
+                mode="error",
+                storage_options=self._options(staged.uri),
+                commit_properties=commit,
             )
-        except (OSError, DeltaError) as error:
-            raise self._failure(uri, error) from error
+        except DeltaError as error:
+            if self.exists(staged.uri):
+                raise StorageError(
+                    f"Another writer committed {staged.uri} at the same time; this write was not applied.",
+                    True,
+                ) from error
+            raise
+        return 0
+
+    def discard(self, staged: Staged) -> None:
+        """Deletes staged files that will not be committed (best effort: they are invisible anyway)."""
+        self._delete([f"{staged.uri}/{f.path}" for f in staged.files])
+
+    def write(self, uri: str, frame: pl.LazyFrame, properties: Mapping[str, str] | None = None) -> int:
+        """Stage and commit without a verification step; the new version."""
+        return self.commit(self.stage(uri, frame), properties)
+
+    def _size(self, target: str) -> int:
+        if not is_s3(target):
+            return Path(target).stat().st_size
+        parsed = urlparse(target)
+        head = self.s3.boto3_client().head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+        return int(head["ContentLength"])
+
+    def _delete(self, targets: list[str]) -> None:
+        for target in targets:
+            try:
+                if is_s3(target):
+                    parsed = urlparse(target)
+                    self.s3.boto3_client().delete_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+                else:
+                    Path(target).unlink(missing_ok=True)
+            except (OSError, ClientError, BotoCoreError):
+                pass
 
     def open(self, uri: str, version: int | None = None) -> DeltaTable:
         """The table at one version (default: the latest); TableMissing when it was never written."""
@@ -78,6 +193,13 @@ class Lakehouse:
             return DeltaTable(uri, storage_options=self._options(uri), version=version)
         except (OSError, DeltaError) as error:
             raise self._failure(uri, error) from error
+
+    def exists(self, uri: str) -> bool:
+        try:
+            self.open(uri)
+        except TableMissing:
+            return False
+        return True
 
     def scan(self, uri: str, version: int | None = None) -> pl.LazyFrame:
         """A lazy scan of one version (default: the latest) of a table."""

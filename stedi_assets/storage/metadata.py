@@ -9,6 +9,7 @@ import dagster as dg
 import polars as pl
 
 from stedi_assets.rules.catalog import PII_COLUMNS, Table
+from stedi_assets.rules.contracts import Verdict
 
 ZONE = "stedi/zone"
 """Definition metadata: the lakehouse zone (folder) of the asset's Delta table."""
@@ -61,3 +62,15 @@ def markdown_table(frame: pl.DataFrame, pii: frozenset[str] = PII_COLUMNS) -> st
         for row in frame.iter_rows()
     ]
     return "\n".join([header, rule, *rows])
+
+
+def verdict_metadata(verdict: Verdict) -> dict[str, Any]:
+    """What a contract saw, for a check result or a failure: summary, counts, a masked sample."""
+    metadata: dict[str, Any] = {"summary": verdict.summary}
+    if verdict.observed is not None:
+        metadata["observed"] = verdict.observed
+    if verdict.expected is not None:
+        metadata["expected"] = verdict.expected
+    if verdict.offending.height:
+        metadata["offending_rows"] = dg.MetadataValue.md(markdown_table(verdict.offending))
+    return metadata

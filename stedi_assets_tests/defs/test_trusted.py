@@ -12,8 +12,7 @@ import pytest
 from deltalake import DeltaTable
 
 from stedi_assets.cli import run_lakehouse
-from stedi_assets.defs.factories import publish_only_if
-from stedi_assets.defs.trusted import USERS_ARE_TRUSTED_CUSTOMERS
+from stedi_assets.rules import transforms
 from stedi_assets_tests.helpers import write_jsonl
 
 
@@ -87,19 +86,49 @@ def test_failing_blocking_check_stops_downstream(tiny_landing: Path, tmp_path: P
     assert DeltaTable(str(lakehouse / "trusted" / "accelerometer_trusted")).version() == accel_version
 
 
-def test_privacy_guard_refuses_to_publish_a_broken_table():
-    """The guard runs inside the asset, so a table that breaks a privacy contract is never written."""
-    leaked = pl.LazyFrame({"user": ["bob@test.com"]})
-    trusted = pl.LazyFrame({"email": ["alice@test.com"]})
-    verdict = USERS_ARE_TRUSTED_CUSTOMERS.verdict(leaked, trusted)
+LEAKING_TABLES = [
+    ("customer_trusted", "trusted", "email", "1 trusted customers without current research consent"),
+    ("accelerometer_trusted", "trusted", "user", "1 rows whose user is not a trusted customer"),
+    (
+        "step_trainer_trusted",
+        "trusted",
+        "serialNumber",
+        "1 rows whose serialNumber is not a curated customer's device",
+    ),
+    ("machine_learning_curated", "curated", "user", "1 rows whose user is not a curated customer"),
+]
 
-    with pytest.raises(dg.Failure) as failure:
-        publish_only_if(verdict, "consent")
-    assert failure.value.description == (
-        "The consent contract is broken, so the table was not published: "
-        "1 rows whose user is not a trusted customer"
-    )
-    assert failure.value.metadata["offending_rows"].value == "| user |\n|---|\n| [redacted] |"
+
+@pytest.mark.parametrize(("table", "zone", "column", "summary"), LEAKING_TABLES)
+def test_a_transform_that_leaks_a_row_leaves_the_published_table_unchanged(
+    tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table, zone, column, summary
+):
+    """End to end: a bug in a zone rule adds a stranger's row; the IO manager verifies the staged
+    table, refuses to commit it, and the table's Delta version and files stay as they were."""
+    lakehouse = tmp_path / "lakehouse"
+    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(lakehouse)}
+    assert run_lakehouse(**settings)["success"]
+    uri = lakehouse / zone / table
+    before = DeltaTable(str(uri))
+    version, files = before.version(), sorted(p.name for p in uri.glob("*.parquet"))
+
+    rule = getattr(transforms, table)
+
+    def leaking(*args, **kwargs) -> pl.LazyFrame:
+        frame = rule(*args, **kwargs)
+        stranger = frame.head(1).with_columns(pl.lit("intruder@elsewhere.example").alias(column))
+        return pl.concat([frame, stranger])
+
+    monkeypatch.setattr(transforms, table, leaking)
+    result = run_lakehouse(dg.AssetSelection.assets(table), **settings)
+
+    assert not result["success"]
+    assert result["errors"] == [
+        f"{table}: The consent contract is broken, so the table was not published: {summary}"
+    ]
+    assert DeltaTable(str(uri)).version() == version
+    assert sorted(p.name for p in uri.glob("*.parquet")) == files
+    assert "intruder@elsewhere.example" not in pl.read_delta(str(uri))[column].to_list()
 
 
 def canonical(value: str) -> str:

@@ -19,8 +19,19 @@ from stedi_assets.defs.factories import (
     table_checks,
 )
 from stedi_assets.rules import contracts, transforms
-from stedi_assets.rules.catalog import ACCELEROMETER_TRUSTED, CUSTOMER_TRUSTED, STEP_TRAINER_TRUSTED
-from stedi_assets.storage.io_manager import Publication
+from stedi_assets.rules.catalog import (
+    ACCELEROMETER_TRUSTED,
+    CUSTOMER_CURATED,
+    CUSTOMER_TRUSTED,
+    MACHINE_LEARNING_CURATED,
+    STEP_TRAINER_TRUSTED,
+    Table,
+)
+from stedi_assets.rules.identity import keys
+from stedi_assets.storage.errors import StorageError
+from stedi_assets.storage.io_manager import Publication, publish
+from stedi_assets.storage.lakehouse import Lakehouse
+from stedi_assets.storage.resources import StediStorage, as_failure
 
 USERS_ARE_TRUSTED_CUSTOMERS = contracts.Membership(
     "users_are_trusted_customers",
@@ -40,14 +51,76 @@ SERIALS_BELONG_TO_CURATED_CUSTOMERS = contracts.Membership(
 )
 
 
+DOWNSTREAM_OF_CONSENT = (
+    ACCELEROMETER_TRUSTED,
+    STEP_TRAINER_TRUSTED,
+    CUSTOMER_CURATED,
+    MACHINE_LEARNING_CURATED,
+)
+"""Every table a consent decision reaches; each is rewritten without the people it no longer allows
+before the decision itself (customer_trusted) is published."""
+
+
+def withdraw_downstream(
+    lakehouse: Lakehouse,
+    decided: pl.LazyFrame,
+    customer_landing: pl.LazyFrame,
+    customer_rejects: pl.LazyFrame,
+) -> dict[str, int]:
+    """Removes everyone the consent decision `decided` does not allow from every existing downstream
+    table; how many identities (people or devices) left each table.
+
+    This runs before customer_trusted publishes, so whatever fails later in the run (a bad file, a
+    full disk, a kill), no trusted or curated table holds a row the published decision disallows.
+    A table is rewritten only when someone must leave it, stage -> verify -> commit like any write.
+    """
+    consenting = keys(decided, "email").collect().lazy()
+    attributable = (
+        transforms.attributable_serials(customer_landing, decided, customer_rejects).collect().lazy()
+    )
+
+    def outside(frame: pl.LazyFrame, declared: Table) -> pl.LazyFrame:
+        return transforms.identities_outside_consent(frame, declared, consenting, attributable)
+
+    removed = {}
+    for declared in DOWNSTREAM_OF_CONSENT:
+        uri = lakehouse.table_uri(declared.zone, declared.name)
+        if not lakehouse.exists(uri):
+            continue
+        current = lakehouse.scan(uri)
+        count = lakehouse.reading(uri, outside(current, declared).select(pl.len())).item()
+        if count:
+            kept = transforms.within_consent(current, declared, consenting, attributable)
+
+            def verify(staged: pl.LazyFrame, declared: Table = declared) -> contracts.Verdict:
+                return contracts.no_offending_rows(
+                    outside(staged, declared), "identities the consent decision does not allow"
+                )
+
+            publish(lakehouse, uri, Publication(kept, "consent", verify))
+        removed[declared.name] = count
+    return removed
+
+
 @table_asset(CUSTOMER_TRUSTED)
-def customer_trusted(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame) -> Publication:
+def customer_trusted(
+    storage: StediStorage, customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame
+) -> dg.MaterializeResult:
     """The current record of each customer whose research consent is certain: set and not 0 in every
-    record that could be the newest, and named by no quarantined line."""
-    return Publication(
-        transforms.customer_trusted(customer_landing, customer_rejects),
+    record that could be the newest, and named by no quarantined line. Everyone it leaves out is
+    removed from every downstream table first."""
+    decided = transforms.customer_trusted(customer_landing, customer_rejects).collect().lazy()
+    try:
+        removed = withdraw_downstream(storage.lakehouse, decided, customer_landing, customer_rejects)
+    except StorageError as error:
+        raise as_failure(error) from error
+    publication = Publication(
+        decided,
         "consent",
         lambda staged: contracts.consenting_only(staged, customer_landing, customer_rejects),
+    )
+    return dg.MaterializeResult(
+        value=publication, metadata={f"withdrawn_from/{name}": count for name, count in removed.items()}
     )
 
 

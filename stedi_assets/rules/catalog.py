@@ -44,6 +44,10 @@ class Table:
     """Identity column: at most one row per identity."""
     subset_of: str | None = None
     """A table whose rows this one only filters, so it can never have more rows."""
+    person: str | None = None
+    """Column holding the email of the customer a row is about (trusted and curated tables)."""
+    device: str | None = None
+    """Column holding the serial number of the Step Trainer a row came from."""
 
     @property
     def dtypes(self) -> dict[str, pl.DataType]:
@@ -154,6 +158,7 @@ CUSTOMER_TRUSTED = Table(
     CUSTOMER.columns,
     key="email",
     subset_of=CUSTOMER.landing.name,
+    person="email",
 )
 ACCELEROMETER_TRUSTED = Table(
     "accelerometer_trusted",
@@ -161,6 +166,7 @@ ACCELEROMETER_TRUSTED = Table(
     "Accelerometer readings of research-consenting customers only.",
     ACCELEROMETER.columns,
     subset_of=ACCELEROMETER.landing.name,
+    person="user",
 )
 STEP_TRAINER_TRUSTED = Table(
     "step_trainer_trusted",
@@ -168,6 +174,7 @@ STEP_TRAINER_TRUSTED = Table(
     "Step Trainer readings of devices that belong to curated customers only.",
     STEP_TRAINER.columns,
     subset_of=STEP_TRAINER.landing.name,
+    device="serialNumber",
 )
 CUSTOMER_CURATED = Table(
     "customer_curated",
@@ -176,6 +183,7 @@ CUSTOMER_CURATED = Table(
     CUSTOMER.columns,
     key="email",
     subset_of=CUSTOMER_TRUSTED.name,
+    person="email",
 )
 MACHINE_LEARNING_CURATED = Table(
     "machine_learning_curated",
@@ -183,6 +191,8 @@ MACHINE_LEARNING_CURATED = Table(
     "Step Trainer readings paired with accelerometer readings of the same timestamp: "
     "the step-detection training table.",
     STEP_TRAINER.columns + ACCELEROMETER.columns,
+    person="user",
+    device="serialNumber",
 )
 
 TABLES: dict[str, Table] = {

@@ -253,3 +253,38 @@ def cross_customer_pairs(
         .filter(pl.col("_owner_serial").is_null() | (pl.col("_owner_serial") != pl.col("_serial")))
         .drop("_user", "_serial", "_owner_serial")
     )
+
+
+def within_consent(
+    frame: pl.LazyFrame, declared: Table, consenting: pl.LazyFrame, attributable: pl.LazyFrame
+) -> pl.LazyFrame:
+    """The rows of a trusted or curated table that a consent decision still allows.
+
+    `consenting` holds the canonical emails (`_key`) of consenting customers, `attributable` the
+    canonical serials (`_serial`) only consenting customers claim. A row stays when its person
+    consents and its device is attributable.
+    """
+    if declared.person:
+        frame = with_key(frame, declared.person).join(consenting, on=KEY, how="semi").drop(KEY)
+    if declared.device:
+        frame = with_key(frame, declared.device, "_serial").join(attributable, on="_serial", how="semi")
+        frame = frame.drop("_serial")
+    return frame
+
+
+def identities_outside_consent(
+    frame: pl.LazyFrame, declared: Table, consenting: pl.LazyFrame, attributable: pl.LazyFrame
+) -> pl.LazyFrame:
+    """The distinct canonical identities (`_key`) in a table that the consent decision does not allow:
+    emails of people who do not consent, serials not attributable to one who does."""
+    outside = []
+    if declared.person:
+        outside.append(keys(frame, declared.person).join(consenting, on=KEY, how="anti"))
+    if declared.device:
+        serials = keys(frame, declared.device, "_serial").join(attributable, on="_serial", how="anti")
+        outside.append(serials.rename({"_serial": KEY}))
+    for column in (c for c in (declared.person, declared.device) if c):  # a row about no one: no consent
+        outside.append(
+            frame.filter(pl.col(column).is_null()).select(pl.col(column).cast(pl.String).alias(KEY)).head(1)
+        )
+    return pl.concat(outside) if outside else pl.LazyFrame(schema={KEY: pl.String})

@@ -88,6 +88,13 @@ class Lakehouse:
     def _failure(self, uri: str, error: BaseException) -> StorageError:
         return classify(uri, error, LAKEHOUSE_SETTING, self.s3.endpoint)
 
+    def reading(self, uri: str, plan: pl.LazyFrame) -> pl.DataFrame:
+        """Collects a plan that reads `uri`; a missing or unreadable data file is a StorageError."""
+        try:
+            return plan.collect()
+        except (OSError, DeltaError, pl.exceptions.ComputeError) as error:
+            raise self._failure(uri, error) from error
+
     def stage(self, uri: str, frame: pl.LazyFrame) -> Staged:
         """Streams the plan into a new data file of the table, invisible until `commit`."""
         name = f"part-{uuid.uuid4()}.parquet"

@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from stedi_assets.rules.transforms import MlJoin
+from stedi_assets.rules.transforms import ConsentPolicy, MlJoin
 from stedi_assets.storage.lakehouse import DEFAULT_LAKEHOUSE_URI, DEFAULT_LANDING_URI
 
 if TYPE_CHECKING:
@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--lakehouse", help=f"lakehouse root, folder or s3:// (default {DEFAULT_LAKEHOUSE_URI})")
     run.add_argument("--select", default="*", help="Dagster asset selection, e.g. 'key:customer_trusted+'")
     run.add_argument("--ml-join", choices=[m.value for m in MlJoin])
+    run.add_argument(
+        "--consent-policy",
+        choices=[p.value for p in ConsentPolicy],
+        help="which readings of a consenting customer are trusted (default any_time)",
+    )
     run.add_argument("--expectations", help="JSON file of exact row counts to check")
     run.add_argument("--max-reject-rate", type=float, help="share of rejected lines that fails a run")
     run.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -90,15 +95,18 @@ def run_lakehouse(
     import dagster as dg
 
     from stedi_assets.definitions import defs
+    from stedi_assets.defs.instance import process_tags, release_dead_runs
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     job = _job_for(select, defs)
+    instance = instance or _instance()
+    release_dead_runs(instance)
     result = job.execute_in_process(
         run_config=run_config(log_level, **settings),
-        instance=instance or _instance(),
+        instance=instance,
         raise_on_error=False,
-        tags={"stedi/launched_by": "stedi run"},
+        tags={"stedi/launched_by": "stedi run", **process_tags()},
     )
     return summarize(result)
 
@@ -209,6 +217,7 @@ def _run(args: argparse.Namespace) -> int:
             landing_uri=args.landing,
             lakehouse_uri=args.lakehouse,
             ml_join=args.ml_join,
+            consent_policy=args.consent_policy,
             expectations_file=args.expectations,
             max_reject_rate=args.max_reject_rate,
         )

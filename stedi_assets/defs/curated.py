@@ -11,7 +11,7 @@ from stedi_assets.defs.factories import (
     table_asset,
     table_checks,
 )
-from stedi_assets.defs.settings import StediSettings
+from stedi_assets.defs.settings import StediSettings, commit_properties
 from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import CUSTOMER_CURATED, MACHINE_LEARNING_CURATED
 from stedi_assets.storage.io_manager import Publication
@@ -35,9 +35,12 @@ USERS_ARE_CURATED_CUSTOMERS = contracts.Membership(
 
 
 @table_asset(CUSTOMER_CURATED)
-def customer_curated(customer_trusted: pl.LazyFrame, accelerometer_trusted: pl.LazyFrame) -> pl.LazyFrame:
+def customer_curated(
+    settings: StediSettings, customer_trusted: pl.LazyFrame, accelerometer_trusted: pl.LazyFrame
+) -> Publication:
     """Trusted customers with at least one trusted accelerometer reading, one row each."""
-    return transforms.customer_curated(customer_trusted, accelerometer_trusted)
+    frame = transforms.customer_curated(customer_trusted, accelerometer_trusted)
+    return Publication(frame, properties=commit_properties(settings))
 
 
 @table_asset(MACHINE_LEARNING_CURATED)
@@ -53,7 +56,10 @@ def machine_learning_curated(
         step_trainer_trusted, accelerometer_trusted, customer_curated, settings.ml_join
     )
     publication = Publication(
-        frame, "consent", lambda staged: USERS_ARE_CURATED_CUSTOMERS.verdict(staged, customer_curated)
+        frame,
+        "consent",
+        lambda staged: USERS_ARE_CURATED_CUSTOMERS.verdict(staged, customer_curated),
+        commit_properties(settings),
     )
     return dg.MaterializeResult(value=publication, metadata={"ml_join": settings.ml_join.value})
 

@@ -1,4 +1,4 @@
-"""How a run computes: the training-table join and what the checks expect."""
+"""How a run computes: the consent policy, the training-table join and what the checks expect."""
 
 # No `from __future__ import annotations` here: Dagster reads the field types at runtime.
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from stedi_assets.rules.transforms import MlJoin
+from stedi_assets.rules.transforms import ConsentPolicy, MlJoin
 from stedi_assets.storage.resources import EnvironmentDefaults
 
 DEFAULT_MAX_REJECT_RATE = 0.05
@@ -20,6 +20,12 @@ class StediSettings(EnvironmentDefaults):
         MlJoin.seed,
         description="How machine_learning_curated pairs readings: 'seed' (same timestamp, the original "
         "rule) or 'same_customer' (also the phone's owner owns the Step Trainer) (env STEDI_ML_JOIN).",
+    )
+    consent_policy: ConsentPolicy = Field(
+        ConsentPolicy.any_time,
+        description="Which readings of a consenting customer are trusted: 'any_time' (every reading, "
+        "the original rule) or 'from_consent_date' (only those taken at or after "
+        "shareWithResearchAsOfDate) (env STEDI_CONSENT_POLICY).",
     )
     max_reject_rate: float = Field(
         DEFAULT_MAX_REJECT_RATE,
@@ -44,7 +50,16 @@ class StediSettings(EnvironmentDefaults):
                 f"Expectations file {path.absolute()} does not exist (STEDI_EXPECTATIONS_FILE).",
                 allow_retries=False,
             )
-        expected = json.loads(path.read_text()).get("row_counts", {}).get(table)
+        expectations = json.loads(path.read_text())
+        counts = expectations.get("row_counts", {}) | expectations.get(
+            "row_counts_by_consent_policy", {}
+        ).get(self.consent_policy.value, {})
+        expected = counts.get(table)
         if isinstance(expected, dict):
             expected = expected.get(self.ml_join.value)
         return expected
+
+
+def commit_properties(settings: StediSettings) -> dict[str, str]:
+    """The rules a trusted or curated table was made under, recorded in its Delta commit."""
+    return {"stedi.consent_policy": settings.consent_policy.value, "stedi.ml_join": settings.ml_join.value}

@@ -18,6 +18,7 @@ from stedi_assets.defs.factories import (
     table_asset,
     table_checks,
 )
+from stedi_assets.defs.settings import StediSettings, commit_properties
 from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import (
     ACCELEROMETER_TRUSTED,
@@ -66,6 +67,7 @@ def withdraw_downstream(
     decided: pl.LazyFrame,
     customer_landing: pl.LazyFrame,
     customer_rejects: pl.LazyFrame,
+    properties: dict[str, str],
 ) -> dict[str, int]:
     """Removes everyone the consent decision `decided` does not allow from every existing downstream
     table; how many identities (people or devices) left each table.
@@ -97,27 +99,33 @@ def withdraw_downstream(
                     outside(staged, declared), "identities the consent decision does not allow"
                 )
 
-            publish(lakehouse, uri, Publication(kept, "consent", verify))
+            publish(lakehouse, uri, Publication(kept, "consent", verify, properties))
         removed[declared.name] = count
     return removed
 
 
 @table_asset(CUSTOMER_TRUSTED)
 def customer_trusted(
-    storage: StediStorage, customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame
+    settings: StediSettings,
+    storage: StediStorage,
+    customer_landing: pl.LazyFrame,
+    customer_rejects: pl.LazyFrame,
 ) -> dg.MaterializeResult:
     """The current record of each customer whose research consent is certain: set and not 0 in every
     record that could be the newest, and named by no quarantined line. Everyone it leaves out is
     removed from every downstream table first."""
     decided = transforms.customer_trusted(customer_landing, customer_rejects).collect().lazy()
     try:
-        removed = withdraw_downstream(storage.lakehouse, decided, customer_landing, customer_rejects)
+        removed = withdraw_downstream(
+            storage.lakehouse, decided, customer_landing, customer_rejects, commit_properties(settings)
+        )
     except StorageError as error:
         raise as_failure(error) from error
     publication = Publication(
         decided,
         "consent",
         lambda staged: contracts.consenting_only(staged, customer_landing, customer_rejects),
+        commit_properties(settings),
     )
     return dg.MaterializeResult(
         value=publication, metadata={f"withdrawn_from/{name}": count for name, count in removed.items()}
@@ -125,29 +133,40 @@ def customer_trusted(
 
 
 @table_asset(ACCELEROMETER_TRUSTED)
-def accelerometer_trusted(accelerometer_landing: pl.LazyFrame, customer_trusted: pl.LazyFrame) -> Publication:
-    """Accelerometer readings whose user is a trusted customer."""
+def accelerometer_trusted(
+    settings: StediSettings, accelerometer_landing: pl.LazyFrame, customer_trusted: pl.LazyFrame
+) -> Publication:
+    """Accelerometer readings whose user is a trusted customer (under consent_policy=from_consent_date,
+    taken since they consented)."""
     return Publication(
-        transforms.accelerometer_trusted(accelerometer_landing, customer_trusted),
+        transforms.accelerometer_trusted(accelerometer_landing, customer_trusted, settings.consent_policy),
         "consent",
         lambda staged: USERS_ARE_TRUSTED_CUSTOMERS.verdict(staged, customer_trusted),
+        commit_properties(settings),
     )
 
 
 @table_asset(STEP_TRAINER_TRUSTED)
 def step_trainer_trusted(
+    settings: StediSettings,
     step_trainer_landing: pl.LazyFrame,
     customer_curated: pl.LazyFrame,
     customer_landing: pl.LazyFrame,
     customer_rejects: pl.LazyFrame,
 ) -> Publication:
-    """Step Trainer readings of devices claimed only by curated customers, in any record."""
+    """Step Trainer readings of devices claimed only by curated customers, in any record (under
+    consent_policy=from_consent_date, taken since the owner consented)."""
     return Publication(
         transforms.step_trainer_trusted(
-            step_trainer_landing, customer_curated, customer_landing, customer_rejects
+            step_trainer_landing,
+            customer_curated,
+            customer_landing,
+            customer_rejects,
+            settings.consent_policy,
         ),
         "consent",
         lambda staged: SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(staged, customer_curated),
+        commit_properties(settings),
     )
 
 

@@ -33,6 +33,15 @@ class MlJoin(StrEnum):
     """Same timestamp and the accelerometer's owner owns the Step Trainer."""
 
 
+class ConsentPolicy(StrEnum):
+    """Which readings of a consenting customer the trusted zone takes."""
+
+    any_time = "any_time"
+    """Every reading, whenever it was taken: the rule of the original Glue jobs."""
+    from_consent_date = "from_consent_date"
+    """Only readings taken at or after the customer's shareWithResearchAsOfDate."""
+
+
 def has_research_consent() -> pl.Expr:
     consent = pl.col("shareWithResearchAsOfDate")
     return consent.is_not_null() & (consent != 0)
@@ -138,12 +147,16 @@ def customer_trusted(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFr
 
 
 def accelerometer_trusted(
-    accelerometer_landing: pl.LazyFrame, customer_trusted: pl.LazyFrame
+    accelerometer_landing: pl.LazyFrame,
+    customer_trusted: pl.LazyFrame,
+    policy: ConsentPolicy = ConsentPolicy.any_time,
 ) -> pl.LazyFrame:
-    """Readings whose user is a trusted customer, each distinct reading once."""
-    readings = with_key(accelerometer_landing, "user").join(
-        keys(customer_trusted, "email"), on=KEY, how="semi"
-    )
+    """Readings whose user is a trusted customer (under from_consent_date: taken since consenting),
+    each distinct reading once."""
+    consenting = with_key(customer_trusted, "email").select(KEY, _since=pl.col("shareWithResearchAsOfDate"))
+    readings = with_key(accelerometer_landing, "user").join(consenting, on=KEY, how="inner")
+    if ConsentPolicy(policy) is ConsentPolicy.from_consent_date:
+        readings = readings.filter(pl.col("timestamp") >= pl.col("_since"))
     return _declared(readings, ACCELEROMETER_TRUSTED).unique(maintain_order=True)
 
 
@@ -200,12 +213,22 @@ def step_trainer_trusted(
     customer_curated: pl.LazyFrame,
     customer_landing: pl.LazyFrame,
     customer_rejects: pl.LazyFrame,
+    policy: ConsentPolicy = ConsentPolicy.any_time,
 ) -> pl.LazyFrame:
-    """Readings of devices owned by curated customers (and by nobody else), each distinct reading once."""
+    """Readings of devices owned by curated customers (and by nobody else), each distinct reading once;
+    under from_consent_date only those taken since the owner consented (the latest owner's date when
+    several curated customers claim the device)."""
     serials = attributable_serials(customer_landing, customer_curated, customer_rejects)
     readings = with_key(step_trainer_landing, "serialNumber", "_serial").join(
         serials, on="_serial", how="semi"
     )
+    if ConsentPolicy(policy) is ConsentPolicy.from_consent_date:
+        since = (
+            with_key(customer_curated, "serialNumber", "_serial")
+            .group_by("_serial")
+            .agg(_since=pl.col("shareWithResearchAsOfDate").max())
+        )
+        readings = readings.join(since, on="_serial").filter(pl.col("sensorReadingTime") >= pl.col("_since"))
     return _declared(readings, STEP_TRAINER_TRUSTED).unique(maintain_order=True)
 
 

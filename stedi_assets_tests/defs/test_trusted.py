@@ -213,3 +213,40 @@ def test_undated_tied_quarantined_and_respelled_withdrawals_reach_no_table(
         "2 customers on hold: a quarantined customer line names them and no later valid record supersedes it"
     )
     assert checks["shared_serials_excluded"]["summary"].startswith("1 curated customers' serial numbers")
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize(
+    ("policy", "ml_join", "expected"),
+    [
+        ("any_time", "seed", (40_981, 482, 14_460, 43_681)),
+        ("from_consent_date", "seed", (32_025, 464, 11_297, 34_253)),
+        ("from_consent_date", "same_customer", (32_025, 464, 11_297, 32_025)),
+    ],
+)
+def test_consent_policies_give_the_exact_reference_counts(
+    reference_landing: Path, tmp_path: Path, policy: str, ml_join: str, expected: tuple[int, ...]
+):
+    lakehouse = tmp_path / "lakehouse"
+    summary = run_lakehouse(
+        landing_uri=str(reference_landing),
+        lakehouse_uri=str(lakehouse),
+        consent_policy=policy,
+        ml_join=ml_join,
+        expectations_file=str(Path(__file__).parents[2] / "stedi_assets/expectations/reference.json"),
+    )
+
+    assert summary["success"], summary["errors"]
+    tables = ("accelerometer_trusted", "customer_curated", "step_trainer_trusted", "machine_learning_curated")
+    assert tuple(summary["tables"][t]["rows"] for t in tables) == expected
+    assert summary["tables"]["customer_trusted"]["rows"] == 482
+    # each table's commit records the rules it was made under
+    for zone, name in [("trusted", "customer_trusted"), ("curated", "machine_learning_curated")]:
+        commit = DeltaTable(str(lakehouse / zone / name)).history(1)[0]
+        assert (commit["stedi.consent_policy"], commit["stedi.ml_join"]) == (policy, ml_join)
+    if policy == "from_consent_date":
+        readings = pl.read_delta(str(lakehouse / "trusted" / "accelerometer_trusted"))
+        since = pl.read_delta(str(lakehouse / "trusted" / "customer_trusted")).select(
+            user="email", since="shareWithResearchAsOfDate"
+        )
+        assert readings.join(since, on="user").filter(pl.col("timestamp") < pl.col("since")).height == 0

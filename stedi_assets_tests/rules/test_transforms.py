@@ -298,3 +298,31 @@ def test_a_serial_claimed_by_a_quarantined_line_is_not_attributable() -> None:
         transforms.step_trainer_trusted(readings, curated, landing_customers, rejects),
         declared("step_trainer_trusted", step("s2", 2)),
     )
+
+
+def test_from_consent_date_keeps_readings_taken_since_consenting() -> None:
+    trusted = declared(
+        "customer_trusted", customer("a@x.com", "s1", consent=100), customer("b@x.com", "s2", consent=300)
+    )
+    readings = landing(
+        "accelerometer", reading("a@x.com", 99), reading("A@x.com", 100), reading("b@x.com", 200)
+    )
+    policy = transforms.ConsentPolicy.from_consent_date
+    assert_rows(
+        transforms.accelerometer_trusted(readings, trusted.lazy(), policy),
+        declared("accelerometer_trusted", reading("A@x.com", 100)),
+    )
+    assert_rows(
+        transforms.accelerometer_trusted(readings, trusted.lazy()),
+        declared(
+            "accelerometer_trusted", reading("a@x.com", 99), reading("A@x.com", 100), reading("b@x.com", 200)
+        ),
+    )
+    landing_customers = customers(
+        customer("a@x.com", "s1", consent=100), customer("b@x.com", "s2", consent=300)
+    )
+    steps = landing("step_trainer", step("s1", 99), step("s1", 100), step("s2", 200), step("s2", 300))
+    assert_rows(
+        transforms.step_trainer_trusted(steps, trusted.lazy(), landing_customers, NO_REJECTS, policy),
+        declared("step_trainer_trusted", step("s1", 100), step("s2", 300)),
+    )

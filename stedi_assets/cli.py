@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from stedi_assets.rules.transforms import ConsentPolicy, MlJoin
+from stedi_assets.rules.transforms import ConsentPolicy, MlIdentity, MlJoin
 from stedi_assets.storage.lakehouse import DEFAULT_LAKEHOUSE_URI, DEFAULT_LANDING_URI
 
 if TYPE_CHECKING:
@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--lakehouse", help=f"lakehouse root, folder or s3:// (default {DEFAULT_LAKEHOUSE_URI})")
     run.add_argument("--select", default="*", help="Dagster asset selection, e.g. 'key:customer_trusted+'")
     run.add_argument("--ml-join", choices=[m.value for m in MlJoin])
+    run.add_argument(
+        "--ml-identity",
+        choices=[m.value for m in MlIdentity],
+        help="subject_id (default: a keyed hash of the email) or email (also keep the email)",
+    )
     run.add_argument(
         "--consent-policy",
         choices=[p.value for p in ConsentPolicy],
@@ -217,6 +222,7 @@ def _run(args: argparse.Namespace) -> int:
             landing_uri=args.landing,
             lakehouse_uri=args.lakehouse,
             ml_join=args.ml_join,
+            ml_identity=args.ml_identity,
             consent_policy=args.consent_policy,
             expectations_file=args.expectations,
             max_reject_rate=args.max_reject_rate,

@@ -19,12 +19,14 @@ set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / "stedi-hypothesis"))
 
 
 @pytest.fixture(autouse=True)
-def _no_stedi_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests say what they configure; a developer's STEDI_* or AWS endpoint must not leak in."""
+def _no_stedi_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests say what they configure; a developer's STEDI_* or AWS endpoint must not leak in, and the
+    generated pseudonym key lives in a test config folder, not the developer's."""
     for name in [n for n in os.environ if n.startswith("STEDI_") and n != REFERENCE_ENV]:
         monkeypatch.delenv(name)
     for name in ("DAGSTER_HOME", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.getbasetemp() / "config"))
 
 
 @pytest.fixture(scope="session")

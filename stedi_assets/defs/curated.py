@@ -14,7 +14,9 @@ from stedi_assets.defs.factories import (
 from stedi_assets.defs.settings import StediSettings, commit_properties
 from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import CUSTOMER_CURATED, MACHINE_LEARNING_CURATED
+from stedi_assets.rules.identity import SUBJECT_ID
 from stedi_assets.storage.io_manager import Publication
+from stedi_assets.storage.resources import StediStorage, pseudonym_of
 
 CUSTOMERS_HAVE_ACCELEROMETER_DATA = contracts.Membership(
     "customers_have_accelerometer_data",
@@ -27,41 +29,58 @@ CUSTOMERS_HAVE_ACCELEROMETER_DATA = contracts.Membership(
 USERS_ARE_CURATED_CUSTOMERS = contracts.Membership(
     "users_are_curated_customers",
     "machine_learning_curated",
-    "user",
+    SUBJECT_ID,
     "customer_curated",
     "email",
-    "a curated customer",
+    "a curated customer (by keyed hash)",
+    pseudonymous=True,
 )
 
 
 @table_asset(CUSTOMER_CURATED)
 def customer_curated(
-    settings: StediSettings, customer_trusted: pl.LazyFrame, accelerometer_trusted: pl.LazyFrame
+    settings: StediSettings,
+    storage: StediStorage,
+    customer_trusted: pl.LazyFrame,
+    accelerometer_trusted: pl.LazyFrame,
 ) -> Publication:
     """Trusted customers with at least one trusted accelerometer reading, one row each."""
     frame = transforms.customer_curated(customer_trusted, accelerometer_trusted)
-    return Publication(frame, properties=commit_properties(settings))
+    return Publication(frame, properties=commit_properties(settings, pseudonym_of(storage)))
 
 
 @table_asset(MACHINE_LEARNING_CURATED)
 def machine_learning_curated(
     settings: StediSettings,
+    storage: StediStorage,
     step_trainer_trusted: pl.LazyFrame,
     accelerometer_trusted: pl.LazyFrame,
     customer_curated: pl.LazyFrame,
 ) -> dg.MaterializeResult:
     """Step Trainer readings joined to accelerometer readings of the same timestamp (and, with
     ml_join=same_customer, of the device's owner only)."""
+    key = pseudonym_of(storage)
     frame = transforms.machine_learning_curated(
-        step_trainer_trusted, accelerometer_trusted, customer_curated, settings.ml_join
+        step_trainer_trusted,
+        accelerometer_trusted,
+        customer_curated,
+        key.secret,
+        settings.ml_join,
+        settings.ml_identity,
     )
     publication = Publication(
         frame,
         "consent",
-        lambda staged: USERS_ARE_CURATED_CUSTOMERS.verdict(staged, customer_curated),
-        commit_properties(settings),
+        lambda staged: USERS_ARE_CURATED_CUSTOMERS.verdict(staged, customer_curated, key.secret),
+        commit_properties(settings, key),
     )
-    return dg.MaterializeResult(value=publication, metadata={"ml_join": settings.ml_join.value})
+    metadata = {
+        "ml_join": settings.ml_join.value,
+        "ml_identity": settings.ml_identity.value,
+        "pseudonym_key_id": key.key_id,
+        "pseudonym_key": key.origin,
+    }
+    return dg.MaterializeResult(value=publication, metadata=metadata)
 
 
 @dg.asset_check(
@@ -81,9 +100,10 @@ def rows_have_both_sides(machine_learning_curated: pl.LazyFrame) -> dg.AssetChec
     "(timestamp-only join). Warns when any; set ml_join=same_customer to remove them.",
 )
 def cross_customer_pairs(
-    machine_learning_curated: pl.LazyFrame, customer_curated: pl.LazyFrame
+    storage: StediStorage, machine_learning_curated: pl.LazyFrame, customer_curated: pl.LazyFrame
 ) -> dg.AssetCheckResult:
-    return check_result(contracts.cross_customer(machine_learning_curated, customer_curated))
+    secret = pseudonym_of(storage).secret
+    return check_result(contracts.cross_customer(machine_learning_curated, customer_curated, secret))
 
 
 curated_assets = [customer_curated, machine_learning_curated]

@@ -15,6 +15,7 @@ from stedi_assets.defs.settings import StediSettings
 from stedi_assets.rules import contracts
 from stedi_assets.rules.catalog import CURATED, QUARANTINE, TRUSTED, Table
 from stedi_assets.storage.metadata import definition_metadata, verdict_metadata
+from stedi_assets.storage.resources import StediStorage, pseudonym_of
 
 KINDS = {"polars", "delta"}
 STORAGE_RETRY = dg.RetryPolicy(max_retries=3, delay=1.0, backoff=dg.Backoff.EXPONENTIAL)
@@ -66,9 +67,14 @@ def membership_check(membership: contracts.Membership) -> dg.AssetChecksDefiniti
         ],
         ins={"subject": dg.AssetIn(membership.table), "parent": dg.AssetIn(membership.parent)},
     )
-    def referential(subject: pl.LazyFrame, parent: pl.LazyFrame) -> Iterator[dg.AssetCheckResult]:
+    def referential(
+        storage: StediStorage, subject: pl.LazyFrame, parent: pl.LazyFrame
+    ) -> Iterator[dg.AssetCheckResult]:
+        secret = pseudonym_of(storage).secret if membership.pseudonymous else None
         yield check_result(
-            membership.verdict(subject, parent), asset_key=membership.table, check_name=membership.name
+            membership.verdict(subject, parent, secret),
+            asset_key=membership.table,
+            check_name=membership.name,
         )
 
     return referential

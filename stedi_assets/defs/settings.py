@@ -7,7 +7,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from stedi_assets.rules.transforms import ConsentPolicy, MlJoin
+from stedi_assets.rules.transforms import ConsentPolicy, MlIdentity, MlJoin
+from stedi_assets.storage.pseudonym import PseudonymKey
 from stedi_assets.storage.resources import EnvironmentDefaults
 
 DEFAULT_MAX_REJECT_RATE = 0.05
@@ -20,6 +21,12 @@ class StediSettings(EnvironmentDefaults):
         MlJoin.seed,
         description="How machine_learning_curated pairs readings: 'seed' (same timestamp, the original "
         "rule) or 'same_customer' (also the phone's owner owns the Step Trainer) (env STEDI_ML_JOIN).",
+    )
+    ml_identity: MlIdentity = Field(
+        MlIdentity.subject_id,
+        description="How machine_learning_curated identifies a phone's owner: 'subject_id' (a keyed hash "
+        "of the email, keyed by STEDI_PSEUDONYM_KEY) or 'email' (the hash and the email) "
+        "(env STEDI_ML_IDENTITY).",
     )
     consent_policy: ConsentPolicy = Field(
         ConsentPolicy.any_time,
@@ -60,6 +67,12 @@ class StediSettings(EnvironmentDefaults):
         return expected
 
 
-def commit_properties(settings: StediSettings) -> dict[str, str]:
-    """The rules a trusted or curated table was made under, recorded in its Delta commit."""
-    return {"stedi.consent_policy": settings.consent_policy.value, "stedi.ml_join": settings.ml_join.value}
+def commit_properties(settings: StediSettings, key: PseudonymKey) -> dict[str, str]:
+    """The rules a trusted or curated table was made under, recorded in its Delta commit (the key's
+    public id, never the key)."""
+    return {
+        "stedi.consent_policy": settings.consent_policy.value,
+        "stedi.ml_join": settings.ml_join.value,
+        "stedi.ml_identity": settings.ml_identity.value,
+        "stedi.pseudonym_key_id": key.key_id,
+    }

@@ -28,11 +28,12 @@ from stedi_assets.rules.catalog import (
     STEP_TRAINER_TRUSTED,
     Table,
 )
-from stedi_assets.rules.identity import keys
+from stedi_assets.rules.identity import SUBJECT_ID, keys, pseudonym_keys
 from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.io_manager import Publication, publish
 from stedi_assets.storage.lakehouse import Lakehouse
-from stedi_assets.storage.resources import StediStorage, as_failure
+from stedi_assets.storage.pseudonym import PseudonymKey
+from stedi_assets.storage.resources import StediStorage, as_failure, pseudonym_of
 
 USERS_ARE_TRUSTED_CUSTOMERS = contracts.Membership(
     "users_are_trusted_customers",
@@ -67,6 +68,7 @@ def withdraw_downstream(
     decided: pl.LazyFrame,
     customer_landing: pl.LazyFrame,
     customer_rejects: pl.LazyFrame,
+    key: PseudonymKey,
     properties: dict[str, str],
 ) -> dict[str, int]:
     """Removes everyone the consent decision `decided` does not allow from every existing downstream
@@ -76,13 +78,17 @@ def withdraw_downstream(
     full disk, a kill), no trusted or curated table holds a row the published decision disallows.
     A table is rewritten only when someone must leave it, stage -> verify -> commit like any write.
     """
-    consenting = keys(decided, "email").collect().lazy()
+    consenting = {
+        "email": keys(decided, "email").collect().lazy(),
+        SUBJECT_ID: pseudonym_keys(decided, "email", key.secret).collect().lazy(),
+    }
     attributable = (
         transforms.attributable_serials(customer_landing, decided, customer_rejects).collect().lazy()
     )
 
     def outside(frame: pl.LazyFrame, declared: Table) -> pl.LazyFrame:
-        return transforms.identities_outside_consent(frame, declared, consenting, attributable)
+        people = consenting[SUBJECT_ID if declared.person == SUBJECT_ID else "email"]
+        return transforms.identities_outside_consent(frame, declared, people, attributable)
 
     removed = {}
     for declared in DOWNSTREAM_OF_CONSENT:
@@ -92,7 +98,8 @@ def withdraw_downstream(
         current = lakehouse.scan(uri)
         count = lakehouse.reading(uri, outside(current, declared).select(pl.len())).item()
         if count:
-            kept = transforms.within_consent(current, declared, consenting, attributable)
+            people = consenting[SUBJECT_ID if declared.person == SUBJECT_ID else "email"]
+            kept = transforms.within_consent(current, declared, people, attributable)
 
             def verify(staged: pl.LazyFrame, declared: Table = declared) -> contracts.Verdict:
                 return contracts.no_offending_rows(
@@ -114,10 +121,16 @@ def customer_trusted(
     """The current record of each customer whose research consent is certain: set and not 0 in every
     record that could be the newest, and named by no quarantined line. Everyone it leaves out is
     removed from every downstream table first."""
+    key = pseudonym_of(storage)
     decided = transforms.customer_trusted(customer_landing, customer_rejects).collect().lazy()
     try:
         removed = withdraw_downstream(
-            storage.lakehouse, decided, customer_landing, customer_rejects, commit_properties(settings)
+            storage.lakehouse,
+            decided,
+            customer_landing,
+            customer_rejects,
+            key,
+            commit_properties(settings, key),
         )
     except StorageError as error:
         raise as_failure(error) from error
@@ -125,7 +138,7 @@ def customer_trusted(
         decided,
         "consent",
         lambda staged: contracts.consenting_only(staged, customer_landing, customer_rejects),
-        commit_properties(settings),
+        commit_properties(settings, key),
     )
     return dg.MaterializeResult(
         value=publication, metadata={f"withdrawn_from/{name}": count for name, count in removed.items()}
@@ -134,7 +147,10 @@ def customer_trusted(
 
 @table_asset(ACCELEROMETER_TRUSTED)
 def accelerometer_trusted(
-    settings: StediSettings, accelerometer_landing: pl.LazyFrame, customer_trusted: pl.LazyFrame
+    settings: StediSettings,
+    storage: StediStorage,
+    accelerometer_landing: pl.LazyFrame,
+    customer_trusted: pl.LazyFrame,
 ) -> Publication:
     """Accelerometer readings whose user is a trusted customer (under consent_policy=from_consent_date,
     taken since they consented)."""
@@ -142,13 +158,14 @@ def accelerometer_trusted(
         transforms.accelerometer_trusted(accelerometer_landing, customer_trusted, settings.consent_policy),
         "consent",
         lambda staged: USERS_ARE_TRUSTED_CUSTOMERS.verdict(staged, customer_trusted),
-        commit_properties(settings),
+        commit_properties(settings, pseudonym_of(storage)),
     )
 
 
 @table_asset(STEP_TRAINER_TRUSTED)
 def step_trainer_trusted(
     settings: StediSettings,
+    storage: StediStorage,
     step_trainer_landing: pl.LazyFrame,
     customer_curated: pl.LazyFrame,
     customer_landing: pl.LazyFrame,
@@ -166,7 +183,7 @@ def step_trainer_trusted(
         ),
         "consent",
         lambda staged: SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(staged, customer_curated),
-        commit_properties(settings),
+        commit_properties(settings, pseudonym_of(storage)),
     )
 
 
@@ -186,7 +203,8 @@ def step_trainer_trusted(
             asset="customer_trusted",
             additional_deps=["customer_landing", "customer_rejects"],
             description="Customers left out because a quarantined customer line names them and no later "
-            "valid record supersedes it. Warns when any; fix the line to release them.",
+            "valid record supersedes it (sample by subject_id, a keyed hash). Warns when any; fix the line "
+            "to release them.",
         ),
     ],
     ins={
@@ -196,11 +214,12 @@ def step_trainer_trusted(
     },
 )
 def consent_checks(
-    trusted: pl.LazyFrame, landing: pl.LazyFrame, rejects: pl.LazyFrame
+    storage: StediStorage, trusted: pl.LazyFrame, landing: pl.LazyFrame, rejects: pl.LazyFrame
 ) -> Iterator[dg.AssetCheckResult]:
-    key = {"asset_key": "customer_trusted"}
-    yield check_result(contracts.consent(trusted, landing, rejects), check_name="consent_given", **key)
-    yield check_result(contracts.customers_held(landing, rejects), check_name="customers_on_hold", **key)
+    asset = {"asset_key": "customer_trusted"}
+    yield check_result(contracts.consent(trusted, landing, rejects), check_name="consent_given", **asset)
+    held = contracts.customers_held(landing, rejects, pseudonym_of(storage).secret)
+    yield check_result(held, check_name="customers_on_hold", **asset)
 
 
 @dg.asset_check(

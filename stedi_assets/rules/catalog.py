@@ -7,7 +7,7 @@ column schema) reads these declarations instead of repeating them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import polars as pl
 
@@ -25,6 +25,8 @@ class Column:
     """Personal data: never shown outside the lakehouse."""
     profile: bool = False
     """Customer profile data that must never reach a sensor or training table."""
+    optional: bool = False
+    """Present only under some settings (the training table's email, with ml_identity=email)."""
 
 
 PROVENANCE = (
@@ -45,7 +47,7 @@ class Table:
     subset_of: str | None = None
     """A table whose rows this one only filters, so it can never have more rows."""
     person: str | None = None
-    """Column holding the email of the customer a row is about (trusted and curated tables)."""
+    """Column identifying the customer a row is about (an email, or subject_id: its keyed hash)."""
     device: str | None = None
     """Column holding the serial number of the Step Trainer a row came from."""
 
@@ -185,13 +187,22 @@ CUSTOMER_CURATED = Table(
     subset_of=CUSTOMER_TRUSTED.name,
     person="email",
 )
+SUBJECT = Column(
+    "subject_id",
+    pl.String(),
+    "Keyed hash (HMAC-SHA256, hex) of the canonical email of the phone's owner: a stable pseudonym.",
+)
 MACHINE_LEARNING_CURATED = Table(
     "machine_learning_curated",
     CURATED,
     "Step Trainer readings paired with accelerometer readings of the same timestamp: "
-    "the step-detection training table.",
-    STEP_TRAINER.columns + ACCELEROMETER.columns,
-    person="user",
+    "the step-detection training table, pseudonymous (subject_id; the email only with ml_identity=email).",
+    (
+        *STEP_TRAINER.columns,
+        SUBJECT,
+        *(replace(c, optional=True) if c.name == "user" else c for c in ACCELEROMETER.columns),
+    ),
+    person=SUBJECT.name,
     device="serialNumber",
 )
 

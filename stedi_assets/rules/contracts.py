@@ -14,7 +14,7 @@ from enum import StrEnum
 import polars as pl
 
 from stedi_assets.rules.catalog import PROFILE_COLUMNS, Table
-from stedi_assets.rules.identity import KEY, keys, with_key
+from stedi_assets.rules.identity import KEY, SUBJECT_ID, keys, pseudonym_keys, with_key, with_pseudonym
 from stedi_assets.rules.transforms import (
     ambiguous_serials,
     consenting_customers,
@@ -107,13 +107,21 @@ class Membership:
     parent: str
     parent_key: str
     parent_role: str
+    pseudonymous: bool = False
+    """`key` holds keyed hashes (subject_id) of the parent's identities."""
 
     @property
     def description(self) -> str:
         return f"Every {self.table} row's {self.key} is {self.parent_role} ({self.parent}.{self.parent_key})."
 
-    def verdict(self, frame: pl.LazyFrame, parent: pl.LazyFrame) -> Verdict:
-        parents = keys(parent, self.parent_key)
+    def verdict(self, frame: pl.LazyFrame, parent: pl.LazyFrame, secret: bytes | None = None) -> Verdict:
+        if self.pseudonymous and secret is None:
+            raise ValueError(f"{self.name} compares keyed hashes: it needs the pseudonym key")
+        parents = (
+            pseudonym_keys(parent, self.parent_key, secret)
+            if self.pseudonymous and secret is not None
+            else keys(parent, self.parent_key)
+        )
         orphans = with_key(frame, self.key).join(parents, on=KEY, how="anti").drop(KEY)
         return no_offending_rows(orphans, f"rows whose {self.key} is not {self.parent_role}")
 
@@ -121,7 +129,7 @@ class Membership:
 def both_sides_present(machine_learning_curated: pl.LazyFrame) -> Verdict:
     missing = machine_learning_curated.filter(
         pl.any_horizontal(pl.col("sensorReadingTime", "serialNumber", "distanceFromObject").is_null())
-        | pl.any_horizontal(pl.col("user", "timestamp", "x", "y", "z").is_null())
+        | pl.any_horizontal(pl.col(SUBJECT_ID, "timestamp", "x", "y", "z").is_null())
         | (pl.col("sensorReadingTime") != pl.col("timestamp"))
     )
     return no_offending_rows(
@@ -129,28 +137,29 @@ def both_sides_present(machine_learning_curated: pl.LazyFrame) -> Verdict:
     )
 
 
-def cross_customer(machine_learning_curated: pl.LazyFrame, customer_curated: pl.LazyFrame) -> Verdict:
+def cross_customer(
+    machine_learning_curated: pl.LazyFrame, customer_curated: pl.LazyFrame, secret: bytes
+) -> Verdict:
     """Drift, not a break: the seed join pairs readings of different customers taken at the same time."""
     return no_offending_rows(
-        cross_customer_pairs(machine_learning_curated, customer_curated),
+        cross_customer_pairs(machine_learning_curated, customer_curated, secret),
         "rows pair one customer's Step Trainer with another customer's phone",
         Severity.WARN,
     )
 
 
-def customers_held(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame) -> Verdict:
+def customers_held(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame, secret: bytes) -> Verdict:
     """Drift, not a break: customers left out because a quarantined line names them.
 
-    Counted only: the sample would be identities, which do not leave the lakehouse.
+    The sample identifies them by keyed hash (subject_id): emails do not leave the lakehouse.
     """
-    held = customers_on_hold(customer_landing, customer_rejects).select(pl.len()).collect().item()
-    return Verdict(
-        held == 0,
-        f"{held} customers on hold: a quarantined customer line names them and no later valid record "
-        "supersedes it",
-        held,
-        0,
-        severity=Severity.WARN,
+    held = with_pseudonym(customers_on_hold(customer_landing, customer_rejects), KEY, secret).select(
+        SUBJECT_ID
+    )
+    return no_offending_rows(
+        held.sort(SUBJECT_ID),
+        "customers on hold: a quarantined customer line names them and no later valid record supersedes it",
+        Severity.WARN,
     )
 
 
@@ -172,10 +181,11 @@ def no_profile_columns(columns: Sequence[str]) -> Verdict:
 
 def schema_matches(actual: Mapping[str, pl.DataType], declared: Table) -> Verdict:
     expected = declared.dtypes
+    optional = {c.name for c in declared.columns if c.optional}
     differences = [
         f"{name}: {actual.get(name, 'missing')} (declared {dtype})"
         for name, dtype in expected.items()
-        if actual.get(name) != dtype
+        if actual.get(name) != dtype and not (name in optional and name not in actual)
     ] + [f"{name}: not declared" for name in actual if name not in expected]
     return Verdict(
         not differences, "; ".join(differences) or "columns and types as declared", len(differences), 0

@@ -21,7 +21,7 @@ from stedi_assets.rules.catalog import (
     STEP_TRAINER_TRUSTED,
     Table,
 )
-from stedi_assets.rules.identity import KEY, keys, with_key
+from stedi_assets.rules.identity import KEY, SUBJECT_ID, keys, with_key, with_pseudonym
 
 
 class MlJoin(StrEnum):
@@ -31,6 +31,15 @@ class MlJoin(StrEnum):
     """Same timestamp only: the rule of the original Glue job; pairs different customers' readings."""
     same_customer = "same_customer"
     """Same timestamp and the accelerometer's owner owns the Step Trainer."""
+
+
+class MlIdentity(StrEnum):
+    """How machine_learning_curated identifies the person behind each accelerometer reading."""
+
+    subject_id = "subject_id"
+    """A keyed hash of the email only: the training table is pseudonymous."""
+    email = "email"
+    """The keyed hash and the email (`user`), for teams that need to reach the person."""
 
 
 class ConsentPolicy(StrEnum):
@@ -48,7 +57,11 @@ def has_research_consent() -> pl.Expr:
 
 
 def _declared(frame: pl.LazyFrame, declared: Table) -> pl.LazyFrame:
-    return frame.select(pl.col(n).cast(t) for n, t in declared.dtypes.items())
+    """The declared columns in declared order (an optional one only when the frame has it)."""
+    present = set(frame.collect_schema().names())
+    return frame.select(
+        pl.col(c.name).cast(c.dtype) for c in declared.columns if not c.optional or c.name in present
+    )
 
 
 def customer_current_state(customer_landing: pl.LazyFrame) -> pl.LazyFrame:
@@ -241,9 +254,12 @@ def machine_learning_curated(
     step_trainer_trusted: pl.LazyFrame,
     accelerometer_trusted: pl.LazyFrame,
     customer_curated: pl.LazyFrame,
+    secret: bytes,
     ml_join: MlJoin = MlJoin.seed,
+    ml_identity: MlIdentity = MlIdentity.subject_id,
 ) -> pl.LazyFrame:
-    """Each Step Trainer reading paired with the accelerometer readings taken at the same time."""
+    """Each Step Trainer reading paired with the accelerometer readings taken at the same time, the
+    phone's owner identified by `subject_id` (keyed with `secret`), and by email only on request."""
     if MlJoin(ml_join) is MlJoin.seed:
         paired = step_trainer_trusted.join(
             accelerometer_trusted,
@@ -263,18 +279,23 @@ def machine_learning_curated(
             how="inner",
             coalesce=False,
         )
+    paired = with_pseudonym(paired, "user", secret)
+    if MlIdentity(ml_identity) is MlIdentity.subject_id:
+        paired = paired.drop("user")
     return _declared(paired, MACHINE_LEARNING_CURATED)
 
 
 def cross_customer_pairs(
-    machine_learning_curated: pl.LazyFrame, customer_curated: pl.LazyFrame
+    machine_learning_curated: pl.LazyFrame, customer_curated: pl.LazyFrame, secret: bytes
 ) -> pl.LazyFrame:
-    """Training rows whose accelerometer owner does not own the Step Trainer of the row."""
-    rows = with_key(with_key(machine_learning_curated, "user", "_user"), "serialNumber", "_serial")
+    """Training rows whose accelerometer owner (by subject_id) does not own the Step Trainer of the row."""
+    owners = with_pseudonym(customer_curated, "email", secret, "_subject")
+    owners = with_key(owners, "serialNumber", "_owner_serial").select("_subject", "_owner_serial")
+    rows = with_key(machine_learning_curated, "serialNumber", "_serial")
     return (
-        rows.join(_owner_serials(customer_curated), on="_user", how="left")
+        rows.join(owners, left_on=SUBJECT_ID, right_on="_subject", how="left")
         .filter(pl.col("_owner_serial").is_null() | (pl.col("_owner_serial") != pl.col("_serial")))
-        .drop("_user", "_serial", "_owner_serial")
+        .drop("_serial", "_owner_serial")
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 PREFIX = "STEDI_"
@@ -30,6 +31,22 @@ def settings_from_environment(
         if name not in filled and value != "":
             filled[name] = value
     return filled
+
+
+PSEUDONYM_KEY_VARIABLE = "STEDI_PSEUDONYM_KEY"
+
+
+def pseudonym_key_variable(environ: Mapping[str, str] | None = None) -> str | None:
+    """The pseudonym key given in the environment, if any."""
+    environ = os.environ if environ is None else environ
+    return environ.get(PSEUDONYM_KEY_VARIABLE) or None
+
+
+def user_config_folder(environ: Mapping[str, str] | None = None) -> Path:
+    """Where per-user STEDI files live: $XDG_CONFIG_HOME/stedi, else ~/.config/stedi."""
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_CONFIG_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".config")
+    return Path(base) / "stedi"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from stedi_assets.storage.environment import S3Options, settings_from_environment
 from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.lakehouse import DEFAULT_LAKEHOUSE_URI, DEFAULT_LANDING_URI, Lakehouse, LandingZone
+from stedi_assets.storage.pseudonym import PseudonymKey, pseudonym_key
 
 
 def _plain(value: Any) -> Any:
@@ -70,6 +71,19 @@ class StediStorage(EnvironmentDefaults):
     @property
     def landing(self) -> LandingZone:
         return LandingZone(self.landing_uri, self.s3)
+
+    @property
+    def pseudonym(self) -> PseudonymKey:
+        """The key of subject_id and of every keyed hash in checks and logs (StorageError if none)."""
+        return pseudonym_key(self.lakehouse_uri)
+
+
+def pseudonym_of(storage: StediStorage) -> PseudonymKey:
+    """The pseudonym key, or a failure that is not retried (a missing key stays missing)."""
+    try:
+        return storage.pseudonym
+    except StorageError as error:
+        raise as_failure(error) from error
 
 
 def as_failure(error: StorageError) -> dg.Failure:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import dagster as dg
 
 JOB = "stedi_lakehouse_job"
-STORAGE_FIELDS = ("landing_uri", "lakehouse_uri")
+STORAGE_FIELDS = ("landing_uri", "lakehouse_uri", "retention_hours")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
         "--consent-policy",
         choices=[p.value for p in ConsentPolicy],
         help="which readings of a consenting customer are trusted (default any_time)",
+    )
+    run.add_argument(
+        "--retention-hours",
+        type=int,
+        help="hours replaced table versions stay readable when a write removed no one (default 168)",
     )
     run.add_argument("--expectations", help="JSON file of exact row counts to check")
     run.add_argument("--max-reject-rate", type=float, help="share of rejected lines that fails a run")
@@ -224,6 +229,7 @@ def _run(args: argparse.Namespace) -> int:
             ml_join=args.ml_join,
             ml_identity=args.ml_identity,
             consent_policy=args.consent_policy,
+            retention_hours=args.retention_hours,
             expectations_file=args.expectations,
             max_reject_rate=args.max_reject_rate,
         )

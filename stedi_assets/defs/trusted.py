@@ -106,7 +106,7 @@ def withdraw_downstream(
                     outside(staged, declared), "identities the consent decision does not allow"
                 )
 
-            publish(lakehouse, uri, Publication(kept, "consent", verify, properties))
+            publish(lakehouse, uri, Publication(kept, "consent", verify, properties, no_history=True))
         removed[declared.name] = count
     return removed
 

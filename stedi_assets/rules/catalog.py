@@ -50,6 +50,13 @@ class Table:
     """Column identifying the customer a row is about (an email, or subject_id: its keyed hash)."""
     device: str | None = None
     """Column holding the serial number of the Step Trainer a row came from."""
+    identity_columns: tuple[str, ...] = ()
+    """Identity columns of a table that is about no one in particular (a landing table)."""
+
+    @property
+    def identities(self) -> tuple[str, ...]:
+        """Columns identifying whom or which device a row is about: who may have to leave the table."""
+        return self.identity_columns or tuple(c for c in (self.person, self.device) if c)
 
     @property
     def dtypes(self) -> dict[str, pl.DataType]:
@@ -87,7 +94,13 @@ class Source:
 
     @property
     def landing(self) -> Table:
-        return Table(f"{self.name}_landing", LANDING, self.description, self.columns + PROVENANCE)
+        return Table(
+            f"{self.name}_landing",
+            LANDING,
+            self.description,
+            self.columns + PROVENANCE,
+            identity_columns=self.identities,
+        )
 
     @property
     def rejects(self) -> Table:

@@ -10,16 +10,18 @@ as lazy scans so plans stream.
 
 # No `from __future__ import annotations` here: Dagster resolves nested resources from real annotations.
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dagster as dg
 import polars as pl
 
+from stedi_assets.rules.catalog import QUARANTINE
 from stedi_assets.rules.contracts import Verdict
+from stedi_assets.rules.identity import KEY, keys
 from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.lakehouse import Lakehouse, Staged
-from stedi_assets.storage.metadata import ZONE, markdown_table, pii_columns, verdict_metadata
+from stedi_assets.storage.metadata import IDENTITIES, ZONE, markdown_table, pii_columns, verdict_metadata
 from stedi_assets.storage.resources import StediStorage, as_failure
 
 PREVIEW_ROWS = 5
@@ -47,13 +49,28 @@ class Publication:
     contract: str = ""
     verify: Callable[[pl.LazyFrame], Verdict] | None = None
     properties: Mapping[str, str] = field(default_factory=dict)
+    identities: tuple[str, ...] = ()
+    """Columns identifying whom a row is about: when one of them leaves, no older version stays."""
+    no_history: bool = False
+    """Keep no older version at all (a quarantine table holds whole raw lines)."""
+    stats_columns: list[str] | None = None
+    """Columns that may ever carry statistics in the Delta log (no personal data)."""
+
+
+def removed_identities(previous: pl.LazyFrame, staged: pl.LazyFrame, columns: tuple[str, ...]) -> int:
+    """How many distinct identities of the previous version are not in the new one."""
+    gone = [keys(previous, c).join(keys(staged, c), on=KEY, how="anti") for c in columns]
+    return pl.concat(gone).select(pl.len()).collect().item() if gone else 0
 
 
 def publish(lakehouse: Lakehouse, uri: str, publication: Publication) -> tuple[Staged, int]:
-    """Stage, verify, commit; the staged write and the committed version.
+    """Stage, verify, commit, then expire history; the staged write and the committed version.
 
     When the contract is broken the staged files are deleted and nothing is committed: a
     dg.Failure that is not retried (recomputing gives the same table), with a masked sample.
+    When the new version drops an identity the previous one held (a withdrawal, an erasure), every
+    older version is deleted, so no retained version holds the person; otherwise versions older
+    than the retention are.
     """
     staged = lakehouse.stage(uri, publication.frame)
     if publication.verify is not None:
@@ -70,7 +87,20 @@ def publish(lakehouse: Lakehouse, uri: str, publication: Publication) -> tuple[S
                 metadata=verdict_metadata(verdict),
                 allow_retries=False,
             )
-    return staged, lakehouse.commit(staged, publication.properties)
+    removed = publication.no_history
+    if not removed and publication.identities and staged.read_version is not None:
+        try:
+            previous = lakehouse.scan(uri, staged.read_version)
+            removed = removed_identities(previous, lakehouse.scan_staged(staged), publication.identities) > 0
+        except BaseException:
+            lakehouse.discard(staged)
+            raise
+    version = lakehouse.commit(staged, publication.properties, publication.stats_columns)
+    if removed:
+        lakehouse.forget_history(uri)
+    else:
+        lakehouse.expire(uri)
+    return staged, version
 
 
 class DeltaIOManager(dg.ConfigurableIOManager):
@@ -84,13 +114,21 @@ class DeltaIOManager(dg.ConfigurableIOManager):
         if obj is None:
             return
         publication = obj if isinstance(obj, Publication) else Publication(obj.lazy())
+        metadata = context.definition_metadata
+        pii = pii_columns(metadata)
+        publication = replace(
+            publication,
+            identities=tuple(metadata.get(IDENTITIES, ())),
+            no_history=metadata.get(ZONE) == QUARANTINE,
+            stats_columns=[c.name for c in metadata["dagster/column_schema"].columns if c.name not in pii]
+            if "dagster/column_schema" in metadata
+            else None,
+        )
         lakehouse = self.storage.lakehouse
-        uri = _table_uri(lakehouse, context.asset_key, context.definition_metadata)
+        uri = _table_uri(lakehouse, context.asset_key, metadata)
         try:
             staged, version = publish(lakehouse, uri, publication)
-            context.add_output_metadata(
-                table_metadata(lakehouse, staged, version, pii_columns(context.definition_metadata))
-            )
+            context.add_output_metadata(table_metadata(lakehouse, staged, version, pii))
         except StorageError as error:
             raise as_failure(error) from error
 

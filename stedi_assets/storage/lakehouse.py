@@ -28,6 +28,7 @@ from stedi_assets.storage.errors import StorageError, TableMissing, classify
 
 DEFAULT_LANDING_URI = "data/landing"
 DEFAULT_LAKEHOUSE_URI = "lakehouse"
+DEFAULT_RETENTION_HOURS = 168
 LANDING_SETTING = "--landing / STEDI_LANDING_URI"
 LAKEHOUSE_SETTING = "--lakehouse / STEDI_LAKEHOUSE_URI"
 
@@ -78,6 +79,8 @@ class Lakehouse:
 
     root: str
     s3: S3Options = field(default_factory=S3Options)
+    retention_hours: int = DEFAULT_RETENTION_HOURS
+    """How long replaced versions stay readable (time travel) when a write removed no one."""
 
     def table_uri(self, zone: str, name: str) -> str:
         return f"{_root(self.root)}/{zone}/{name}"
@@ -120,7 +123,12 @@ class Lakehouse:
         paths = [f"{staged.uri}/{f.path}" for f in staged.files]
         return pl.scan_parquet(paths, storage_options=self._options(staged.uri), credential_provider=None)
 
-    def commit(self, staged: Staged, properties: Mapping[str, str] | None = None) -> int:
+    def commit(
+        self,
+        staged: Staged,
+        properties: Mapping[str, str] | None = None,
+        stats_columns: list[str] | None = None,
+    ) -> int:
         """Makes the staged files the table's whole content in one overwrite commit; the new version.
 
         The commit follows the version the table had before the plan ran and is never rebased
@@ -137,7 +145,7 @@ class Lakehouse:
         options = self._options(staged.uri)
         try:
             if staged.read_version is None:
-                return self._create(staged, schema, actions, commit)
+                return self._create(staged, schema, actions, commit, stats_columns)
             table = DeltaTable(staged.uri, storage_options=options, version=staged.read_version)
             table.create_write_transaction(actions, mode="overwrite", schema=schema, commit_properties=commit)
             return staged.read_version + 1
@@ -148,14 +156,25 @@ class Lakehouse:
             raise
 
     def _create(
-        self, staged: Staged, schema: Schema, actions: list[AddAction], commit: CommitProperties
+        self,
+        staged: Staged,
+        schema: Schema,
+        actions: list[AddAction],
+        commit: CommitProperties,
+        stats_columns: list[str] | None,
     ) -> int:
+        # Only these columns may ever get min/max statistics in the log (our own commits record
+        # row counts only): an identity must not survive in the Delta log.
+        configuration = {"delta.logRetentionDuration": f"interval {self.retention_hours} hours"}
+        if stats_columns is not None:
+            configuration["delta.dataSkippingStatsColumns"] = ",".join(stats_columns)
         try:
             create_table_with_add_actions(
                 staged.uri,
                 schema,
                 actions,
                 mode="error",
+                configuration=configuration,
                 storage_options=self._options(staged.uri),
                 commit_properties=commit,
             )
@@ -167,6 +186,42 @@ class Lakehouse:
                 ) from error
             raise
         return 0
+
+    def forget_history(self, uri: str) -> int:
+        """After a write that removed someone: no earlier version stays readable.
+
+        Every data file the latest version does not use is deleted (each holds many people, so the
+        whole time travel before this version goes), and the log entries before it are cleaned up.
+        How many files were deleted.
+        """
+        try:
+            table = self.open(uri)
+            deleted = self._vacuum(table, 0)
+            retention = table.metadata().configuration.get("delta.logRetentionDuration")
+            table.alter.set_table_properties({"delta.logRetentionDuration": "interval 0 seconds"})
+            table.create_checkpoint()
+            table.cleanup_metadata()
+            table.alter.set_table_properties(
+                {"delta.logRetentionDuration": retention or f"interval {self.retention_hours} hours"}
+            )
+        except (OSError, DeltaError) as error:
+            raise self._failure(uri, error) from error
+        return deleted
+
+    def expire(self, uri: str) -> int:
+        """Deletes the data files of versions replaced more than retention_hours ago; how many."""
+        try:
+            return self._vacuum(self.open(uri), self.retention_hours)
+        except (OSError, DeltaError) as error:
+            raise self._failure(uri, error) from error
+
+    @staticmethod
+    def _vacuum(table: DeltaTable, hours: int) -> int:
+        """Vacuum only removed files (never a writer's staged ones), committing only when any are due."""
+        due = table.vacuum(retention_hours=hours, dry_run=True, enforce_retention_duration=False)
+        if due:
+            table.vacuum(retention_hours=hours, dry_run=False, enforce_retention_duration=False)
+        return len(due)
 
     def discard(self, staged: Staged) -> None:
         """Deletes staged files that will not be committed (best effort: they are invisible anyway)."""

@@ -13,6 +13,8 @@ from stedi_assets.rules.contracts import Verdict
 
 ZONE = "stedi/zone"
 """Definition metadata: the lakehouse zone (folder) of the asset's Delta table."""
+IDENTITIES = "stedi/identities"
+"""Definition metadata: columns identifying whom a row is about (when one leaves, history goes too)."""
 MASK = "[redacted]"
 CELL_CHARACTERS = 60
 """Longer cells are cut: a reason or value must not carry a whole line into Dagster's event log."""
@@ -31,7 +33,11 @@ def column_schema(declared: Table) -> dg.TableSchema:
 
 def definition_metadata(declared: Table) -> dict[str, Any]:
     """Metadata of the asset that stores `declared`: where the IO manager puts it and its columns."""
-    return {ZONE: declared.zone, "dagster/column_schema": column_schema(declared)}
+    return {
+        ZONE: declared.zone,
+        IDENTITIES: list(declared.identities),
+        "dagster/column_schema": column_schema(declared),
+    }
 
 
 def pii_columns(metadata: Mapping[str, Any]) -> frozenset[str]:

@@ -14,7 +14,13 @@ from pydantic import Field, model_validator
 
 from stedi_assets.storage.environment import S3Options, settings_from_environment
 from stedi_assets.storage.errors import StorageError
-from stedi_assets.storage.lakehouse import DEFAULT_LAKEHOUSE_URI, DEFAULT_LANDING_URI, Lakehouse, LandingZone
+from stedi_assets.storage.lakehouse import (
+    DEFAULT_LAKEHOUSE_URI,
+    DEFAULT_LANDING_URI,
+    DEFAULT_RETENTION_HOURS,
+    Lakehouse,
+    LandingZone,
+)
 from stedi_assets.storage.pseudonym import PseudonymKey, pseudonym_key
 
 
@@ -60,13 +66,20 @@ class StediStorage(EnvironmentDefaults):
         "<root>/<zone>/<table> (env STEDI_LAKEHOUSE_URI).",
     )
 
+    retention_hours: int = Field(
+        DEFAULT_RETENTION_HOURS,
+        ge=0,
+        description="Hours a replaced table version stays readable (time travel) when the write removed "
+        "no one; a write that removes a person deletes every older version (env STEDI_RETENTION_HOURS).",
+    )
+
     @property
     def s3(self) -> S3Options:
         return S3Options.from_environment()
 
     @property
     def lakehouse(self) -> Lakehouse:
-        return Lakehouse(self.lakehouse_uri, self.s3)
+        return Lakehouse(self.lakehouse_uri, self.s3, self.retention_hours)
 
     @property
     def landing(self) -> LandingZone:

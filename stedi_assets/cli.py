@@ -54,6 +54,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     run.add_argument("--verbose", action="store_true", help="stream Dagster's event log to stderr")
 
+    audit = commands.add_parser(
+        "audit", help="prove no one without consent is in any retained table version or the Dagster instance"
+    )
+    audit.add_argument("--landing", help=f"landing root, folder or s3:// (default {DEFAULT_LANDING_URI})")
+    audit.add_argument(
+        "--lakehouse", help=f"lakehouse root, folder or s3:// (default {DEFAULT_LAKEHOUSE_URI})"
+    )
+    audit.add_argument(
+        "--purge-instance",
+        action="store_true",
+        help="first redact such values from the Dagster instance at DAGSTER_HOME (stop dagster dev first)",
+    )
+
     sql = commands.add_parser("sql", help="query the lakehouse tables with DuckDB")
     sql.add_argument("query")
     sql.add_argument("--csv", action="store_true", help="print CSV instead of a table")
@@ -67,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _generate(args)
     if args.command == "run":
         return _run(args)
+    if args.command == "audit":
+        return _audit(args)
     return _sql(args)
 
 
@@ -257,6 +272,41 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"error: {error}")
     lines.append("" if summary["success"] else "run FAILED")
     return "\n".join(lines).rstrip()
+
+
+def _audit(args: argparse.Namespace) -> int:
+    """Exit 0 when nothing is found, 1 when anything is; people are named by keyed hash only."""
+    from stedi_assets.defs.audit import excluded, instance_findings, purge_instance, table_findings
+    from stedi_assets.storage.errors import StorageError
+    from stedi_assets.storage.resources import StediStorage
+
+    given = {"landing_uri": args.landing, "lakehouse_uri": args.lakehouse}
+    storage = StediStorage(**{name: value for name, value in given.items() if value})
+    try:
+        key = storage.pseudonym
+        who = excluded(storage.landing, key)
+        tables = table_findings(storage.lakehouse, who, key)
+    except StorageError as error:
+        print(f"stedi audit: {error.message}", file=sys.stderr)
+        return 2
+    lines = [
+        f"{f.table} version {f.version}: {f.identities} identities without consent "
+        f"(keyed hashes {', '.join(h[:16] for h in f.sample)})"
+        for f in tables
+    ]
+    home = os.environ.get("DAGSTER_HOME")
+    if home:
+        instance = _instance()
+        if args.purge_instance:
+            print(f"redacted {purge_instance(instance, who)} events in the Dagster instance at {home}")
+        lines += [
+            f"Dagster instance: run {f.run_id} {f.event_type} holds a value of {f.subject_id[:16]}"
+            for f in instance_findings(instance, who)
+        ]
+    where = f"{storage.lakehouse_uri}" + (f" and the Dagster instance at {home}" if home else "")
+    print(f"audited {len(who.values)} customers without consent in {where}")
+    print("\n".join(lines) if lines else "nothing found")
+    return 1 if lines else 0
 
 
 def _sql(args: argparse.Namespace) -> int:

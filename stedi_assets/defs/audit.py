@@ -1,0 +1,145 @@
+"""`stedi audit`: proof that no one who does not consent now is anywhere they must not be.
+
+Who must not be found is decided from the landing files themselves, by the same fail-closed rules
+the lakehouse applies: everyone named by a customer record, accepted or quarantined, whose consent
+is not certain now. The audit then reads every retained version of every trusted and curated table
+(a version whose log entry or data files are gone is not retained) and, when DAGSTER_HOME is set,
+every event the Dagster instance stores. Its own output names people by keyed hash only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import dagster as dg
+import polars as pl
+
+from stedi_assets.defs.instance_audit import find_values, purge_values
+from stedi_assets.defs.trusted import DOWNSTREAM_OF_CONSENT
+from stedi_assets.rules import parsing, transforms
+from stedi_assets.rules.catalog import CUSTOMER, CUSTOMER_TRUSTED, Table
+from stedi_assets.rules.identity import KEY, SUBJECT_ID, keys, pseudonym, pseudonym_keys, with_key
+from stedi_assets.storage.errors import StorageError, TableMissing
+from stedi_assets.storage.lakehouse import Lakehouse, LandingZone
+from stedi_assets.storage.pseudonym import PseudonymKey
+
+AUDITED_TABLES = (CUSTOMER_TRUSTED, *DOWNSTREAM_OF_CONSENT)
+SAMPLE = 5
+
+
+@dataclass(frozen=True)
+class Excluded:
+    """Who must not be found: keyed hashes, and the values to look for outside the lakehouse."""
+
+    consenting: pl.LazyFrame
+    """Canonical emails (`_key`) whose consent is certain now."""
+    attributable: pl.LazyFrame
+    """Canonical serials (`_serial`) claimed only by consenting customers."""
+    values: dict[str, list[str]]
+    """subject_id -> the person's email, name and phone as the landing files spell them."""
+
+
+def excluded(landing: LandingZone, key: PseudonymKey) -> Excluded:
+    """Decides consent from the customer landing files, as ingest and customer_trusted do."""
+    lines = landing.read_lines(CUSTOMER.name).lazy()
+    parsed = parsing.parse_landing(lines, CUSTOMER, parsing.json_keys(lines)).collect().lazy()
+    accepted, rejects = parsing.accepted_rows(parsed, CUSTOMER), parsing.rejected_rows(parsed)
+    decided = transforms.customer_trusted(accepted, rejects).collect().lazy()
+    consenting = keys(decided, "email").collect()
+    attributable = transforms.attributable_serials(accepted, decided, rejects).collect()
+    claims = transforms.recovered_customer_claims(rejects).select("email")
+    people = pl.concat([accepted.select("email", "customerName", "phone"), claims], how="diagonal")
+    outside = (
+        with_key(people, "email")
+        .join(consenting.lazy(), on=KEY, how="anti")
+        .filter(pl.col(KEY).is_not_null())
+        .collect()
+    )
+    values: dict[str, set[str]] = {}
+    for row in outside.iter_rows(named=True):
+        found = values.setdefault(pseudonym(row[KEY], key.secret), set())
+        found.update(v.strip() for v in (row["email"], row["customerName"], row["phone"]) if v and v.strip())
+    return Excluded(consenting.lazy(), attributable.lazy(), {s: sorted(v) for s, v in values.items()})
+
+
+@dataclass(frozen=True)
+class TableFinding:
+    table: str
+    version: int
+    identities: int
+    sample: list[str]
+    """Keyed hashes of the people (or of the devices) found."""
+
+
+def _versions(lakehouse: Lakehouse, uri: str) -> Iterator[tuple[int, pl.LazyFrame]]:
+    """Every version of a table that can still be read."""
+    try:
+        latest = lakehouse.open(uri).version()
+    except TableMissing:
+        return
+    for version in range(latest + 1):
+        try:
+            frame = lakehouse.scan(uri, version)
+            frame.select(pl.len()).collect()
+        except (StorageError, OSError, pl.exceptions.PolarsError):
+            continue  # its log entry or its data files are gone: not retained
+        yield version, frame
+
+
+def table_findings(lakehouse: Lakehouse, who: Excluded, key: PseudonymKey) -> list[TableFinding]:
+    """Rows of excluded people or unattributable devices in any retained trusted or curated version."""
+    consenting = {
+        "email": who.consenting,
+        SUBJECT_ID: pseudonym_keys(who.consenting, KEY, key.secret).collect().lazy(),
+    }
+    found = []
+    for declared in AUDITED_TABLES:
+        uri = lakehouse.table_uri(declared.zone, declared.name)
+        people = consenting[SUBJECT_ID if declared.person == SUBJECT_ID else "email"]
+        for version, frame in _versions(lakehouse, uri):
+            outside = _present(frame, declared, people, who.attributable)
+            identities = lakehouse.reading(uri, outside).get_column(KEY).to_list()
+            if identities:
+                sample = sorted(v if _is_hash(v) else pseudonym(v or "", key.secret) for v in identities)
+                found.append(TableFinding(declared.name, version, len(identities), sample[:SAMPLE]))
+    return found
+
+
+def _present(frame: pl.LazyFrame, declared: Table, people: pl.LazyFrame, attributable: pl.LazyFrame):
+    schema = frame.collect_schema().names()
+    if not all(c in schema for c in declared.identities):
+        return pl.LazyFrame(schema={KEY: pl.String})
+    return transforms.identities_outside_consent(frame, declared, people, attributable)
+
+
+def _is_hash(value: str | None) -> bool:
+    return value is not None and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+@dataclass(frozen=True)
+class InstanceFinding:
+    run_id: str
+    event_type: str
+    subject_id: str
+
+
+def instance_findings(instance: dg.DagsterInstance, who: Excluded) -> list[InstanceFinding]:
+    """Values of excluded people stored in the Dagster instance's event log."""
+    owners, needles = _needles(who)
+    return sorted(
+        {InstanceFinding(f.run_id, f.event_type, owners[f.needle]) for f in find_values(instance, needles)},
+        key=lambda f: (f.run_id, f.event_type, f.subject_id),
+    )
+
+
+def purge_instance(instance: dg.DagsterInstance, who: Excluded) -> int:
+    """Redacts every value of an excluded person from the instance's stored events; how many events."""
+    return purge_values(instance, _needles(who)[1])
+
+
+def _needles(who: Excluded) -> tuple[list[str], list[str]]:
+    pairs = [
+        (subject, value) for subject, values in who.values.items() for value in values if len(value) >= 4
+    ]
+    return [s for s, _ in pairs], [v for _, v in pairs]

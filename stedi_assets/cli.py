@@ -303,6 +303,11 @@ def _audit(args: argparse.Namespace) -> int:
             f"Dagster instance: run {f.run_id} {f.event_type} holds a value of {f.subject_id[:16]}"
             for f in instance_findings(instance, who)
         ]
+    for subject, files in sorted(who.raw_files.items()):
+        print(
+            f"erased {subject[:16]} still has lines in {', '.join(files)}: erasing raw landing files is "
+            "their owner's step"
+        )
     where = f"{storage.lakehouse_uri}" + (f" and the Dagster instance at {home}" if home else "")
     print(f"audited {len(who.values)} customers without consent in {where}")
     print("\n".join(lines) if lines else "nothing found")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
-from stedi_assets.defs import automation, curated, landing, trusted
+from stedi_assets.defs import automation, curated, erasure, landing, trusted
 from stedi_assets.defs.settings import StediSettings
 from stedi_assets.storage.io_manager import DeltaIOManager
 from stedi_assets.storage.resources import StediStorage
 
-ZONES = (landing, trusted, curated)
+ZONES = (erasure, landing, trusted, curated)
 
 
 def resources() -> dict[str, dg.ConfigurableResource]:

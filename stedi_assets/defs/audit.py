@@ -17,8 +17,8 @@ import polars as pl
 
 from stedi_assets.defs.instance_audit import find_values, purge_values
 from stedi_assets.defs.trusted import DOWNSTREAM_OF_CONSENT
-from stedi_assets.rules import parsing, transforms
-from stedi_assets.rules.catalog import CUSTOMER, CUSTOMER_TRUSTED, Table
+from stedi_assets.rules import erasure, parsing, transforms
+from stedi_assets.rules.catalog import ACCELEROMETER, CUSTOMER, CUSTOMER_TRUSTED, SOURCE_FILE, SOURCES, Table
 from stedi_assets.rules.identity import KEY, SUBJECT_ID, keys, pseudonym, pseudonym_keys, with_key
 from stedi_assets.storage.errors import StorageError, TableMissing
 from stedi_assets.storage.lakehouse import Lakehouse, LandingZone
@@ -34,10 +34,15 @@ class Excluded:
 
     consenting: pl.LazyFrame
     """Canonical emails (`_key`) whose consent is certain now."""
+    erased: pl.LazyFrame
+    """Canonical emails (`_key`) of people who asked for erasure."""
     attributable: pl.LazyFrame
     """Canonical serials (`_serial`) claimed only by consenting customers."""
     values: dict[str, list[str]]
     """subject_id -> the person's email, name and phone as the landing files spell them."""
+    raw_files: dict[str, list[str]]
+    """subject_id of an erased person -> landing files still holding their lines (the source owner's
+    to erase)."""
 
 
 def excluded(landing: LandingZone, key: PseudonymKey) -> Excluded:
@@ -45,11 +50,16 @@ def excluded(landing: LandingZone, key: PseudonymKey) -> Excluded:
     lines = landing.read_lines(CUSTOMER.name).lazy()
     parsed = parsing.parse_landing(lines, CUSTOMER, parsing.json_keys(lines)).collect().lazy()
     accepted, rejects = parsing.accepted_rows(parsed, CUSTOMER), parsing.rejected_rows(parsed)
+    requested = erasure.requests(landing.read_lines(erasure.ERASURE_REQUESTS, optional=True).lazy()).collect()
+    erased = keys(requested.lazy(), "email")
     decided = transforms.customer_trusted(accepted, rejects).collect().lazy()
-    consenting = keys(decided, "email").collect()
+    consenting = keys(decided, "email").join(erased, on=KEY, how="anti").collect()
     attributable = transforms.attributable_serials(accepted, decided, rejects).collect()
     claims = transforms.recovered_customer_claims(rejects).select("email")
-    people = pl.concat([accepted.select("email", "customerName", "phone"), claims], how="diagonal")
+    people = pl.concat(
+        [accepted.select("email", "customerName", "phone"), claims, requested.lazy().select("email")],
+        how="diagonal",
+    )
     outside = (
         with_key(people, "email")
         .join(consenting.lazy(), on=KEY, how="anti")
@@ -60,7 +70,32 @@ def excluded(landing: LandingZone, key: PseudonymKey) -> Excluded:
     for row in outside.iter_rows(named=True):
         found = values.setdefault(pseudonym(row[KEY], key.secret), set())
         found.update(v.strip() for v in (row["email"], row["customerName"], row["phone"]) if v and v.strip())
-    return Excluded(consenting.lazy(), attributable.lazy(), {s: sorted(v) for s, v in values.items()})
+    raw_files = _raw_files(landing, erased.collect(), key)
+    values_by_subject = {s: sorted(v) for s, v in values.items()}
+    return Excluded(
+        consenting.lazy(), erased.collect().lazy(), attributable.lazy(), values_by_subject, raw_files
+    )
+
+
+def _raw_files(landing: LandingZone, erased: pl.DataFrame, key: PseudonymKey) -> dict[str, list[str]]:
+    """Landing files that still hold a line naming an erased person (by email or phone user)."""
+    found: dict[str, set[str]] = {}
+    if erased.is_empty():
+        return {}
+    for source, column in ((CUSTOMER, "email"), (ACCELEROMETER, "user")):
+        lines = landing.read_lines(source.name).lazy()
+        named = lines.select(
+            pl.col(SOURCE_FILE), person=transforms.json_string(pl.col(parsing.RAW_LINE), column)
+        ).filter(pl.col("person").is_not_null())
+        hits = (
+            with_key(named, "person")
+            .join(erased.lazy(), on=KEY, how="semi")
+            .select(KEY, SOURCE_FILE)
+            .unique()
+        )
+        for identity, file in hits.collect().iter_rows():
+            found.setdefault(pseudonym(identity, key.secret), set()).add(file)
+    return {subject: sorted(files) for subject, files in found.items()}
 
 
 @dataclass(frozen=True)
@@ -94,6 +129,18 @@ def table_findings(lakehouse: Lakehouse, who: Excluded, key: PseudonymKey) -> li
         SUBJECT_ID: pseudonym_keys(who.consenting, KEY, key.secret).collect().lazy(),
     }
     found = []
+    for source in SOURCES:  # an erased person leaves the landing zone too
+        declared = source.landing
+        uri = lakehouse.table_uri(declared.zone, declared.name)
+        people = [c for c in declared.identities if c in ("email", "user")]
+        for version, frame in _versions(lakehouse, uri):
+            hits = [keys(frame, c).join(who.erased, on=KEY, how="semi") for c in people]
+            identities = (
+                lakehouse.reading(uri, pl.concat(hits).unique()).get_column(KEY).to_list() if hits else []
+            )
+            if identities:
+                sample = sorted(pseudonym(v, key.secret) for v in identities)
+                found.append(TableFinding(declared.name, version, len(identities), sample[:SAMPLE]))
     for declared in AUDITED_TABLES:
         uri = lakehouse.table_uri(declared.zone, declared.name)
         people = consenting[SUBJECT_ID if declared.person == SUBJECT_ID else "email"]

@@ -13,7 +13,7 @@ import polars as pl
 
 from stedi_assets.defs.settings import StediSettings
 from stedi_assets.rules import contracts
-from stedi_assets.rules.catalog import CURATED, QUARANTINE, TRUSTED, Table
+from stedi_assets.rules.catalog import CURATED, LANDING, TRUSTED, Table
 from stedi_assets.storage.metadata import definition_metadata, verdict_metadata
 from stedi_assets.storage.resources import StediStorage, pseudonym_of
 
@@ -117,7 +117,7 @@ def table_contracts(declared: Table) -> list[TableCheck]:
             lambda frame, *_: contracts.schema_matches(dict(frame.collect_schema()), declared),
         )
     ]
-    if declared.zone != QUARANTINE:
+    if declared.zone in (LANDING, TRUSTED, CURATED):
         within = f"no more rows than {subset_of}, " if subset_of else ""
         description = f"Not empty, {within}and exactly the expectations file's count when one is set."
         found.append(TableCheck("row_count", description, row_count, depends_on=subset_of))

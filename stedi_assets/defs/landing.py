@@ -13,14 +13,16 @@ import polars as pl
 
 from stedi_assets.defs.factories import KINDS, STORAGE_RETRY, check_result, latest_metadata, table_checks
 from stedi_assets.defs.settings import StediSettings
-from stedi_assets.rules import contracts, parsing
-from stedi_assets.rules.catalog import SOURCES, Source, Table
+from stedi_assets.rules import contracts, erasure, parsing
+from stedi_assets.rules.catalog import ERASURE_LOG, SOURCES, Source, Table
 from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.metadata import definition_metadata
-from stedi_assets.storage.resources import StediStorage, as_failure
+from stedi_assets.storage.resources import StediStorage, as_failure, pseudonym_of
 
 LINES_READ = "lines_read"
 """Materialization metadata: non-blank lines in the files this ingest read (the conservation baseline)."""
+LINES_ERASED = "lines_erased"
+"""Materialization metadata: lines dropped because their person or device is in the erasure log."""
 
 
 def _out(declared: Table) -> dg.AssetOut:
@@ -43,18 +45,28 @@ def ingest_asset(source: Source) -> dg.AssetsDefinition:
         "are quarantined.",
         retry_policy=STORAGE_RETRY,
         pool=f"delta_{source.name}_ingest",
+        ins={"erasure_log": dg.AssetIn(ERASURE_LOG.name)},
     )
-    def ingest(storage: StediStorage) -> Iterator[dg.MaterializeResult]:
+    def ingest(storage: StediStorage, erasure_log: pl.LazyFrame | None) -> Iterator[dg.MaterializeResult]:
         try:
             lines = storage.landing.read_lines(source.name).lazy()
         except StorageError as error:
             raise as_failure(error) from error
         read = parsing.non_blank_lines(lines).select(pl.len()).collect().item()
         parsed = parsing.parse_landing(lines, source, parsing.json_keys(lines)).collect().lazy()
-        yield dg.MaterializeResult(
-            asset_key=landing, value=parsing.accepted_rows(parsed, source), metadata={LINES_READ: read}
+        accepted, rejected, erased = erasure.without_erased(
+            parsing.accepted_rows(parsed, source),
+            parsing.rejected_rows(parsed),
+            source,
+            pl.LazyFrame(schema=ERASURE_LOG.dtypes) if erasure_log is None else erasure_log.collect().lazy(),
+            pseudonym_of(storage).secret,
         )
-        yield dg.MaterializeResult(asset_key=rejects, value=parsing.rejected_rows(parsed))
+        accepted, rejected = accepted.collect().lazy(), rejected.collect().lazy()
+        n_erased = int(erased.collect().sum_horizontal().item())
+        yield dg.MaterializeResult(
+            asset_key=landing, value=accepted, metadata={LINES_READ: read, LINES_ERASED: n_erased}
+        )
+        yield dg.MaterializeResult(asset_key=rejects, value=rejected)
 
     return ingest
 
@@ -90,6 +102,7 @@ def lines_accounted_for(source: Source) -> dg.AssetChecksDefinition:
         rejected: pl.LazyFrame,
     ) -> Iterator[dg.AssetCheckResult]:
         read = latest_metadata(context.instance, landing, LINES_READ)
+        erased = latest_metadata(context.instance, landing, LINES_ERASED) or 0
         if read is None:
             missing = contracts.Verdict(False, f"no materialization of {landing} recorded its {LINES_READ}")
             yield check_result(missing, asset_key=landing, check_name="lines_conserved")
@@ -98,7 +111,7 @@ def lines_accounted_for(source: Source) -> dg.AssetChecksDefinition:
         n_accepted = accepted.select(pl.len()).collect().item()
         n_rejected = rejected.select(pl.len()).collect().item()
         yield check_result(
-            contracts.conservation(int(read), n_accepted, n_rejected),
+            contracts.conservation(int(read), n_accepted, n_rejected, int(erased)),
             asset_key=landing,
             check_name="lines_conserved",
         )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import polars as pl
 
-LANDING, QUARANTINE, TRUSTED, CURATED = "landing", "quarantine", "trusted", "curated"
+LANDING, QUARANTINE, TRUSTED, CURATED, PRIVACY = "landing", "quarantine", "trusted", "curated", "privacy"
 
 SOURCE_FILE, LINE_NUMBER, INGESTED_AT = "_source_file", "_line_number", "_ingested_at"
 
@@ -219,6 +219,19 @@ MACHINE_LEARNING_CURATED = Table(
     device="serialNumber",
 )
 
+ERASURE_LOG = Table(
+    "erasure_log",
+    PRIVACY,
+    "Every erasure request in force, by keyed hash only: the person (subject) and the serial numbers "
+    "they claimed (device), when it was requested and the tables they were found in when recorded.",
+    (
+        Column("hashed_id", pl.String(), "Keyed hash (HMAC-SHA256) of the canonical email or serial."),
+        Column("kind", pl.String(), "'subject' (a person) or 'device' (a serial number they claimed)."),
+        Column("requested_at", pl.Int64(), "requestedAt of the earliest request (epoch ms), if given."),
+        Column("found_in", pl.List(pl.String()), "Tables that held the identity when it was recorded."),
+    ),
+)
+
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (
@@ -229,6 +242,7 @@ TABLES: dict[str, Table] = {
         STEP_TRAINER_TRUSTED,
         CUSTOMER_CURATED,
         MACHINE_LEARNING_CURATED,
+        ERASURE_LOG,
     )
 }
 PROFILE_COLUMNS = tuple(c.name for s in SOURCES for c in s.columns if c.profile)

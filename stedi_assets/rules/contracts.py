@@ -219,12 +219,13 @@ def row_count(
     return Verdict(not problems, "; ".join(problems) or f"{observed} rows", observed, expected)
 
 
-def conservation(lines_read: int, accepted: int, rejected: int) -> Verdict:
-    """Every non-blank line read is either a landing row or a quarantined reject."""
+def conservation(lines_read: int, accepted: int, rejected: int, erased: int = 0) -> Verdict:
+    """Every non-blank line read is a landing row, a quarantined reject, or a line of an erased person."""
+    erasures = f" + {erased} erased" if erased else ""
     return Verdict(
-        lines_read == accepted + rejected,
-        f"{lines_read} non-blank lines read, {accepted} accepted + {rejected} rejected",
-        accepted + rejected,
+        lines_read == accepted + rejected + erased,
+        f"{lines_read} non-blank lines read, {accepted} accepted + {rejected} rejected{erasures}",
+        accepted + rejected + erased,
         lines_read,
     )
 

@@ -82,7 +82,7 @@ _STRING_PAIR = r'(?i)"{key}"\s*:\s*"((?:[^"\\]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{{4}}
 _NUMBER_PAIR = r'(?i)"{key}"\s*:\s*"?\s*(\d+)'
 
 
-def _json_string(raw: pl.Expr, key: str) -> pl.Expr:
+def json_string(raw: pl.Expr, key: str) -> pl.Expr:
     """The value of the first `"key": "..."` pair in a raw line, JSON escapes decoded (`\\u0040` is @)."""
     content = raw.str.extract(_STRING_PAIR.format(key=key), 1)
     # not pl.format: on a multi-chunk column the streaming engine panics in it (polars 2.1)
@@ -99,8 +99,8 @@ def recovered_customer_claims(customer_rejects: pl.LazyFrame) -> pl.LazyFrame:
     """
     raw = pl.col("raw_line")
     return customer_rejects.select(
-        email=_json_string(raw, "email"),
-        serialNumber=_json_string(raw, "serialNumber"),
+        email=json_string(raw, "email"),
+        serialNumber=json_string(raw, "serialNumber"),
         lastUpdateDate=raw.str.extract(_NUMBER_PAIR.format(key="lastUpdateDate"), 1).cast(
             pl.Int64, strict=False
         ),

@@ -19,9 +19,16 @@ import polars as pl
 from stedi_assets.rules.catalog import QUARANTINE
 from stedi_assets.rules.contracts import Verdict
 from stedi_assets.rules.identity import KEY, keys
-from stedi_assets.storage.errors import StorageError
+from stedi_assets.storage.errors import StorageError, TableMissing
 from stedi_assets.storage.lakehouse import Lakehouse, Staged
-from stedi_assets.storage.metadata import IDENTITIES, ZONE, markdown_table, pii_columns, verdict_metadata
+from stedi_assets.storage.metadata import (
+    IDENTITIES,
+    OPTIONAL_INPUT,
+    ZONE,
+    markdown_table,
+    pii_columns,
+    verdict_metadata,
+)
 from stedi_assets.storage.resources import StediStorage, as_failure
 
 PREVIEW_ROWS = 5
@@ -132,12 +139,16 @@ class DeltaIOManager(dg.ConfigurableIOManager):
         except StorageError as error:
             raise as_failure(error) from error
 
-    def load_input(self, context: dg.InputContext) -> pl.LazyFrame | pl.DataFrame:
+    def load_input(self, context: dg.InputContext) -> pl.LazyFrame | pl.DataFrame | None:
         lakehouse = self.storage.lakehouse
         upstream = context.upstream_output
         uri = _table_uri(lakehouse, context.asset_key, upstream.definition_metadata if upstream else {})
         try:
             frame = lakehouse.scan(uri)
+        except TableMissing as error:
+            if upstream and upstream.definition_metadata.get(OPTIONAL_INPUT):
+                return None
+            raise as_failure(error) from error
         except StorageError as error:
             raise as_failure(error) from error
         return frame.collect() if context.dagster_type.typing_type is pl.DataFrame else frame

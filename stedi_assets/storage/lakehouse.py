@@ -272,6 +272,13 @@ class Lakehouse:
         return pl.scan_delta(table, storage_options=self._options(uri), credential_provider=None)
 
 
+class NoSuchSource(StorageError):
+    """The landing zone has no folder (or prefix) for a source."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message, transient)
+
+
 @dataclass(frozen=True)
 class LandingZone:
     """The raw JSON-lines files under `<root>/<source>/`, from a folder or an S3 prefix."""
@@ -279,10 +286,18 @@ class LandingZone:
     root: str
     s3: S3Options = field(default_factory=S3Options)
 
-    def read_lines(self, source: str) -> pl.DataFrame:
-        """All lines of every `*.json` file under <root>/<source>/, numbered per file, in path order."""
+    def read_lines(self, source: str, optional: bool = False) -> pl.DataFrame:
+        """All lines of every `*.json` file under <root>/<source>/, numbered per file, in path order.
+
+        A missing folder is an error, unless the source is `optional` (then it has no lines).
+        """
         root = self.root.rstrip("/")
-        files = self._read_s3(root, source) if is_s3(root) else self._read_local(root, source)
+        try:
+            files = self._read_s3(root, source) if is_s3(root) else self._read_local(root, source)
+        except NoSuchSource:
+            if optional:
+                return empty_raw_lines()
+            raise
         frames = [raw_lines(blob, name, landed_at) for name, blob, landed_at in files]
         return pl.concat(frames) if frames else empty_raw_lines()
 
@@ -290,7 +305,7 @@ class LandingZone:
     def _read_local(root: str, source: str) -> list[tuple[str, bytes, datetime]]:
         folder = Path(root) / source
         if not folder.is_dir():
-            raise StorageError(
+            raise NoSuchSource(
                 f"Landing folder {folder.absolute()} does not exist. Put the {source} JSON-lines files "
                 f"there, point {LANDING_SETTING} at the landing root, or run "
                 f"`stedi generate --out {root}` for sample data.",
@@ -314,7 +329,7 @@ class LandingZone:
                 for obj in page.get("Contents", [])
             ]
             if not listed:
-                raise StorageError(
+                raise NoSuchSource(
                     f"Nothing under {uri}: put the {source} JSON-lines files there or point "
                     f"{LANDING_SETTING} at the landing root.",
                     False,

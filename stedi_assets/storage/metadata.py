@@ -13,6 +13,8 @@ from stedi_assets.rules.contracts import Verdict
 
 ZONE = "stedi/zone"
 """Definition metadata: the lakehouse zone (folder) of the asset's Delta table."""
+OPTIONAL_INPUT = "stedi/optional_input"
+"""Definition metadata: readers get None instead of an error while the table was never written."""
 IDENTITIES = "stedi/identities"
 """Definition metadata: columns identifying whom a row is about (when one leaves, history goes too)."""
 MASK = "[redacted]"

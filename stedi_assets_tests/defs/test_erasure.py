@@ -1,0 +1,121 @@
+"""Erasure requests end to end: gone from every table and every retained version, and for good."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+from stedi_assets.cli import main, run_lakehouse
+from stedi_assets.rules.identity import pseudonym
+from stedi_assets.storage.lakehouse import Lakehouse
+from stedi_assets.storage.pseudonym import pseudonym_key
+from stedi_assets_tests.helpers import write_jsonl
+
+ALICE = "alice@test.com"
+TABLES = [
+    ("landing", "customer_landing", "email"),
+    ("landing", "accelerometer_landing", "user"),
+    ("trusted", "customer_trusted", "email"),
+    ("trusted", "accelerometer_trusted", "user"),
+    ("curated", "customer_curated", "email"),
+]
+DEVICE_TABLES = [
+    ("landing", "step_trainer_landing"),
+    ("trusted", "step_trainer_trusted"),
+    ("curated", "machine_learning_curated"),
+]
+
+
+def _every_version(uri: Path) -> list[pl.DataFrame]:
+    frames = []
+    for version in range(DeltaTable(str(uri)).version() + 1):
+        try:
+            frames.append(pl.read_delta(str(uri), version=version))
+        except Exception:  # its log entry or files are gone: not retained
+            continue
+    return frames
+
+
+def _holds(lakehouse: Path) -> list[str]:
+    """Every table with a retained version that still holds Alice or her device."""
+    held = []
+    for zone, name, column in TABLES:
+        if any(
+            ALICE in f[column].str.to_lowercase().to_list() for f in _every_version(lakehouse / zone / name)
+        ):
+            held.append(name)
+    for zone, name in DEVICE_TABLES:
+        if any("S-A" in f["serialNumber"].to_list() for f in _every_version(lakehouse / zone / name)):
+            held.append(name)
+    return held
+
+
+def _request(landing: Path) -> Path:
+    path = landing / "erasure_requests" / "2024-06-01.json"
+    write_jsonl(path, [{"email": " ALICE@Test.com\u200b", "requestedAt": 1_717_200_000_000}])
+    return path
+
+
+def test_an_erasure_request_removes_the_person_from_every_table_and_version_for_good(
+    tiny_landing: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    lakehouse = tmp_path / "lakehouse"
+    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(lakehouse), "ml_identity": "email"}
+    assert run_lakehouse(**settings)["success"]
+    assert set(_holds(lakehouse)) == {n for _, n, _ in TABLES} | {n for _, n in DEVICE_TABLES}
+    request = _request(tiny_landing)
+
+    summary = run_lakehouse(**settings)
+
+    assert summary["success"], summary["errors"]
+    assert _holds(lakehouse) == []
+    conserved = {c["asset"]: c["summary"] for c in summary["checks"] if c["name"] == "lines_conserved"}
+    assert conserved == {
+        "customer_landing": "5 non-blank lines read, 4 accepted + 0 rejected + 1 erased",
+        "accelerometer_landing": "4 non-blank lines read, 2 accepted + 0 rejected + 2 erased",
+        "step_trainer_landing": "4 non-blank lines read, 2 accepted + 0 rejected + 2 erased",
+    }
+    secret = pseudonym_key(str(lakehouse)).secret
+    log = pl.read_delta(str(lakehouse / "privacy" / "erasure_log"))
+    assert log.select("hashed_id", "kind", "requested_at").rows() == [
+        (pseudonym("s-a", secret), "device", None),
+        (pseudonym(ALICE, secret), "subject", 1_717_200_000_000),
+    ]
+    assert "customer_trusted" in log["found_in"][1].to_list()
+    assert ALICE not in str(log.rows()).lower()
+
+    # the request stays in force when its file is gone: re-reading the landing files never brings her back
+    request.unlink()
+    assert run_lakehouse(**settings)["success"]
+    assert _holds(lakehouse) == []
+    assert pl.read_delta(str(lakehouse / "privacy" / "erasure_log")).height == 2
+
+    request = _request(tiny_landing)
+    code = main(["audit", "--landing", str(tiny_landing), "--lakehouse", str(lakehouse)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.endswith("nothing found\n")
+    assert f"erased {pseudonym(ALICE, secret)[:16]} still has lines in " in out
+
+
+def test_the_audit_finds_an_erased_person_when_the_vacuum_is_skipped(
+    tiny_landing: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(Lakehouse, "forget_history", lambda self, uri: 0)
+    lakehouse = tmp_path / "lakehouse"
+    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(lakehouse)}
+    assert run_lakehouse(**settings)["success"]
+    _request(tiny_landing)
+    assert run_lakehouse(**settings)["success"]
+
+    code = main(["audit", "--landing", str(tiny_landing), "--lakehouse", str(lakehouse)])
+
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "customer_landing version 0: 1 identities without consent" in out
+    assert "accelerometer_landing version 0: 1 identities without consent" in out
+    assert "customer_trusted version 0: 1 identities without consent" in out
+    assert ALICE not in out.lower()

@@ -73,4 +73,6 @@ def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
+    # an S3 lakehouse is shared, so its pseudonyms need a key every writer has
+    monkeypatch.setenv("STEDI_PSEUDONYM_KEY", "s3-test-pseudonym-key")
     return s3_endpoint

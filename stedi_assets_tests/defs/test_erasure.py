@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
+import boto3
 import polars as pl
 import pytest
 from deltalake import DeltaTable
 
 from stedi_assets.cli import main, run_lakehouse
 from stedi_assets.rules.identity import pseudonym
+from stedi_assets.storage.environment import S3Options
 from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.pseudonym import pseudonym_key
-from stedi_assets_tests.helpers import write_jsonl
+from stedi_assets_tests.helpers import make_bucket, upload_tree, write_jsonl
 
 ALICE = "alice@test.com"
 TABLES = [
@@ -119,3 +122,57 @@ def test_the_audit_finds_an_erased_person_when_the_vacuum_is_skipped(
     assert "accelerometer_landing version 0: 1 identities without consent" in out
     assert "customer_trusted version 0: 1 identities without consent" in out
     assert ALICE not in out.lower()
+
+
+@pytest.mark.s3
+def test_withdrawal_and_erasure_on_the_s3_server(
+    tiny_landing: Path, s3_env: str, capsys: pytest.CaptureFixture[str]
+):
+    """The same guarantees with the landing zone and the lakehouse in a bucket of a real S3 API server:
+    no data object in the bucket holds the erased person, and the audit finds nothing."""
+    bucket = f"erasure-{uuid.uuid4().hex[:12]}"
+    make_bucket(bucket)
+    upload_tree(tiny_landing, bucket, "landing")
+    landing, lakehouse = f"s3://{bucket}/landing", f"s3://{bucket}/lakehouse"
+    assert run_lakehouse(landing_uri=landing, lakehouse_uri=lakehouse)["success"]
+    _request(tiny_landing)
+    upload_tree(tiny_landing / "erasure_requests", bucket, "landing/erasure_requests")
+
+    summary = run_lakehouse(landing_uri=landing, lakehouse_uri=lakehouse)
+
+    assert summary["success"], summary["errors"]
+    store = Lakehouse(lakehouse, S3Options.from_environment())
+    client = boto3.client("s3")
+    for zone, name, column in TABLES:
+        uri = store.table_uri(zone, name)
+        frame = store.scan(uri).collect()
+        assert ALICE not in frame[column].str.to_lowercase().to_list(), name
+        # no data object left in the bucket, referenced or not, holds her
+        objects = client.list_objects_v2(Bucket=bucket, Prefix=f"lakehouse/{zone}/{name}/part-")["Contents"]
+        for obj in objects:
+            data = pl.read_parquet(client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+            assert ALICE not in data[column].str.to_lowercase().to_list(), obj["Key"]
+    code = main(["audit", "--landing", landing, "--lakehouse", lakehouse])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.endswith("nothing found\n")
+
+
+@pytest.mark.s3
+def test_an_s3_lakehouse_without_a_pseudonym_key_refuses_to_run(
+    tiny_landing: Path, s3_env: str, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.delenv("STEDI_PSEUDONYM_KEY")
+    bucket = f"nokey-{uuid.uuid4().hex[:12]}"
+    make_bucket(bucket)
+    upload_tree(tiny_landing, bucket, "landing")
+    lakehouse = f"s3://{bucket}/lakehouse"
+
+    summary = run_lakehouse(landing_uri=f"s3://{bucket}/landing", lakehouse_uri=lakehouse)
+
+    assert not summary["success"]
+    message = (
+        f"The lakehouse {lakehouse} is on S3, so its pseudonyms need a shared key: set "
+        "STEDI_PSEUDONYM_KEY (the same value on every machine that writes it)."
+    )
+    assert f"erasure_log: {message}" in summary["errors"]

@@ -16,6 +16,9 @@ from stedi_assets_tests.helpers import REFERENCE_ENV, moto_server, write_tiny_la
 # Nothing is written into the working tree: even with database=None, hypothesis caches constants
 # in its home folder (./.hypothesis by default), so that folder lives in the temporary directory.
 set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / "stedi-hypothesis"))
+# The generated pseudonym key of a local lakehouse lives in the user's config folder: for the whole
+# session (module-scoped fixtures and subprocesses included) that is a temporary one.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="stedi-config-")
 
 
 @pytest.fixture(autouse=True)

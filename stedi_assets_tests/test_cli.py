@@ -34,6 +34,8 @@ def stedi(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 @pytest.fixture(scope="module")
 def reference_run(reference_landing: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     lakehouse = tmp_path_factory.mktemp("reference") / "lakehouse"
+    # a module fixture is set up before the conftest's per-test environment, so the test config
+    # folder is given here: the generated pseudonym key must not land in the user's own config
     done = stedi(
         "run",
         "--landing",
@@ -43,6 +45,7 @@ def reference_run(reference_landing: Path, tmp_path_factory: pytest.TempPathFact
         "--expectations",
         REFERENCE_EXPECTATIONS,
         "--json",
+        env={"XDG_CONFIG_HOME": str(tmp_path_factory.getbasetemp() / "config")},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout), lakehouse
@@ -62,7 +65,7 @@ def test_reference_counts_exactly(reference_run):
 def test_reference_checks(reference_run):
     summary, _ = reference_run
     checks = {(c["asset"], c["name"]): c for c in summary["checks"]}
-    assert len(checks) == 44
+    assert len(checks) == 45
     failing_errors = [k for k, c in checks.items() if c["severity"] == "ERROR" and not c["passed"]]
     assert failing_errors == []
     assert set(checks[("machine_learning_curated", "row_count")]) == {
@@ -85,14 +88,14 @@ def test_sql_over_reference_lakehouse(reference_run):
     _, lakehouse = reference_run
     done = stedi(
         "sql",
-        "select count(*) as n, count(distinct user) as users, count(distinct serialNumber) as devices "
-        "from machine_learning_curated",
+        "select count(*) as n, count(distinct subject_id) as subjects, "
+        "count(distinct serialNumber) as devices from machine_learning_curated",
         "--lakehouse",
         str(lakehouse),
         "--csv",
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "n,users,devices\n43681,482,482\n"
+    assert done.stdout == "n,subjects,devices\n43681,482,482\n"
 
 
 @pytest.mark.reference

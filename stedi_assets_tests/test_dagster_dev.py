@@ -108,7 +108,7 @@ def test_ui_serves_every_asset_and_check(dagster_dev: str):
         for n in nodes
         for check in n["assetChecksOrError"]["checks"]
     }
-    assert len(served_checks) == 44
+    assert len(served_checks) == 45
     assert served_checks == {(key.asset_key.to_user_string(), key.name) for key in graph.asset_check_keys}
 
 

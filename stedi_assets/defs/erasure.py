@@ -32,7 +32,7 @@ def _found_in(lakehouse: Lakehouse, erased: pl.LazyFrame, secret: bytes) -> pl.L
     """(hashed_id, table) for every table that holds an erased identity now."""
     found = []
     for declared in TABLES.values():
-        if declared.zone == QUARANTINE or not declared.identities:
+        if declared.zone == QUARANTINE or not declared.identities:  # raw lines: not an identity column
             continue
         uri = lakehouse.table_uri(declared.zone, declared.name)
         if not lakehouse.exists(uri):

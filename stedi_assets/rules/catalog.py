@@ -109,6 +109,7 @@ class Source:
             QUARANTINE,
             f"Lines of the {self.name} landing files that could not be ingested, with the reason.",
             REJECT_COLUMNS,
+            identity_columns=("raw_line",),  # a line that leaves (fixed, erased) takes its history along
         )
 
 

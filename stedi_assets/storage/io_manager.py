@@ -16,7 +16,6 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from stedi_assets.rules.catalog import QUARANTINE
 from stedi_assets.rules.contracts import Verdict
 from stedi_assets.rules.identity import KEY, keys
 from stedi_assets.storage.errors import StorageError, TableMissing
@@ -59,7 +58,7 @@ class Publication:
     identities: tuple[str, ...] = ()
     """Columns identifying whom a row is about: when one of them leaves, no older version stays."""
     no_history: bool = False
-    """Keep no older version at all (a quarantine table holds whole raw lines)."""
+    """Keep no older version at all (a rewrite whose only purpose is to remove people)."""
     stats_columns: list[str] | None = None
     """Columns that may ever carry statistics in the Delta log (no personal data)."""
 
@@ -126,7 +125,6 @@ class DeltaIOManager(dg.ConfigurableIOManager):
         publication = replace(
             publication,
             identities=tuple(metadata.get(IDENTITIES, ())),
-            no_history=metadata.get(ZONE) == QUARANTINE,
             stats_columns=[c.name for c in metadata["dagster/column_schema"].columns if c.name not in pii]
             if "dagster/column_schema" in metadata
             else None,

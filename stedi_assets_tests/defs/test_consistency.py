@@ -11,6 +11,8 @@ from deltalake import DeltaTable
 
 from stedi_assets.cli import run_lakehouse
 from stedi_assets.rules import transforms
+from stedi_assets.rules.identity import pseudonym
+from stedi_assets.storage.pseudonym import pseudonym_key
 from stedi_assets_tests.helpers import T2, customer, write_jsonl
 
 PEOPLE = [
@@ -20,6 +22,8 @@ PEOPLE = [
     ("curated", "machine_learning_curated", "user"),
 ]
 DEVICES = [("trusted", "step_trainer_trusted"), ("curated", "machine_learning_curated")]
+SUBJECTS = ("curated", "machine_learning_curated", "subject_id")
+"""The training table is pseudonymous: its people are keyed hashes of their canonical emails."""
 
 
 def _people(lakehouse: Path, zone: str, name: str, column: str) -> set[str]:
@@ -30,6 +34,15 @@ def _devices(lakehouse: Path, zone: str, name: str) -> set[str]:
     return set(pl.read_delta(str(lakehouse / zone / name))["serialNumber"])
 
 
+def _subject_id(lakehouse: Path, email: str) -> str:
+    """The subject_id of a canonical email under the key the runs on `lakehouse` use."""
+    return pseudonym(email, pseudonym_key(str(lakehouse)).secret)
+
+
+def _subjects(lakehouse: Path) -> set[str]:
+    return set(pl.read_delta(str(lakehouse / SUBJECTS[0] / SUBJECTS[1]))[SUBJECTS[2]])
+
+
 def _alice_withdraws(landing: Path) -> None:
     write_jsonl(
         landing / "customer" / "customer-2.json", [customer("Alice A", "S-A", None, lastUpdateDate=T2)]
@@ -37,8 +50,10 @@ def _alice_withdraws(landing: Path) -> None:
 
 
 def _alice_everywhere(lakehouse: Path) -> bool:
-    return all("alice@test.com" in _people(lakehouse, *table) for table in PEOPLE) and all(
-        "S-A" in _devices(lakehouse, *table) for table in DEVICES
+    return (
+        all("alice@test.com" in _people(lakehouse, *table) for table in PEOPLE)
+        and all("S-A" in _devices(lakehouse, *table) for table in DEVICES)
+        and _subject_id(lakehouse, "alice@test.com") in _subjects(lakehouse)
     )
 
 
@@ -46,16 +61,21 @@ def test_a_run_failing_after_the_consent_decision_leaves_no_withdrawn_row_anywhe
     tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     lakehouse = tmp_path / "lakehouse"
-    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(lakehouse)}
+    # ml_identity=email: the training table keeps the email beside the subject_id, so both are checked
+    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(lakehouse), "ml_identity": "email"}
     assert run_lakehouse(**settings)["success"]
     assert _alice_everywhere(lakehouse)
+    alice, erin = _subject_id(lakehouse, "alice@test.com"), _subject_id(lakehouse, "erin@test.com")
     _alice_withdraws(tiny_landing)
 
     def disk_full(*args, **kwargs):
         raise dg.Failure("No space left on device (os error 28)", allow_retries=False)
 
-    monkeypatch.setattr(transforms, "accelerometer_trusted", disk_full)
-    summary = run_lakehouse(**settings)
+    # a context, not monkeypatch.undo(): that would also undo the conftest's environment (the test
+    # config folder of the generated pseudonym key) and the next run would use another key
+    with monkeypatch.context() as patch:
+        patch.setattr(transforms, "accelerometer_trusted", disk_full)
+        summary = run_lakehouse(**settings)
 
     assert not summary["success"]
     assert summary["errors"] == ["accelerometer_trusted: No space left on device (os error 28)"]
@@ -70,12 +90,14 @@ def test_a_run_failing_after_the_consent_decision_leaves_no_withdrawn_row_anywhe
     for table in DEVICES:
         devices = _devices(lakehouse, *table)
         assert "S-A" not in devices and "S-E" in devices, table
+    assert alice not in _subjects(lakehouse) and erin in _subjects(lakehouse)
     assert summary["tables"]["customer_trusted"]["rows"] == 2
 
-    # the next run that succeeds leaves the same tables as a run that never failed
-    monkeypatch.undo()
+    # the next run that succeeds leaves the same tables as a run that never failed (same key, so
+    # Erin keeps her subject_id)
     assert run_lakehouse(**settings)["success"]
     assert not any("alice@test.com" in _people(lakehouse, *table) for table in PEOPLE)
+    assert _subjects(lakehouse) == {erin}
 
 
 def test_when_the_withdrawal_cannot_reach_a_table_the_decision_is_not_published(
@@ -98,3 +120,41 @@ def test_when_the_withdrawal_cannot_reach_a_table_the_decision_is_not_published(
     assert len(summary["errors"]) == 1 and summary["errors"][0].startswith("customer_trusted: ")
     assert "step_trainer_trusted" in summary["errors"][0]
     assert DeltaTable(str(lakehouse / "trusted" / "customer_trusted")).version() == trusted_version
+
+
+def _versions_holding(uri: Path, column: str, value: str) -> list[int]:
+    """Every version of a table still readable that holds `value` in `column`."""
+    found = []
+    for version in range(DeltaTable(str(uri)).version() + 1):
+        try:
+            frame = pl.read_delta(str(uri), version=version)
+        except Exception:  # its log entry or data files are gone: not retained
+            continue
+        if value in frame[column].str.to_lowercase().to_list():
+            found.append(version)
+    return found
+
+
+def test_a_withdrawal_leaves_no_retained_version_holding_the_person(tiny_landing: Path, tmp_path: Path):
+    lakehouse = tmp_path / "lakehouse"
+    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(lakehouse), "ml_identity": "email"}
+    assert run_lakehouse(**settings)["success"]
+    assert run_lakehouse(**settings)["success"]  # nothing removed: the earlier version stays readable
+    customer_trusted = lakehouse / "trusted" / "customer_trusted"
+    assert _versions_holding(customer_trusted, "email", "alice@test.com") == [0, 1]
+
+    _alice_withdraws(tiny_landing)
+    assert run_lakehouse(**settings)["success"]
+
+    for zone, name, column in PEOPLE:
+        assert _versions_holding(lakehouse / zone / name, column, "alice@test.com") == [], name
+    for zone, name in DEVICES:
+        assert _versions_holding(lakehouse / zone / name, "serialNumber", "s-a") == [], name
+    # her files are gone from disk, not just from the log
+    assert all(
+        "alice@test.com" not in pl.read_parquet(f)["email"].str.to_lowercase().to_list()
+        for f in customer_trusted.glob("*.parquet")
+    )
+    # and a table nobody left keeps its history
+    landing = lakehouse / "landing" / "step_trainer_landing"
+    assert pl.read_delta(str(landing), version=0).height == 4

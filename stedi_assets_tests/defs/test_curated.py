@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 from pathlib import Path
 
 import polars as pl
+from deltalake import DeltaTable
 
 from stedi_assets.cli import run_lakehouse
 from stedi_assets_tests.helpers import T1, T2
 
+STEP_COLUMNS = ["sensorReadingTime", "serialNumber", "distanceFromObject"]
+READING_COLUMNS = ["timestamp", "x", "y", "z"]
+
 
 def _ml(lakehouse: Path) -> pl.DataFrame:
     return pl.read_delta(str(lakehouse / "curated" / "machine_learning_curated"))
+
+
+def _generated_key() -> bytes:
+    """The key a local run generates when STEDI_PSEUDONYM_KEY is not set: in the user's config folder
+    (the test session's, see conftest), never in the lakehouse."""
+    return (Path(os.environ["XDG_CONFIG_HOME"]) / "stedi" / "pseudonym.key").read_bytes().strip()
+
+
+def _subject_id(canonical_email: str) -> str:
+    """HMAC-SHA256 (hex) of the canonical email under the run's key, computed independently."""
+    return hmac.new(_generated_key(), canonical_email.encode(), hashlib.sha256).hexdigest()
 
 
 def test_seed_join_pairs_readings_by_timestamp_only(tiny_landing: Path, tmp_path: Path):
@@ -23,32 +41,55 @@ def test_seed_join_pairs_readings_by_timestamp_only(tiny_landing: Path, tmp_path
         "Alice@test.com",
         "Erin@test.com",
     ]
-    ml = _ml(lakehouse).sort("serialNumber", "sensorReadingTime", "user")
-    assert ml.select("sensorReadingTime", "serialNumber", "user", "x").rows() == [
-        (T1, "S-A", "Alice@test.com", 1.0),
-        (T2, "S-A", "Alice@test.com", 2.0),
-        (T2, "S-A", "Erin@test.com", 4.0),
-        (T2, "S-E", "Alice@test.com", 2.0),
-        (T2, "S-E", "Erin@test.com", 4.0),
+    alice, erin = _subject_id("alice@test.com"), _subject_id("erin@test.com")
+    ml = _ml(lakehouse)
+    # pseudonymous by default: the subject_id, no email
+    assert ml.columns == [*STEP_COLUMNS, "subject_id", *READING_COLUMNS]
+    assert ml.sort("serialNumber", "sensorReadingTime", "x").select(
+        "sensorReadingTime", "serialNumber", "subject_id", "x"
+    ).rows() == [
+        (T1, "S-A", alice, 1.0),
+        (T2, "S-A", alice, 2.0),
+        (T2, "S-A", erin, 4.0),
+        (T2, "S-E", alice, 2.0),
+        (T2, "S-E", erin, 4.0),
     ]
+    commit = DeltaTable(str(lakehouse / "curated" / "machine_learning_curated")).history(1)[0]
+    key_id = hashlib.sha256(b"stedi-pseudonym-key-id:" + _generated_key()).hexdigest()[:12]
+    assert (commit["stedi.ml_identity"], commit["stedi.pseudonym_key_id"]) == ("subject_id", key_id)
     cross = next(c for c in summary["checks"] if c["name"] == "cross_customer_pairs")
     assert (cross["passed"], cross["severity"]) == (False, "WARN")
     assert cross["summary"] == "2 rows pair one customer's Step Trainer with another customer's phone"
+    members = next(c for c in summary["checks"] if c["name"] == "users_are_curated_customers")
+    assert (members["passed"], members["summary"]) == (
+        True,
+        "0 rows whose subject_id is not a curated customer (by keyed hash)",
+    )
 
 
 def test_same_customer_join_keeps_only_owners_pairs(tiny_landing: Path, tmp_path: Path):
     lakehouse = tmp_path / "lakehouse"
     summary = run_lakehouse(
-        landing_uri=str(tiny_landing), lakehouse_uri=str(lakehouse), ml_join="same_customer"
+        landing_uri=str(tiny_landing),
+        lakehouse_uri=str(lakehouse),
+        ml_join="same_customer",
+        ml_identity="email",
     )
 
     assert summary["success"], summary["errors"]
-    ml = _ml(lakehouse).sort("serialNumber", "sensorReadingTime")
-    assert ml.select("sensorReadingTime", "serialNumber", "user").rows() == [
-        (T1, "S-A", "Alice@test.com"),
-        (T2, "S-A", "Alice@test.com"),
-        (T2, "S-E", "Erin@test.com"),
+    alice, erin = _subject_id("alice@test.com"), _subject_id("erin@test.com")
+    ml = _ml(lakehouse)
+    # ml_identity=email keeps the email beside the subject_id
+    assert ml.columns == [*STEP_COLUMNS, "subject_id", "user", *READING_COLUMNS]
+    assert ml.sort("serialNumber", "sensorReadingTime").select(
+        "sensorReadingTime", "serialNumber", "subject_id", "user"
+    ).rows() == [
+        (T1, "S-A", alice, "Alice@test.com"),
+        (T2, "S-A", alice, "Alice@test.com"),
+        (T2, "S-E", erin, "Erin@test.com"),
     ]
+    commit = DeltaTable(str(lakehouse / "curated" / "machine_learning_curated")).history(1)[0]
+    assert (commit["stedi.ml_join"], commit["stedi.ml_identity"]) == ("same_customer", "email")
     cross = next(c for c in summary["checks"] if c["name"] == "cross_customer_pairs")
     assert (cross["passed"], cross["summary"]) == (
         True,

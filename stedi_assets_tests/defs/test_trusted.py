@@ -13,6 +13,8 @@ from deltalake import DeltaTable
 
 from stedi_assets.cli import run_lakehouse
 from stedi_assets.rules import transforms
+from stedi_assets.rules.identity import SUBJECT_ID, pseudonym
+from stedi_assets.storage.pseudonym import pseudonym_key
 from stedi_assets_tests.helpers import write_jsonl
 
 
@@ -27,6 +29,7 @@ def test_tiny_landing_gives_exact_trusted_tables(tiny_landing: Path, tmp_path: P
     assert summary["success"], summary["errors"]
     rows = {name: info["rows"] for name, info in summary["tables"].items()}
     assert rows == {
+        "erasure_log": 0,
         "customer_landing": 5,
         "accelerometer_landing": 4,
         "step_trainer_landing": 4,
@@ -95,8 +98,14 @@ LEAKING_TABLES = [
         "serialNumber",
         "1 rows whose serialNumber is not a curated customer's device",
     ),
-    ("machine_learning_curated", "curated", "user", "1 rows whose user is not a curated customer"),
+    (
+        "machine_learning_curated",
+        "curated",
+        SUBJECT_ID,
+        "1 rows whose subject_id is not a curated customer (by keyed hash)",
+    ),
 ]
+INTRUDER = "intruder@elsewhere.example"
 
 
 @pytest.mark.parametrize(("table", "zone", "column", "summary"), LEAKING_TABLES)
@@ -113,10 +122,12 @@ def test_a_transform_that_leaks_a_row_leaves_the_published_table_unchanged(
     version, files = before.version(), sorted(p.name for p in uri.glob("*.parquet"))
 
     rule = getattr(transforms, table)
+    # the training table names people by keyed hash: the stranger's, under the key the run uses
+    leaked = pseudonym(INTRUDER, pseudonym_key(str(lakehouse)).secret) if column == SUBJECT_ID else INTRUDER
 
     def leaking(*args, **kwargs) -> pl.LazyFrame:
         frame = rule(*args, **kwargs)
-        stranger = frame.head(1).with_columns(pl.lit("intruder@elsewhere.example").alias(column))
+        stranger = frame.head(1).with_columns(pl.lit(leaked).alias(column))
         return pl.concat([frame, stranger])
 
     monkeypatch.setattr(transforms, table, leaking)
@@ -128,7 +139,7 @@ def test_a_transform_that_leaks_a_row_leaves_the_published_table_unchanged(
     ]
     assert DeltaTable(str(uri)).version() == version
     assert sorted(p.name for p in uri.glob("*.parquet")) == files
-    assert "intruder@elsewhere.example" not in pl.read_delta(str(uri))[column].to_list()
+    assert leaked not in pl.read_delta(str(uri))[column].to_list()
 
 
 def canonical(value: str) -> str:
@@ -200,10 +211,13 @@ def test_undated_tied_quarantined_and_respelled_withdrawals_reach_no_table(
         ("trusted", "customer_trusted", "email"),
         ("curated", "customer_curated", "email"),
         ("trusted", "accelerometer_trusted", "user"),
-        ("curated", "machine_learning_curated", "user"),
     ]:
         present = {canonical(v) for v in _read(lakehouse, zone, name)[column]}
         assert len(present) > 400 and not gone & present, name
+    # the training table names people by keyed hash only (under the key the run used)
+    secret = pseudonym_key(str(lakehouse)).secret
+    subjects = set(_read(lakehouse, "curated", "machine_learning_curated")[SUBJECT_ID])
+    assert len(subjects) > 400 and not {pseudonym(g, secret) for g in gone} & subjects
     for zone, name in [("trusted", "step_trainer_trusted"), ("curated", "machine_learning_curated")]:
         present = {canonical(v) for v in _read(lakehouse, zone, name)["serialNumber"]}
         assert len(present) > 400 and not serials & present, name

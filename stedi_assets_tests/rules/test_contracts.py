@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any
 
 import polars as pl
@@ -12,7 +14,10 @@ from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import ACCELEROMETER, INGESTED_AT, PROVENANCE, TABLES
 from stedi_assets.rules.contracts import Severity
 from stedi_assets.rules.transforms import MlJoin
-from stedi_assets_tests.frames import CONSENT, NO_REJECTS, landing, rows_frame
+from stedi_assets_tests.frames import CONSENT, NO_REJECTS, customer_rejects, landing, rows_frame
+
+SECRET = b"contract-test-key"
+OTHER_SECRET = b"another-key"
 
 
 def customer_landing(*rows: dict[str, Any]) -> pl.LazyFrame:
@@ -25,6 +30,17 @@ def customer(email: str, serial: str, consent: int | None = CONSENT) -> dict[str
 
 def reading(user: str, timestamp: int, x: float | None = 0.5) -> dict[str, Any]:
     return {"user": user, "timestamp": timestamp, "x": x, "y": 1.0, "z": -1.0}
+
+
+def subject(canonical_email: str, secret: bytes = SECRET) -> str:
+    """The subject_id of a canonical email, computed independently of the code under test."""
+    return hmac.new(secret, canonical_email.encode(), hashlib.sha256).hexdigest()
+
+
+def ml_reading(user: str, timestamp: int, x: float | None = 0.5, secret: bytes = SECRET) -> dict[str, Any]:
+    """An accelerometer side of a training row: the reading and its owner's subject_id (the canonical
+    form of these test emails is their lower-cased, trimmed spelling)."""
+    return reading(user, timestamp, x) | {"subject_id": subject(user.strip().lower(), secret)}
 
 
 def step(serial: str, time: int) -> dict[str, Any]:
@@ -140,54 +156,111 @@ def test_membership_describes_itself() -> None:
 
 
 def ml_frame(*rows: dict[str, Any]) -> pl.DataFrame:
-    return rows_frame("machine_learning_curated", list(rows))
+    """Training rows as the default (pseudonymous) table holds them: subject_id, no user column."""
+    return rows_frame("machine_learning_curated", list(rows)).drop("user")
 
 
-GOOD_PAIR = step("s1", 10) | reading("a@x.com", 10)
+GOOD_PAIR = step("s1", 10) | ml_reading("a@x.com", 10)
 
 
 def test_both_sides_present_passes_paired_rows() -> None:
     frame = ml_frame(GOOD_PAIR)
     assert_verdict(contracts.both_sides_present(frame.lazy()), True, 0, 0, frame.clear())
+    # with ml_identity=email the table also keeps the email
+    with_email = rows_frame("machine_learning_curated", [GOOD_PAIR])
+    assert_verdict(contracts.both_sides_present(with_email.lazy()), True, 0, 0, with_email.clear())
 
 
 def test_both_sides_present_fails_missing_side_or_different_time() -> None:
     frame = ml_frame(
         GOOD_PAIR,
-        step("s1", 10) | reading("a@x.com", 10, x=None),
-        step("s1", 10) | reading("a@x.com", 11),
-        {"user": "a@x.com", "timestamp": 10, "x": 0.1, "y": 0.1, "z": 0.1},
+        step("s1", 10) | ml_reading("a@x.com", 10, x=None),
+        step("s1", 10) | ml_reading("a@x.com", 11),
+        {"subject_id": subject("a@x.com"), "timestamp": 10, "x": 0.1, "y": 0.1, "z": 0.1},
+        step("s1", 10) | reading("a@x.com", 10),  # a reading of no one: no subject_id
     )
-    assert_verdict(contracts.both_sides_present(frame.lazy()), False, 3, 0, frame[1:])
+    assert_verdict(contracts.both_sides_present(frame.lazy()), False, 4, 0, frame[1:])
+    assert contracts.both_sides_present(frame.lazy()).summary == (
+        "4 rows missing a Step Trainer or accelerometer side, or pairing different times"
+    )
 
 
 CURATED = rows_frame("customer_curated", [customer("a@x.com", "s1"), customer("b@x.com", "s2")]).lazy()
 
 
 def test_cross_customer_passes_owner_pairs() -> None:
-    frame = ml_frame(step("S1", 10) | reading("A@x.com ", 10), step("s2", 10) | reading("b@x.com", 10))
-    verdict = contracts.cross_customer(frame.lazy(), CURATED)
+    frame = ml_frame(step("S1", 10) | ml_reading("A@x.com ", 10), step("s2", 10) | ml_reading("b@x.com", 10))
+    verdict = contracts.cross_customer(frame.lazy(), CURATED, SECRET)
     assert_verdict(verdict, True, 0, 0, frame.clear(), Severity.WARN)
 
 
 def test_cross_customer_fails_foreign_pairs() -> None:
     frame = ml_frame(
-        step("s1", 10) | reading("a@x.com", 10),
-        step("s1", 10) | reading("b@x.com", 10),
-        step("s2", 10) | reading("a@x.com", 10),
+        step("s1", 10) | ml_reading("a@x.com", 10),
+        step("s1", 10) | ml_reading("b@x.com", 10),
+        step("s2", 10) | ml_reading("a@x.com", 10),
     )
-    verdict = contracts.cross_customer(frame.lazy(), CURATED)
+    verdict = contracts.cross_customer(frame.lazy(), CURATED, SECRET)
     assert_verdict(verdict, False, 2, 0, frame[1:], Severity.WARN)
     assert verdict.summary == "2 rows pair one customer's Step Trainer with another customer's phone"
+
+
+def test_cross_customer_finds_no_owner_for_a_subject_id_made_with_another_key() -> None:
+    frame = ml_frame(step("s1", 10) | ml_reading("a@x.com", 10, secret=OTHER_SECRET))
+    verdict = contracts.cross_customer(frame.lazy(), CURATED, SECRET)
+    assert_verdict(verdict, False, 1, 0, frame, Severity.WARN)
 
 
 def test_cross_customer_flags_the_seed_join_only() -> None:
     steps = rows_frame("step_trainer_trusted", [step("s1", 10), step("s2", 10)]).lazy()
     readings = rows_frame("accelerometer_trusted", [reading("a@x.com", 10), reading("b@x.com", 10)]).lazy()
-    seed = transforms.machine_learning_curated(steps, readings, CURATED, MlJoin.seed)
-    owner = transforms.machine_learning_curated(steps, readings, CURATED, MlJoin.same_customer)
-    assert contracts.cross_customer(seed, CURATED).observed == 2
-    assert contracts.cross_customer(owner, CURATED).passed
+    seed = transforms.machine_learning_curated(steps, readings, CURATED, SECRET, MlJoin.seed)
+    owner = transforms.machine_learning_curated(steps, readings, CURATED, SECRET, MlJoin.same_customer)
+    assert contracts.cross_customer(seed, CURATED, SECRET).observed == 2
+    assert contracts.cross_customer(owner, CURATED, SECRET).passed
+    # compared under another key, no row's subject_id is a curated customer's
+    assert contracts.cross_customer(owner, CURATED, OTHER_SECRET).observed == 2
+
+
+SUBJECTS_ARE_CURATED = contracts.Membership(
+    "users_are_curated_customers",
+    "machine_learning_curated",
+    "subject_id",
+    "customer_curated",
+    "email",
+    "a curated customer (by keyed hash)",
+    pseudonymous=True,
+)
+
+
+def test_pseudonymous_membership_compares_keyed_hashes_under_the_given_key() -> None:
+    child = ml_frame(step("s1", 10) | ml_reading(" A@x.com", 10), step("s1", 10) | ml_reading("z@x.com", 10))
+    verdict = SUBJECTS_ARE_CURATED.verdict(child.lazy(), CURATED, SECRET)
+    assert_verdict(verdict, False, 1, 0, child[1:2])
+    assert verdict.summary == "1 rows whose subject_id is not a curated customer (by keyed hash)"
+    assert SUBJECTS_ARE_CURATED.verdict(child.lazy(), CURATED, OTHER_SECRET).observed == 2
+    with pytest.raises(ValueError, match="needs the pseudonym key"):
+        SUBJECTS_ARE_CURATED.verdict(child.lazy(), CURATED)
+
+
+def test_customers_held_warns_with_the_held_customers_keyed_hashes_only() -> None:
+    landing = customer_landing(
+        customer("a@x.com", "s1"), customer("b@x.com", "s2"), customer("c@x.com", "s3")
+    )
+    rejects = customer_rejects(
+        '{"email": " B@x.com", "shareWithResearchAsOfDate": false}',
+        '{"EMAIL": "a@x.com", "serialNumber": "s1"',
+        '{"customerName": "nobody in particular"',
+    )
+    verdict = contracts.customers_held(landing, rejects, SECRET)
+    held = pl.DataFrame({"subject_id": sorted([subject("a@x.com"), subject("b@x.com")])})
+    assert_verdict(verdict, False, 2, 0, held, Severity.WARN)
+    assert verdict.summary == (
+        "2 customers on hold: a quarantined customer line names them and no later valid record supersedes it"
+    )
+    assert_verdict(
+        contracts.customers_held(landing, NO_REJECTS, SECRET), True, 0, 0, held.clear(), Severity.WARN
+    )
 
 
 SERIALS = pl.DataFrame({"serialNumber": ["s1"]}, schema={"serialNumber": pl.String})

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import unicodedata
 
 import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stedi_assets.rules.identity import KEY, canonical, keys, with_key
+from stedi_assets.rules import transforms
+from stedi_assets.rules.identity import KEY, SUBJECT_ID, canonical, keys, pseudonym, with_key, with_pseudonym
+from stedi_assets.rules.transforms import MlIdentity, MlJoin
+from stedi_assets_tests.frames import rows_frame
 
 
 def python_canonical(value: str) -> str:
@@ -60,3 +65,60 @@ def test_with_key_joins_the_form_of_each_distinct_value_back_onto_every_row():
         KEY: ["a@x", "a@x", None, "a@x"],
     }
     assert keys(frame, "user").collect()[KEY].to_list() == ["a@x"]
+
+
+KEY_ONE, KEY_TWO = b"pseudonym-key-one", b"pseudonym-key-two"
+
+
+def python_subject_id(value: str, secret: bytes) -> str:
+    """The documented subject_id: HMAC-SHA256 (hex) of the canonical identity."""
+    return hmac.new(secret, python_canonical(value).encode(), hashlib.sha256).hexdigest()
+
+
+def test_pseudonym_is_the_keyed_hash_of_the_canonical_identity():
+    assert pseudonym("a@x.com", KEY_ONE) == python_subject_id("a@x.com", KEY_ONE)
+    assert len(pseudonym("a@x.com", KEY_ONE)) == 64
+    assert pseudonym("a@x.com", KEY_ONE) != pseudonym("a@x.com", KEY_TWO)
+    assert pseudonym("a@x.com", KEY_ONE) != pseudonym("b@x.com", KEY_ONE)
+
+
+def test_with_pseudonym_hashes_each_spelling_of_one_email_alike():
+    frame = pl.LazyFrame({"user": ["A@x.com", " a\u200b@X.COM", None, "b@x.com"], "n": [1, 2, 3, 4]})
+    hashed = with_pseudonym(frame, "user", KEY_ONE).collect()
+    assert hashed.columns == ["user", "n", SUBJECT_ID]
+    assert hashed["n"].to_list() == [1, 2, 3, 4]
+    assert hashed[SUBJECT_ID].to_list() == [
+        python_subject_id("a@x.com", KEY_ONE),
+        python_subject_id("a@x.com", KEY_ONE),
+        None,
+        python_subject_id("b@x.com", KEY_ONE),
+    ]
+
+
+def _training_subject_ids(secret: bytes) -> list[str]:
+    """The subject_ids the training-table rule gives two spellings of one email, in row order."""
+    steps = rows_frame(
+        "step_trainer_trusted",
+        [{"sensorReadingTime": t, "serialNumber": "s1", "distanceFromObject": 5} for t in (10, 20)],
+    )
+    readings = rows_frame(
+        "accelerometer_trusted",
+        [
+            {"user": "A@x.com", "timestamp": 10, "x": 0.1, "y": 0.2, "z": 0.3},
+            {"user": " a\u200b@X.COM", "timestamp": 20, "x": 0.1, "y": 0.2, "z": 0.3},
+        ],
+    )
+    curated = rows_frame("customer_curated", [{"email": "a@x.com", "serialNumber": "s1"}])
+    frame = transforms.machine_learning_curated(
+        steps.lazy(), readings.lazy(), curated.lazy(), secret, MlJoin.same_customer, MlIdentity.email
+    )
+    return frame.sort("sensorReadingTime").collect()[SUBJECT_ID].to_list()
+
+
+def test_subject_id_is_stable_under_one_key_one_per_person_and_changes_with_the_key():
+    first = _training_subject_ids(KEY_ONE)
+    assert first == _training_subject_ids(KEY_ONE)  # a second run with the same key
+    assert first == [python_subject_id("a@x.com", KEY_ONE)] * 2  # both spellings: one person
+    other = _training_subject_ids(KEY_TWO)
+    assert other == [python_subject_id("a@x.com", KEY_TWO)] * 2
+    assert not set(first) & set(other)

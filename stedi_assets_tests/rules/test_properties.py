@@ -12,6 +12,8 @@ Python (`Reference`) says what every trusted and curated table must hold.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import tempfile
@@ -32,7 +34,7 @@ from polars.testing import assert_frame_equal
 from stedi_assets.cli import run_lakehouse
 from stedi_assets.rules import contracts, parsing, transforms
 from stedi_assets.rules.catalog import LINE_NUMBER, SOURCE_FILE, SOURCES, TABLES
-from stedi_assets.rules.transforms import MlJoin
+from stedi_assets.rules.transforms import MlIdentity, MlJoin
 
 T0 = 1_655_564_376_000
 TIMES = tuple(T0 + 1_000 * k for k in range(6))
@@ -44,6 +46,8 @@ HOME_SERIAL = dict(zip(EMAILS, (*SERIALS, SERIALS[0]), strict=True))
 UNCLAIMED = "SER-9"
 """A Step Trainer no customer claims."""
 LANDED_AT = datetime(2024, 1, 1, tzinfo=UTC)
+SECRET = b"property-test-key"
+"""The pseudonym key of the training tables that run_chain builds."""
 
 IDENTITY_FIELDS = ("email", "serialNumber", "user")
 UNKNOWN_FIELDS = {"source": "app", "note": None, "appVersion": 3}
@@ -338,7 +342,7 @@ def run_chain(files: list[LandingFile]) -> dict[str, pl.DataFrame]:
         "step_trainer_trusted": step_trainer_trusted,
         **{
             f"machine_learning_curated[{join.value}]": transforms.machine_learning_curated(
-                step_trainer_trusted, accelerometer_trusted, customer_curated, join
+                step_trainer_trusted, accelerometer_trusted, customer_curated, SECRET, join, MlIdentity.email
             )
             for join in MlJoin
         },
@@ -357,6 +361,11 @@ def ident(value: str) -> str:
     """The canonical identity as documented (rules/identity.py), in plain Python."""
     value = unicodedata.normalize("NFKC", value)
     return "".join(c for c in value if unicodedata.category(c) != "Cf").casefold().strip()
+
+
+def subject_id(identity: str) -> str:
+    """The documented subject_id of an identity under SECRET: HMAC-SHA256 (hex) of its canonical form."""
+    return hmac.new(SECRET, ident(identity).encode(), hashlib.sha256).hexdigest()
 
 
 def values(record: dict[str, Any], source: str) -> tuple:
@@ -445,12 +454,17 @@ class Reference:
         pairs = [
             (s, a) for s in self.step_trainer_trusted for a in self.accelerometer_trusted if s[0] == a[1]
         ]
+        # declared column order: the Step Trainer's, subject_id, then the accelerometer's (user first)
         self.machine_learning_curated = {
-            MlJoin.seed: Counter(s + a for s, a in pairs),
+            MlJoin.seed: Counter((*s, subject_id(a[0]), *a) for s, a in pairs),
             MlJoin.same_customer: Counter(
-                s + a for s, a in pairs if owner_serial[ident(a[0])] == ident(s[1])
+                (*s, subject_id(a[0]), *a) for s, a in pairs if owner_serial[ident(a[0])] == ident(s[1])
             ),
         }
+        # every identity the landing names, by subject_id: to tell whose a training row is
+        people = {*records, *(ident(r[0]) for r in readings), STRANGER}
+        people |= {ident(email) for email, _, _ in quarantined if email is not None}
+        self.by_subject_id = {subject_id(person): person for person in people}
         self.cross_customer_pairs = sum(self.machine_learning_curated[MlJoin.seed].values()) - sum(
             self.machine_learning_curated[MlJoin.same_customer].values()
         )
@@ -463,7 +477,13 @@ def rows(frame: pl.DataFrame) -> Counter:
     return Counter(frame.rows())
 
 
-def identities(frame: pl.DataFrame, column: str) -> list[str]:
+def identities(frame: pl.DataFrame, column: str, ref: Reference | None = None) -> list[str]:
+    """The canonical identities in `column`; a subject_id column is mapped back to the identity it
+    hashes (via the reference's table of every identity in the landing), an unknown hash is kept as
+    is, so it matches no customer."""
+    if column == "subject_id":
+        assert ref is not None, "subject_id needs the reference's identities"
+        return [ref.by_subject_id.get(v, f"unknown subject_id {v}") for v in frame[column].to_list()]
     return [ident(v) for v in frame[column].to_list()]
 
 
@@ -566,9 +586,14 @@ def test_no_row_of_a_customer_without_current_consent_reaches_trusted_or_curated
         ("customer_curated", "email"),
         ("accelerometer_trusted", "user"),
         *((f"machine_learning_curated[{j.value}]", "user") for j in MlJoin),
+        *((f"machine_learning_curated[{j.value}]", "subject_id") for j in MlJoin),
     ):
-        leaked = set(identities(tables[name], column)) - consenting
-        assert not leaked, f"{name} holds customers without current consent: {leaked}"
+        leaked = set(identities(tables[name], column, ref)) - consenting
+        assert not leaked, f"{name} holds customers without current consent: {leaked} ({column})"
+    not_consenting = {sid for sid, person in ref.by_subject_id.items() if person not in consenting}
+    for join in MlJoin:
+        subject_ids = set(_ml(tables, join)["subject_id"].to_list())
+        assert not subject_ids & not_consenting, f"machine_learning_curated[{join.value}]: subject_id leaked"
 
     curated = ref.curated  # consenting customers with at least one reading, from the reference
     for name in ("step_trainer_trusted", *(f"machine_learning_curated[{j.value}]" for j in MlJoin)):
@@ -580,10 +605,11 @@ def test_no_row_of_a_customer_without_current_consent_reaches_trusted_or_curated
                 f"{name}: serial {serial!r} claimed by non-curated {claimants - curated}"
             )
     for join in MlJoin:
-        users = set(identities(_ml(tables, join), "user"))
-        assert users <= curated, (
-            f"machine_learning_curated[{join.value}]: users {users - curated} not curated"
-        )
+        for column in ("user", "subject_id"):
+            users = set(identities(_ml(tables, join), column, ref))
+            assert users <= curated, (
+                f"machine_learning_curated[{join.value}]: {column}s {users - curated} not curated"
+            )
 
 
 @settings(FAST, max_examples=60)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any
 
 import polars as pl
@@ -9,10 +11,11 @@ from polars.testing import assert_frame_equal
 
 from stedi_assets.rules import transforms
 from stedi_assets.rules.catalog import PROVENANCE
-from stedi_assets.rules.transforms import MlJoin
+from stedi_assets.rules.transforms import MlIdentity, MlJoin
 from stedi_assets_tests.frames import CONSENT, NO_REJECTS, customer_rejects, landing, rows_frame
 
 PROVENANCE_NAMES = {c.name for c in PROVENANCE}
+SECRET = b"transform-test-key"
 
 
 def customer(
@@ -195,8 +198,14 @@ def test_serial_claimed_by_an_earlier_record_of_someone_else_is_not_attributable
     assert transforms.ambiguous_serials(landing_customers, curated, NO_REJECTS).collect().rows() == [("s1",)]
 
 
+def subject(user: str, secret: bytes = SECRET) -> str:
+    """The subject_id of a reading's user: HMAC-SHA256 of the canonical email (for these ASCII test
+    emails, lower-cased and trimmed), computed independently of the code under test."""
+    return hmac.new(secret, user.strip().lower().encode(), hashlib.sha256).hexdigest()
+
+
 def ml_row(st: dict[str, Any], acc: dict[str, Any]) -> dict[str, Any]:
-    return st | acc
+    return st | acc | {"subject_id": subject(acc["user"])}
 
 
 ML_CURATED = declared("customer_curated", customer("a@x.com", "s1"), customer("b@x.com", "s2"))
@@ -206,30 +215,68 @@ ML_STEPS = declared("step_trainer_trusted", ST_A10, ST_B10, ST_A20)
 ML_READINGS = declared("accelerometer_trusted", ACC_A10, ACC_B10, ACC_A30)
 
 
-def ml(join: MlJoin) -> pl.LazyFrame:
-    return transforms.machine_learning_curated(ML_STEPS.lazy(), ML_READINGS.lazy(), ML_CURATED.lazy(), join)
+def ml(join: MlJoin, identity: MlIdentity = MlIdentity.subject_id) -> pl.LazyFrame:
+    return transforms.machine_learning_curated(
+        ML_STEPS.lazy(), ML_READINGS.lazy(), ML_CURATED.lazy(), SECRET, join, identity
+    )
+
+
+def ml_expected(*rows: dict[str, Any], identity: MlIdentity = MlIdentity.subject_id) -> pl.DataFrame:
+    """Expected training rows: declared columns in declared order, `user` only with ml_identity=email."""
+    expected = declared("machine_learning_curated", *rows)
+    return expected if identity is MlIdentity.email else expected.drop("user")
+
+
+SEED_ROWS = (
+    ml_row(ST_A10, ACC_A10),
+    ml_row(ST_A10, ACC_B10),
+    ml_row(ST_B10, ACC_A10),
+    ml_row(ST_B10, ACC_B10),
+)
 
 
 def test_seed_join_pairs_every_reading_at_the_same_time() -> None:
-    expected = declared(
-        "machine_learning_curated",
-        ml_row(ST_A10, ACC_A10),
-        ml_row(ST_A10, ACC_B10),
-        ml_row(ST_B10, ACC_A10),
-        ml_row(ST_B10, ACC_B10),
-    )
-    assert_rows(ml(MlJoin.seed), expected)
+    assert_rows(ml(MlJoin.seed), ml_expected(*SEED_ROWS))
+    assert ml(MlJoin.seed).collect_schema().names() == [
+        "sensorReadingTime",
+        "serialNumber",
+        "distanceFromObject",
+        "subject_id",
+        "timestamp",
+        "x",
+        "y",
+        "z",
+    ]
+
+
+def test_email_identity_keeps_the_user_beside_the_subject_id() -> None:
+    expected = ml_expected(*SEED_ROWS, identity=MlIdentity.email)
+    assert_rows(ml(MlJoin.seed, MlIdentity.email), expected)
+    assert expected.columns[3:5] == ["subject_id", "user"]
 
 
 def test_same_customer_join_pairs_owner_only() -> None:
-    expected = declared("machine_learning_curated", ml_row(ST_A10, ACC_A10), ml_row(ST_B10, ACC_B10))
-    assert_rows(ml(MlJoin.same_customer), expected)
+    owner_rows = (ml_row(ST_A10, ACC_A10), ml_row(ST_B10, ACC_B10))
+    assert_rows(ml(MlJoin.same_customer), ml_expected(*owner_rows))
+    assert_rows(
+        ml(MlJoin.same_customer, MlIdentity.email), ml_expected(*owner_rows, identity=MlIdentity.email)
+    )
 
 
 def test_cross_customer_pairs_are_the_seed_extras() -> None:
-    expected = declared("machine_learning_curated", ml_row(ST_A10, ACC_B10), ml_row(ST_B10, ACC_A10))
-    assert_rows(transforms.cross_customer_pairs(ml(MlJoin.seed), ML_CURATED.lazy()), expected)
-    assert transforms.cross_customer_pairs(ml(MlJoin.same_customer), ML_CURATED.lazy()).collect().height == 0
+    extras = (ml_row(ST_A10, ACC_B10), ml_row(ST_B10, ACC_A10))
+    assert_rows(
+        transforms.cross_customer_pairs(ml(MlJoin.seed), ML_CURATED.lazy(), SECRET), ml_expected(*extras)
+    )
+    assert_rows(
+        transforms.cross_customer_pairs(ml(MlJoin.seed, MlIdentity.email), ML_CURATED.lazy(), SECRET),
+        ml_expected(*extras, identity=MlIdentity.email),
+    )
+    owners = transforms.cross_customer_pairs(ml(MlJoin.same_customer), ML_CURATED.lazy(), SECRET)
+    assert owners.collect().height == 0
+    # under another key no subject_id is a curated customer's: every row is someone else's pair
+    other_key = transforms.cross_customer_pairs(ml(MlJoin.same_customer), ML_CURATED.lazy(), b"another-key")
+    assert other_key.collect().height == 2
 
 
 def trusted_emails(frame: pl.LazyFrame, rejects: pl.LazyFrame = NO_REJECTS) -> list[str]:

@@ -54,12 +54,12 @@ def test_rerun_overwrites_and_is_idempotent(generated_landing: Path, tmp_path: P
 
     assert first["success"] and second["success"]
     assert first["tables"] == second["tables"]
-    assert len(second["tables"]) == 11
+    assert len(second["tables"]) == 12
     for name, info in second["tables"].items():
         assert DeltaTable(info["uri"]).version() == 1, name
         assert_frame_equal(pl.read_delta(info["uri"]), before[name], check_row_order=False)
     error_checks = [c for c in second["checks"] if c["severity"] == "ERROR"]
-    assert len(error_checks) == 38
+    assert len(error_checks) == 39
     assert all(c["passed"] for c in error_checks)
 
 

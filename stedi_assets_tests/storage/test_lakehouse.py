@@ -551,7 +551,7 @@ def test_concurrent_runs_leave_clean_tables(tmp_path: Path, prefilled: bool):
     expected = {
         name: _sorted(pl.read_delta(str(path))) for name, path in _tables(reference_lakehouse).items()
     }
-    assert len(expected) == len(reference["tables"]) == 11
+    assert len(expected) == len(reference["tables"]) == 12
 
     summaries = _results(
         _start_together(RUNNER, [[landing, shared], [landing, shared]], tmp_path, "runs"), timeout=120

@@ -32,7 +32,7 @@ def test_generated_data_on_s3_matches_local(s3_env: str, generated_landing: Path
 
     assert on_s3["success"], on_s3["errors"]
     assert local["success"], local["errors"]
-    assert len(on_s3["tables"]) == 11
+    assert len(on_s3["tables"]) == 12
     assert {n: t["rows"] for n, t in on_s3["tables"].items()} == {
         n: t["rows"] for n, t in local["tables"].items()
     }
@@ -69,10 +69,10 @@ def test_missing_bucket_is_one_clear_error(s3_env: str, tmp_path: Path):
 
     assert not summary["success"]
     assert summary["retries"] == {}
-    assert sorted(summary["errors"]) == [
-        f"ingest_{source}: Bucket of s3://no-such-bucket/landing/{source}/ does not exist at {s3_env}: "
+    # the first step to read the landing zone (the erasure requests) says it; nothing runs after it
+    assert summary["errors"] == [
+        f"erasure_log: Bucket of s3://no-such-bucket/landing/erasure_requests/ does not exist at {s3_env}: "
         "create it or fix --landing / STEDI_LANDING_URI."
-        for source in ("accelerometer", "customer", "step_trainer")
     ]
 
 
@@ -97,7 +97,7 @@ def test_missing_lakehouse_bucket_is_one_clear_error(s3_env: str, generated_land
     assert not summary["success"]
     assert summary["retries"] == {}
     assert summary["errors"] == [
-        "ingest_customer: Bucket of s3://no-such-lake/lh/landing/customer_landing does not exist at "
+        "ingest_customer: Bucket of s3://no-such-lake/lh/privacy/erasure_log does not exist at "
         f"{s3_env}: create it or fix --lakehouse / STEDI_LAKEHOUSE_URI."
     ]
 
@@ -133,7 +133,7 @@ def test_bad_credentials_on_the_lakehouse(
     )
 
     assert summary["errors"] == [
-        "ingest_customer: Access to s3://stedi-lake/lh/landing/customer_landing was denied "
+        "ingest_customer: Access to s3://stedi-lake/lh/privacy/erasure_log was denied "
         "(InvalidAccessKeyId): check the AWS credentials and the bucket policy."
     ]
     assert summary["retries"] == {}
@@ -166,7 +166,7 @@ def test_unreachable_lakehouse_is_retried_then_one_clear_error(
     )
 
     assert summary["errors"] == [
-        f"ingest_customer: Cannot reach {closed} for s3://stedi-lake/lh/landing/customer_landing: "
+        f"ingest_customer: Cannot reach {closed} for s3://stedi-lake/lh/privacy/erasure_log: "
         "check AWS_ENDPOINT_URL and that the S3 server is running."
     ]
     assert summary["retries"] == {"ingest_customer": 3}

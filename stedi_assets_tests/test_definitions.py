@@ -14,9 +14,11 @@ ASSETS = {
     "step_trainer_trusted": "trusted",
     "customer_curated": "curated",
     "machine_learning_curated": "curated",
+    "erasure_log": "privacy",
 }
 
 CHECKS = {
+    ("erasure_log", "schema_as_declared"),
     ("customer_landing", "schema_as_declared"),
     ("customer_landing", "row_count"),
     ("customer_landing", "lines_conserved"),

@@ -91,7 +91,7 @@ def test_a_declared_source_gets_its_tables_assets_and_checks():
         ("heart_rate_trusted", "no_profile_columns"),
         ("heart_rate_trusted", "users_are_trusted_customers"),
     }
-    assert len(checks) == 44 + 10
+    assert len(checks) == 45 + 10
 
 
 def test_the_fourth_source_runs_through_the_lakehouse_job(tmp_path: Path):

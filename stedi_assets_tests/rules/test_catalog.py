@@ -86,6 +86,7 @@ def test_tables_holds_exactly_the_declared_names() -> None:
             "step_trainer_trusted",
             "customer_curated",
             "machine_learning_curated",
+            "erasure_log",
         ]
     )
     assert all(table.name == name for name, table in TABLES.items())

@@ -70,9 +70,10 @@ def withdraw_downstream(
     customer_rejects: pl.LazyFrame,
     key: PseudonymKey,
     properties: dict[str, str],
-) -> dict[str, int]:
+) -> tuple[dict[str, int], list[str]]:
     """Removes everyone the consent decision `decided` does not allow from every existing downstream
-    table; how many identities (people or devices) left each table.
+    table; how many identities (people or devices) left each table, and the tables whose subject_ids
+    were made under another pseudonym key (all their rows leave: no one's consent can be matched).
 
     This runs before customer_trusted publishes, so whatever fails later in the run (a bad file, a
     full disk, a kill), no trusted or curated table holds a row the published decision disallows.
@@ -91,11 +92,17 @@ def withdraw_downstream(
         return transforms.identities_outside_consent(frame, declared, people, attributable)
 
     removed = {}
+    changed_keys: list[str] = []
     for declared in DOWNSTREAM_OF_CONSENT:
         uri = lakehouse.table_uri(declared.zone, declared.name)
         if not lakehouse.exists(uri):
             continue
         current = lakehouse.scan(uri)
+        if declared.person == SUBJECT_ID:
+            made_with = lakehouse.open(uri).history(1)[0].get("stedi.pseudonym_key_id")
+            if made_with not in (None, key.key_id):
+                # its subject_ids cannot be matched to anyone's consent: none of its rows can stay
+                changed_keys.append(f"{declared.name} (made with key {made_with}, now {key.key_id})")
         count = lakehouse.reading(uri, outside(current, declared).select(pl.len())).item()
         if count:
             people = consenting[SUBJECT_ID if declared.person == SUBJECT_ID else "email"]
@@ -108,11 +115,12 @@ def withdraw_downstream(
 
             publish(lakehouse, uri, Publication(kept, "consent", verify, properties, no_history=True))
         removed[declared.name] = count
-    return removed
+    return removed, changed_keys
 
 
 @table_asset(CUSTOMER_TRUSTED)
 def customer_trusted(
+    context,  # unannotated: this module defers annotations, which Dagster cannot read for the context
     settings: StediSettings,
     storage: StediStorage,
     customer_landing: pl.LazyFrame,
@@ -124,7 +132,7 @@ def customer_trusted(
     key = pseudonym_of(storage)
     decided = transforms.customer_trusted(customer_landing, customer_rejects).collect().lazy()
     try:
-        removed = withdraw_downstream(
+        removed, changed_keys = withdraw_downstream(
             storage.lakehouse,
             decided,
             customer_landing,
@@ -140,9 +148,14 @@ def customer_trusted(
         lambda staged: contracts.consenting_only(staged, customer_landing, customer_rejects),
         commit_properties(settings, key),
     )
-    return dg.MaterializeResult(
-        value=publication, metadata={f"withdrawn_from/{name}": count for name, count in removed.items()}
-    )
+    for table in changed_keys:
+        context.log.warning(
+            f"The pseudonym key changed: emptied {table}; set STEDI_PSEUDONYM_KEY to the old key to keep it."
+        )
+    metadata: dict[str, object] = {f"withdrawn_from/{name}": count for name, count in removed.items()}
+    if changed_keys:
+        metadata["pseudonym_key_changed"] = "; ".join(changed_keys)
+    return dg.MaterializeResult(value=publication, metadata=metadata)
 
 
 @table_asset(ACCELEROMETER_TRUSTED)

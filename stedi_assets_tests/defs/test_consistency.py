@@ -158,3 +158,30 @@ def test_a_withdrawal_leaves_no_retained_version_holding_the_person(tiny_landing
     # and a table nobody left keeps its history
     landing = lakehouse / "landing" / "step_trainer_landing"
     assert pl.read_delta(str(landing), version=0).height == 4
+
+
+def test_a_changed_pseudonym_key_leaves_no_unverifiable_training_row(
+    tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """subject_ids made under another key cannot be matched to anyone's consent, so none may stay;
+    the next full run rebuilds the table under the new key."""
+    lakehouse = tmp_path / "lakehouse"
+    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(lakehouse)}
+    monkeypatch.setenv("STEDI_PSEUDONYM_KEY", "first key")
+    assert run_lakehouse(**settings)["success"]
+    ml = lakehouse / "curated" / "machine_learning_curated"
+    assert pl.read_delta(str(ml)).height == 5
+
+    monkeypatch.setenv("STEDI_PSEUDONYM_KEY", "second key")
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_lakehouse(dg.AssetSelection.assets("customer_trusted"), instance=instance, **settings)[
+        "success"
+    ]
+
+    assert pl.read_delta(str(ml)).height == 0
+    event = instance.get_latest_materialization_event(dg.AssetKey("customer_trusted"))
+    changed = event.asset_materialization.metadata["pseudonym_key_changed"].value
+    assert changed.startswith("machine_learning_curated (made with key ")
+    assert "first key" not in changed and "second key" not in changed
+    assert run_lakehouse(**settings)["success"]
+    assert pl.read_delta(str(ml)).height == 5

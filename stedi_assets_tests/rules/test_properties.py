@@ -326,31 +326,38 @@ def ingest(files: list[LandingFile], source: str) -> Ingested:
     return Ingested(lines, parsed, accepted, parsing.rejected_rows(parsed.lazy()).collect())
 
 
+def _collected(plan: pl.LazyFrame) -> pl.DataFrame:
+    try:
+        return plan.collect()
+    except PanicException as panic:  # a BaseException: re-raised as a failure so hypothesis shrinks it
+        raise AssertionError(f"the zone rules panicked: {panic}") from None
+
+
 def run_chain(files: list[LandingFile]) -> dict[str, pl.DataFrame]:
-    """Every table of the lakehouse from the pure rules, keyed by table name."""
+    """Every table of the lakehouse from the pure rules, keyed by table name.
+
+    Each table is computed from the collected tables it depends on, as each asset reads its inputs
+    from the lakehouse (one lazy graph of the whole chain would be planned as one huge query).
+    """
     ingested = {source: ingest(files, source) for source in SOURCE_NAMES}
     customer, accel, steps = (ingested[s].accepted.lazy() for s in SOURCE_NAMES)
     rejects = ingested["customer"].rejected.lazy()
-    customer_trusted = transforms.customer_trusted(customer, rejects)
-    accelerometer_trusted = transforms.accelerometer_trusted(accel, customer_trusted)
-    customer_curated = transforms.customer_curated(customer_trusted, accelerometer_trusted)
-    step_trainer_trusted = transforms.step_trainer_trusted(steps, customer_curated, customer, rejects)
-    plans = {
-        "customer_trusted": customer_trusted,
-        "accelerometer_trusted": accelerometer_trusted,
-        "customer_curated": customer_curated,
-        "step_trainer_trusted": step_trainer_trusted,
-        **{
-            f"machine_learning_curated[{join.value}]": transforms.machine_learning_curated(
-                step_trainer_trusted, accelerometer_trusted, customer_curated, SECRET, join, MlIdentity.email
+    tables = {"customer_trusted": _collected(transforms.customer_trusted(customer, rejects))}
+    trusted = tables["customer_trusted"].lazy()
+    tables["accelerometer_trusted"] = _collected(transforms.accelerometer_trusted(accel, trusted))
+    readings = tables["accelerometer_trusted"].lazy()
+    tables["customer_curated"] = _collected(transforms.customer_curated(trusted, readings))
+    curated = tables["customer_curated"].lazy()
+    tables["step_trainer_trusted"] = _collected(
+        transforms.step_trainer_trusted(steps, curated, customer, rejects)
+    )
+    step_readings = tables["step_trainer_trusted"].lazy()
+    for join in MlJoin:
+        tables[f"machine_learning_curated[{join.value}]"] = _collected(
+            transforms.machine_learning_curated(
+                step_readings, readings, curated, SECRET, join, MlIdentity.email
             )
-            for join in MlJoin
-        },
-    }
-    try:
-        tables = dict(zip(plans, pl.collect_all(list(plans.values())), strict=True))
-    except PanicException as panic:  # a BaseException: re-raised as a failure so hypothesis shrinks it
-        raise AssertionError(f"the zone rules panicked: {panic}") from None
+        )
     for source in SOURCE_NAMES:
         tables[f"{source}_landing"] = ingested[source].accepted
         tables[f"{source}_rejects"] = ingested[source].rejected

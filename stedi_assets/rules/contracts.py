@@ -60,7 +60,7 @@ def consent_violations(
     )
     return (
         with_key(customer_trusted, "email")
-        .join(consenting, on=KEY, how="left")
+        .join(consenting, on=KEY, how="left", maintain_order="left")
         .filter(pl.col("_consenting").is_null() | ~has_research_consent().fill_null(False))
         .drop(KEY, "_consenting")
     )
@@ -122,7 +122,7 @@ class Membership:
             if self.pseudonymous and secret is not None
             else keys(parent, self.parent_key)
         )
-        orphans = with_key(frame, self.key).join(parents, on=KEY, how="anti").drop(KEY)
+        orphans = with_key(frame, self.key).join(parents, on=KEY, how="anti", maintain_order="left").drop(KEY)
         return no_offending_rows(orphans, f"rows whose {self.key} is not {self.parent_role}")
 
 

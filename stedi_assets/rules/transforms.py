@@ -293,7 +293,7 @@ def cross_customer_pairs(
     owners = with_key(owners, "serialNumber", "_owner_serial").select("_subject", "_owner_serial")
     rows = with_key(machine_learning_curated, "serialNumber", "_serial")
     return (
-        rows.join(owners, left_on=SUBJECT_ID, right_on="_subject", how="left")
+        rows.join(owners, left_on=SUBJECT_ID, right_on="_subject", how="left", maintain_order="left")
         .filter(pl.col("_owner_serial").is_null() | (pl.col("_owner_serial") != pl.col("_serial")))
         .drop("_serial", "_owner_serial")
     )

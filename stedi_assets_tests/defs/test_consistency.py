@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -185,3 +189,33 @@ def test_a_changed_pseudonym_key_leaves_no_unverifiable_training_row(
     assert "first key" not in changed and "second key" not in changed
     assert run_lakehouse(**settings)["success"]
     assert pl.read_delta(str(ml)).height == 5
+
+
+@pytest.mark.slow
+def test_a_run_killed_right_after_the_consent_decision_leaves_no_withdrawn_row(
+    tiny_landing: Path, tmp_path: Path
+):
+    """kill -9 the moment customer_trusted's new version appears: the downstream tables were already
+    cleaned (before that commit), and the next run completes."""
+    lakehouse = tmp_path / "lakehouse"
+    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(lakehouse), "ml_identity": "email"}
+    assert run_lakehouse(**settings)["success"]
+    log = lakehouse / "trusted" / "customer_trusted" / "_delta_log"
+    versions_before = set(log.glob("*.json"))
+    _alice_withdraws(tiny_landing)
+
+    command = [sys.executable, "-m", "stedi_assets.cli", "run", "--landing", str(tiny_landing)]
+    run = subprocess.Popen([*command, "--lakehouse", str(lakehouse), "--ml-identity", "email"])
+    deadline = time.monotonic() + 120
+    while set(log.glob("*.json")) == versions_before and run.poll() is None:
+        assert time.monotonic() < deadline, "customer_trusted was never committed"
+        time.sleep(0.002)
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=30)
+
+    assert "alice@test.com" not in _people(lakehouse, "trusted", "customer_trusted", "email")
+    for table in PEOPLE:
+        assert "alice@test.com" not in _people(lakehouse, *table), table
+    for table in DEVICES:
+        assert "S-A" not in _devices(lakehouse, *table), table
+    assert run_lakehouse(**settings)["success"]

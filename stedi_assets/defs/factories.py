@@ -41,11 +41,12 @@ def table_asset(declared: Table) -> Callable[..., dg.AssetsDefinition]:
     )
 
 
-def check_result(verdict: contracts.Verdict, **key: Any) -> dg.AssetCheckResult:
+def check_result(verdict: contracts.Verdict, secret: bytes | None = None, **key: Any) -> dg.AssetCheckResult:
+    """A verdict as a check result; with the pseudonym key, its sample names people by keyed hash."""
     return dg.AssetCheckResult(
         passed=verdict.passed,
         severity=SEVERITY[verdict.severity],
-        metadata=verdict_metadata(verdict),
+        metadata=verdict_metadata(verdict, secret),
         description=verdict.summary,
         **key,
     )
@@ -70,9 +71,10 @@ def membership_check(membership: contracts.Membership) -> dg.AssetChecksDefiniti
     def referential(
         storage: StediStorage, subject: pl.LazyFrame, parent: pl.LazyFrame
     ) -> Iterator[dg.AssetCheckResult]:
-        secret = pseudonym_of(storage).secret if membership.pseudonymous else None
+        secret = pseudonym_of(storage).secret
         yield check_result(
-            membership.verdict(subject, parent, secret),
+            membership.verdict(subject, parent, secret if membership.pseudonymous else None),
+            secret,
             asset_key=membership.table,
             check_name=membership.name,
         )
@@ -168,10 +170,14 @@ def table_checks(declared: Table) -> dg.AssetChecksDefinition:
         ins={"subject": dg.AssetIn(name)},
     )
     def contracts_of_table(
-        context: dg.AssetCheckExecutionContext, settings: StediSettings, subject: pl.LazyFrame
+        context: dg.AssetCheckExecutionContext,
+        settings: StediSettings,
+        storage: StediStorage,
+        subject: pl.LazyFrame,
     ) -> Iterator[dg.AssetCheckResult]:
+        secret = pseudonym_of(storage).secret
         for check in checks:
             verdict = check.evaluate(subject, settings, context.instance)
-            yield check_result(verdict, asset_key=name, check_name=check.name)
+            yield check_result(verdict, secret, asset_key=name, check_name=check.name)
 
     return contracts_of_table

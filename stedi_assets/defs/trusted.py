@@ -229,9 +229,10 @@ def step_trainer_trusted(
 def consent_checks(
     storage: StediStorage, trusted: pl.LazyFrame, landing: pl.LazyFrame, rejects: pl.LazyFrame
 ) -> Iterator[dg.AssetCheckResult]:
-    asset = {"asset_key": "customer_trusted"}
-    yield check_result(contracts.consent(trusted, landing, rejects), check_name="consent_given", **asset)
-    held = contracts.customers_held(landing, rejects, pseudonym_of(storage).secret)
+    asset, secret = {"asset_key": "customer_trusted"}, pseudonym_of(storage).secret
+    consent = contracts.consent(trusted, landing, rejects)
+    yield check_result(consent, secret, check_name="consent_given", **asset)
+    held = contracts.customers_held(landing, rejects, secret)
     yield check_result(held, check_name="customers_on_hold", **asset)
 
 

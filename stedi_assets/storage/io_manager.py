@@ -10,6 +10,7 @@ as lazy scans so plans stream.
 
 # No `from __future__ import annotations` here: Dagster resolves nested resources from real annotations.
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -61,6 +62,8 @@ class Publication:
     """Keep no older version at all (a rewrite whose only purpose is to remove people)."""
     stats_columns: list[str] | None = None
     """Columns that may ever carry statistics in the Delta log (no personal data)."""
+    secret: bytes | None = field(default=None, repr=False)
+    """The pseudonym key: a broken contract's sample names people by keyed hash."""
 
 
 def removed_identities(previous: pl.LazyFrame, staged: pl.LazyFrame, columns: tuple[str, ...]) -> int:
@@ -90,7 +93,7 @@ def publish(lakehouse: Lakehouse, uri: str, publication: Publication) -> tuple[S
             raise dg.Failure(
                 description=f"The {publication.contract} contract is broken, so the table was not "
                 f"published: {verdict.summary}",
-                metadata=verdict_metadata(verdict),
+                metadata=verdict_metadata(verdict, publication.secret),
                 allow_retries=False,
             )
     removed = publication.no_history
@@ -129,6 +132,9 @@ class DeltaIOManager(dg.ConfigurableIOManager):
             if "dagster/column_schema" in metadata
             else None,
         )
+        if publication.verify is not None and publication.secret is None:
+            with suppress(StorageError):  # no key: a broken contract's sample stays masked
+                publication = replace(publication, secret=self.storage.pseudonym.secret)
         lakehouse = self.storage.lakehouse
         uri = _table_uri(lakehouse, context.asset_key, metadata)
         try:

@@ -10,6 +10,7 @@ import polars as pl
 
 from stedi_assets.rules.catalog import PII_COLUMNS, Table
 from stedi_assets.rules.contracts import Verdict
+from stedi_assets.rules.identity import with_pseudonym
 
 ZONE = "stedi/zone"
 """Definition metadata: the lakehouse zone (folder) of the asset's Delta table."""
@@ -72,13 +73,31 @@ def markdown_table(frame: pl.DataFrame, pii: frozenset[str] = PII_COLUMNS) -> st
     return "\n".join([header, rule, *rows])
 
 
-def verdict_metadata(verdict: Verdict) -> dict[str, Any]:
-    """What a contract saw, for a check result or a failure: summary, counts, a masked sample."""
+HASHED_IDENTITIES = ("email", "user")
+"""Identity columns a sample shows as keyed hashes (so a person can be found by subject_id), not masked."""
+HASH_CHARACTERS = 16
+
+
+def pseudonymized(frame: pl.DataFrame, secret: bytes) -> pl.DataFrame:
+    """A sample whose email columns are replaced by the first characters of their keyed hash (the
+    person's subject_id), renamed `<column> (keyed hash)`."""
+    for column in (c for c in HASHED_IDENTITIES if c in frame.columns):
+        hashed = with_pseudonym(frame.lazy().select(column), column, secret, "_hash").collect()["_hash"]
+        frame = frame.with_columns(hashed.str.slice(0, HASH_CHARACTERS).alias(column)).rename(
+            {column: f"{column} (keyed hash)"}
+        )
+    return frame
+
+
+def verdict_metadata(verdict: Verdict, secret: bytes | None = None) -> dict[str, Any]:
+    """What a contract saw, for a check result or a failure: summary, counts, and a sample with PII
+    masked and, when the pseudonym key is given, people identified by keyed hash."""
     metadata: dict[str, Any] = {"summary": verdict.summary}
     if verdict.observed is not None:
         metadata["observed"] = verdict.observed
     if verdict.expected is not None:
         metadata["expected"] = verdict.expected
     if verdict.offending.height:
-        metadata["offending_rows"] = dg.MetadataValue.md(markdown_table(verdict.offending))
+        sample = verdict.offending if secret is None else pseudonymized(verdict.offending, secret)
+        metadata["offending_rows"] = dg.MetadataValue.md(markdown_table(sample))
     return metadata

@@ -11,6 +11,9 @@ from polars.testing import assert_frame_equal
 
 from stedi_assets.cli import run_lakehouse
 from stedi_assets.definitions import defs
+from stedi_assets.rules.contracts import Verdict
+from stedi_assets.rules.identity import pseudonym
+from stedi_assets.storage.metadata import verdict_metadata
 
 
 def _latest(instance: dg.DagsterInstance, name: str) -> dict:
@@ -87,3 +90,18 @@ def test_no_personal_data_reaches_the_dagster_instance(tiny_landing: Path, tmp_p
         "not valid JSON",
         "[redacted]",
     ]
+
+
+def test_a_contract_sample_names_people_by_keyed_hash_and_masks_the_rest():
+    offending = pl.DataFrame(
+        {"email": [" Alice@Test.com"], "customerName": ["Alice A"], "serialNumber": ["S-A"]}
+    )
+    verdict = Verdict(False, "1 trusted customers without current research consent", 1, 0, offending)
+
+    sample = verdict_metadata(verdict, b"key")["offending_rows"].value
+
+    alice = pseudonym("alice@test.com", b"key")[:16]
+    assert sample == (
+        f"| email (keyed hash) | customerName | serialNumber |\n|---|---|---|\n| {alice} | [redacted] | S-A |"
+    )
+    assert "[redacted] | [redacted]" in verdict_metadata(verdict)["offending_rows"].value  # no key: masked

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 import unicodedata
+import uuid
 from pathlib import Path
 
+import boto3
 import dagster as dg
 import polars as pl
 import pytest
@@ -14,8 +16,10 @@ from deltalake import DeltaTable
 from stedi_assets.cli import run_lakehouse
 from stedi_assets.rules import transforms
 from stedi_assets.rules.identity import SUBJECT_ID, pseudonym
+from stedi_assets.storage.environment import S3Options
+from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.pseudonym import pseudonym_key
-from stedi_assets_tests.helpers import write_jsonl
+from stedi_assets_tests.helpers import make_bucket, upload_tree, write_jsonl
 
 
 def _read(lakehouse: Path, zone: str, name: str) -> pl.DataFrame:
@@ -264,3 +268,42 @@ def test_consent_policies_give_the_exact_reference_counts(
             user="email", since="shareWithResearchAsOfDate"
         )
         assert readings.join(since, on="user").filter(pl.col("timestamp") < pl.col("since")).height == 0
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize(("table", "zone", "column", "summary"), LEAKING_TABLES)
+def test_a_leaking_transform_leaves_the_table_unchanged_on_s3(
+    tiny_landing: Path, s3_env: str, monkeypatch: pytest.MonkeyPatch, table, zone, column, summary
+):
+    """The same on a bucket of the S3 test server: no commit, and no staged object left behind."""
+    bucket = f"leak-{uuid.uuid4().hex[:12]}"
+    make_bucket(bucket)
+    upload_tree(tiny_landing, bucket, "landing")
+    lakehouse = f"s3://{bucket}/lakehouse"
+    settings = {"landing_uri": f"s3://{bucket}/landing", "lakehouse_uri": lakehouse}
+    assert run_lakehouse(**settings)["success"]
+    store = Lakehouse(lakehouse, S3Options.from_environment())
+    uri = store.table_uri(zone, table)
+    client = boto3.client("s3")
+
+    def objects() -> list[str]:
+        listed = client.list_objects_v2(Bucket=bucket, Prefix=f"lakehouse/{zone}/{table}/part-")
+        return sorted(o["Key"] for o in listed.get("Contents", []))
+
+    version, before = store.open(uri).version(), objects()
+    rule = getattr(transforms, table)
+    leaked = pseudonym(INTRUDER, pseudonym_key(lakehouse).secret) if column == SUBJECT_ID else INTRUDER
+
+    def leaking(*args, **kwargs) -> pl.LazyFrame:
+        frame = rule(*args, **kwargs)
+        return pl.concat([frame, frame.head(1).with_columns(pl.lit(leaked).alias(column))])
+
+    monkeypatch.setattr(transforms, table, leaking)
+    result = run_lakehouse(dg.AssetSelection.assets(table), **settings)
+
+    assert result["errors"] == [
+        f"{table}: The consent contract is broken, so the table was not published: {summary}"
+    ]
+    assert store.open(uri).version() == version
+    assert objects() == before
+    assert leaked not in store.scan(uri).collect()[column].to_list()

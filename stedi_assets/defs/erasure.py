@@ -13,7 +13,7 @@ import polars as pl
 
 from stedi_assets.defs.factories import KINDS, STORAGE_RETRY, table_checks
 from stedi_assets.rules import erasure
-from stedi_assets.rules.catalog import CUSTOMER, ERASURE_LOG, QUARANTINE, TABLES
+from stedi_assets.rules.catalog import CUSTOMER, ERASURE_LOG, LINE_NUMBER, QUARANTINE, SOURCE_FILE, TABLES
 from stedi_assets.rules.identity import SUBJECT_ID, pseudonym_keys
 from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.io_manager import Publication
@@ -66,23 +66,46 @@ def erasure_log(storage: StediStorage) -> dg.MaterializeResult:
     key = pseudonym_of(storage)
     lakehouse = storage.lakehouse
     try:
-        lines = storage.landing.read_lines(erasure.ERASURE_REQUESTS, optional=True).lazy()
+        lines = erasure.request_lines(
+            storage.landing.read_lines(erasure.ERASURE_REQUESTS, optional=True).lazy()
+        ).collect()
+        unreadable = lines.filter(pl.col("email").is_null())
+        if unreadable.height:
+            # someone asked to be forgotten and we cannot tell who: stop rather than ingest them
+            where = ", ".join(
+                f"{f} line {n}" for f, n in unreadable.select(SOURCE_FILE, LINE_NUMBER).rows()[:5]
+            )
+            raise dg.Failure(
+                f"{unreadable.height} erasure request lines name no readable email ({where}): fix them "
+                'as {"email": "...", "requestedAt": <epoch ms>} lines.',
+                allow_retries=False,
+            )
         landing_schema = {c.name: c.dtype for c in CUSTOMER.landing.columns}
         rejects_schema = {c.name: c.dtype for c in CUSTOMER.rejects.columns}
         new = erasure.erased_identities(
-            erasure.requests(lines),
+            lines.lazy().select("email", "requestedAt"),
             _table(lakehouse, CUSTOMER.landing.name, landing_schema),
             _table(lakehouse, CUSTOMER.rejects.name, rejects_schema),
             key.secret,
-        )
-        previous = _table(lakehouse, ERASURE_LOG.name, ERASURE_LOG.dtypes)
+        ).collect()
+        previous = _table(lakehouse, ERASURE_LOG.name, ERASURE_LOG.dtypes).collect()
         in_force = (
             pl.concat([previous.drop("found_in"), new], how="diagonal_relaxed")
             .group_by("hashed_id", "kind")
             .agg(pl.col("requested_at").min())
+            .lazy()
         )
-        found = _found_in(lakehouse, in_force, key.secret)
-        earlier = previous.select("hashed_id", "found_in").explode("found_in").rename({"found_in": "table"})
+        # where a newly recorded identity was found; earlier ones keep what was recorded then
+        recorded = previous.select("hashed_id").lazy()
+        unrecorded = new.lazy().join(recorded, on="hashed_id", how="anti")
+        found = (
+            _found_in(lakehouse, unrecorded, key.secret)
+            if new.height
+            else pl.LazyFrame(schema={"hashed_id": pl.String, "table": pl.String})
+        )
+        earlier = (
+            previous.lazy().select("hashed_id", "found_in").explode("found_in").rename({"found_in": "table"})
+        )
         tables = (
             pl.concat([earlier, found])
             .drop_nulls()

@@ -54,15 +54,15 @@ def ingest_asset(source: Source) -> dg.AssetsDefinition:
             raise as_failure(error) from error
         read = parsing.non_blank_lines(lines).select(pl.len()).collect().item()
         parsed = parsing.parse_landing(lines, source, parsing.json_keys(lines)).collect().lazy()
-        accepted, rejected, erased = erasure.without_erased(
-            parsing.accepted_rows(parsed, source),
-            parsing.rejected_rows(parsed),
-            source,
-            pl.LazyFrame(schema=ERASURE_LOG.dtypes) if erasure_log is None else erasure_log.collect().lazy(),
-            pseudonym_of(storage).secret,
-        )
-        accepted, rejected = accepted.collect().lazy(), rejected.collect().lazy()
-        n_erased = int(erased.collect().sum_horizontal().item())
+        accepted, rejected = parsing.accepted_rows(parsed, source), parsing.rejected_rows(parsed)
+        erased_log = None if erasure_log is None else erasure_log.collect()
+        n_erased = 0
+        if erased_log is not None and erased_log.height:  # nothing to mark (or hash) without erasures
+            accepted, rejected, erased = erasure.without_erased(
+                accepted, rejected, source, erased_log.lazy(), pseudonym_of(storage).secret
+            )
+            accepted, rejected = accepted.collect().lazy(), rejected.collect().lazy()
+            n_erased = int(erased.collect().sum_horizontal().item())
         yield dg.MaterializeResult(
             asset_key=landing, value=accepted, metadata={LINES_READ: read, LINES_ERASED: n_erased}
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from stedi_assets.rules.catalog import Source
+from stedi_assets.rules.catalog import LINE_NUMBER, SOURCE_FILE, Source
 from stedi_assets.rules.identity import keys, pseudonym_keys, with_pseudonym
 from stedi_assets.rules.parsing import RAW_LINE, non_blank_lines
 from stedi_assets.rules.transforms import json_string, serial_claims
@@ -27,20 +27,21 @@ ERASURE_LOG_SCHEMA = {
 ERASED = "_erased"
 
 
-def requests(lines: pl.LazyFrame) -> pl.LazyFrame:
-    """The requests in raw request lines: canonical-ready `email` and `requestedAt` (lines naming no
-    email are left out; a missing or unreadable date is null)."""
+def request_lines(lines: pl.LazyFrame) -> pl.LazyFrame:
+    """Every non-blank request line: its file and line number, `email` (null when none can be read)
+    and `requestedAt` (null when missing or unreadable)."""
     raw = pl.col(RAW_LINE)
-    return (
-        non_blank_lines(lines)
-        .select(
-            email=json_string(raw, "email"),
-            requestedAt=raw.str.extract(r'(?i)"requestedAt"\s*:\s*"?\s*(\d+)', 1).cast(
-                pl.Int64, strict=False
-            ),
-        )
-        .filter(pl.col("email").is_not_null())
+    return non_blank_lines(lines).select(
+        pl.col(SOURCE_FILE),
+        pl.col(LINE_NUMBER),
+        email=json_string(raw, "email"),
+        requestedAt=raw.str.extract(r'(?i)"requestedAt"\s*:\s*"?\s*(\d+)', 1).cast(pl.Int64, strict=False),
     )
+
+
+def requests(lines: pl.LazyFrame) -> pl.LazyFrame:
+    """The readable requests (`email`, `requestedAt`); see `request_lines` for the unreadable ones."""
+    return request_lines(lines).filter(pl.col("email").is_not_null()).select("email", "requestedAt")
 
 
 def erased_identities(

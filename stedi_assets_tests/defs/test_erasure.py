@@ -176,3 +176,20 @@ def test_an_s3_lakehouse_without_a_pseudonym_key_refuses_to_run(
         "STEDI_PSEUDONYM_KEY (the same value on every machine that writes it)."
     )
     assert f"erasure_log: {message}" in summary["errors"]
+
+
+def test_an_erasure_request_that_names_no_readable_email_stops_the_run(tiny_landing: Path, tmp_path: Path):
+    """Someone asked to be forgotten and it cannot be told who: nothing is ingested until it is fixed."""
+    requests = tiny_landing / "erasure_requests" / "bad.json"
+    requests.parent.mkdir()
+    requests.write_text('{"mail": "alice@test.com"}\n\n{"email": "bob@test.com"}\n')
+
+    summary = run_lakehouse(landing_uri=str(tiny_landing), lakehouse_uri=str(tmp_path / "lakehouse"))
+
+    assert not summary["success"]
+    assert summary["errors"] == [
+        f"erasure_log: 1 erasure request lines name no readable email ({requests} line 1): fix them as "
+        '{"email": "...", "requestedAt": <epoch ms>} lines.'
+    ]
+    assert summary["tables"] == {}
+    assert "alice" not in summary["errors"][0]

@@ -19,7 +19,7 @@ from stedi_assets.defs.instance_audit import find_values, purge_values
 from stedi_assets.defs.trusted import DOWNSTREAM_OF_CONSENT
 from stedi_assets.rules import erasure, parsing, transforms
 from stedi_assets.rules.catalog import ACCELEROMETER, CUSTOMER, CUSTOMER_TRUSTED, SOURCE_FILE, SOURCES, Table
-from stedi_assets.rules.identity import KEY, SUBJECT_ID, keys, pseudonym, pseudonym_keys, with_key
+from stedi_assets.rules.identity import KEY, keys, pseudonym, with_key
 from stedi_assets.storage.errors import StorageError, TableMissing
 from stedi_assets.storage.lakehouse import Lakehouse, LandingZone
 from stedi_assets.storage.pseudonym import PseudonymKey
@@ -32,12 +32,10 @@ SAMPLE = 5
 class Excluded:
     """Who must not be found: keyed hashes, and the values to look for outside the lakehouse."""
 
-    consenting: pl.LazyFrame
-    """Canonical emails (`_key`) whose consent is certain now."""
+    decision: transforms.ConsentDecision
+    """Who may be in the trusted and curated zones now (erased people excluded)."""
     erased: pl.LazyFrame
     """Canonical emails (`_key`) of people who asked for erasure."""
-    attributable: pl.LazyFrame
-    """Canonical serials (`_serial`) claimed only by consenting customers."""
     values: dict[str, list[str]]
     """subject_id -> the person's email, name and phone as the landing files spell them."""
     raw_files: dict[str, list[str]]
@@ -51,10 +49,9 @@ def excluded(landing: LandingZone, key: PseudonymKey) -> Excluded:
     parsed = parsing.parse_landing(lines, CUSTOMER, parsing.json_keys(lines)).collect().lazy()
     accepted, rejects = parsing.accepted_rows(parsed, CUSTOMER), parsing.rejected_rows(parsed)
     requested = erasure.requests(landing.read_lines(erasure.ERASURE_REQUESTS, optional=True).lazy()).collect()
-    erased = keys(requested.lazy(), "email")
-    decided = transforms.customer_trusted(accepted, rejects).collect().lazy()
-    consenting = keys(decided, "email").join(erased, on=KEY, how="anti").collect()
-    attributable = transforms.attributable_serials(accepted, decided, rejects).collect()
+    erased = keys(requested.lazy(), "email").collect()
+    decided = transforms.customer_trusted(accepted, rejects)
+    decision = transforms.ConsentDecision.of(decided, accepted, rejects, key.secret, erased.lazy())
     claims = transforms.recovered_customer_claims(rejects).select("email")
     people = pl.concat(
         [accepted.select("email", "customerName", "phone"), claims, requested.lazy().select("email")],
@@ -62,7 +59,7 @@ def excluded(landing: LandingZone, key: PseudonymKey) -> Excluded:
     )
     outside = (
         with_key(people, "email")
-        .join(consenting.lazy(), on=KEY, how="anti")
+        .join(decision.consenting, on=KEY, how="anti")
         .filter(pl.col(KEY).is_not_null())
         .collect()
     )
@@ -70,11 +67,9 @@ def excluded(landing: LandingZone, key: PseudonymKey) -> Excluded:
     for row in outside.iter_rows(named=True):
         found = values.setdefault(pseudonym(row[KEY], key.secret), set())
         found.update(v.strip() for v in (row["email"], row["customerName"], row["phone"]) if v and v.strip())
-    raw_files = _raw_files(landing, erased.collect(), key)
+    raw_files = _raw_files(landing, erased, key)
     values_by_subject = {s: sorted(v) for s, v in values.items()}
-    return Excluded(
-        consenting.lazy(), erased.collect().lazy(), attributable.lazy(), values_by_subject, raw_files
-    )
+    return Excluded(decision, erased.lazy(), values_by_subject, raw_files)
 
 
 def _raw_files(landing: LandingZone, erased: pl.DataFrame, key: PseudonymKey) -> dict[str, list[str]]:
@@ -124,10 +119,6 @@ def _versions(lakehouse: Lakehouse, uri: str) -> Iterator[tuple[int, pl.LazyFram
 
 def table_findings(lakehouse: Lakehouse, who: Excluded, key: PseudonymKey) -> list[TableFinding]:
     """Rows of excluded people or unattributable devices in any retained trusted or curated version."""
-    consenting = {
-        "email": who.consenting,
-        SUBJECT_ID: pseudonym_keys(who.consenting, KEY, key.secret).collect().lazy(),
-    }
     found = []
     for source in SOURCES:  # an erased person leaves the landing zone too
         declared = source.landing
@@ -143,9 +134,8 @@ def table_findings(lakehouse: Lakehouse, who: Excluded, key: PseudonymKey) -> li
                 found.append(TableFinding(declared.name, version, len(identities), sample[:SAMPLE]))
     for declared in AUDITED_TABLES:
         uri = lakehouse.table_uri(declared.zone, declared.name)
-        people = consenting[SUBJECT_ID if declared.person == SUBJECT_ID else "email"]
         for version, frame in _versions(lakehouse, uri):
-            outside = _present(frame, declared, people, who.attributable)
+            outside = _present(frame, declared, who.decision)
             identities = lakehouse.reading(uri, outside).get_column(KEY).to_list()
             if identities:
                 sample = sorted(v if _is_hash(v) else pseudonym(v or "", key.secret) for v in identities)
@@ -153,11 +143,13 @@ def table_findings(lakehouse: Lakehouse, who: Excluded, key: PseudonymKey) -> li
     return found
 
 
-def _present(frame: pl.LazyFrame, declared: Table, people: pl.LazyFrame, attributable: pl.LazyFrame):
+def _present(frame: pl.LazyFrame, declared: Table, decision: transforms.ConsentDecision) -> pl.LazyFrame:
+    """Identities `decision` does not allow in one version (a version from before a column existed
+    is checked on the columns it has)."""
     schema = frame.collect_schema().names()
     if not all(c in schema for c in declared.identities):
         return pl.LazyFrame(schema={KEY: pl.String})
-    return transforms.identities_outside_consent(frame, declared, people, attributable)
+    return decision.outside(frame, declared)
 
 
 def _is_hash(value: str | None) -> bool:

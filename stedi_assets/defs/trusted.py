@@ -28,8 +28,8 @@ from stedi_assets.rules.catalog import (
     STEP_TRAINER_TRUSTED,
     Table,
 )
-from stedi_assets.rules.identity import SUBJECT_ID, keys, pseudonym_keys
-from stedi_assets.storage.errors import StorageError
+from stedi_assets.rules.identity import SUBJECT_ID
+from stedi_assets.storage.errors import StorageError, TableMissing
 from stedi_assets.storage.io_manager import Publication, publish
 from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.pseudonym import PseudonymKey
@@ -79,38 +79,28 @@ def withdraw_downstream(
     full disk, a kill), no trusted or curated table holds a row the published decision disallows.
     A table is rewritten only when someone must leave it, stage -> verify -> commit like any write.
     """
-    consenting = {
-        "email": keys(decided, "email").collect().lazy(),
-        SUBJECT_ID: pseudonym_keys(decided, "email", key.secret).collect().lazy(),
-    }
-    attributable = (
-        transforms.attributable_serials(customer_landing, decided, customer_rejects).collect().lazy()
-    )
-
-    def outside(frame: pl.LazyFrame, declared: Table) -> pl.LazyFrame:
-        people = consenting[SUBJECT_ID if declared.person == SUBJECT_ID else "email"]
-        return transforms.identities_outside_consent(frame, declared, people, attributable)
-
+    decision = transforms.ConsentDecision.of(decided, customer_landing, customer_rejects, key.secret)
     removed = {}
     changed_keys: list[str] = []
     for declared in DOWNSTREAM_OF_CONSENT:
         uri = lakehouse.table_uri(declared.zone, declared.name)
-        if not lakehouse.exists(uri):
+        try:
+            table = lakehouse.open(uri)
+        except TableMissing:
             continue
-        current = lakehouse.scan(uri)
+        current = lakehouse.scan_opened(uri, table)
         if declared.person == SUBJECT_ID:
-            made_with = lakehouse.open(uri).history(1)[0].get("stedi.pseudonym_key_id")
+            made_with = table.history(1)[0].get("stedi.pseudonym_key_id")
             if made_with not in (None, key.key_id):
                 # its subject_ids cannot be matched to anyone's consent: none of its rows can stay
                 changed_keys.append(f"{declared.name} (made with key {made_with}, now {key.key_id})")
-        count = lakehouse.reading(uri, outside(current, declared).select(pl.len())).item()
+        count = lakehouse.reading(uri, decision.outside(current, declared).select(pl.len())).item()
         if count:
-            people = consenting[SUBJECT_ID if declared.person == SUBJECT_ID else "email"]
-            kept = transforms.within_consent(current, declared, people, attributable)
+            kept = decision.within(current, declared)
 
             def verify(staged: pl.LazyFrame, declared: Table = declared) -> contracts.Verdict:
                 return contracts.no_offending_rows(
-                    outside(staged, declared), "identities the consent decision does not allow"
+                    decision.outside(staged, declared), "identities the consent decision does not allow"
                 )
 
             publish(lakehouse, uri, Publication(kept, "consent", verify, properties, no_history=True))

@@ -7,6 +7,7 @@ both sides of every join, because the app and the website do not agree on how th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 import polars as pl
@@ -21,7 +22,7 @@ from stedi_assets.rules.catalog import (
     STEP_TRAINER_TRUSTED,
     Table,
 )
-from stedi_assets.rules.identity import KEY, SUBJECT_ID, keys, with_key, with_pseudonym
+from stedi_assets.rules.identity import KEY, SUBJECT_ID, keys, pseudonym_keys, with_key, with_pseudonym
 
 
 class MlJoin(StrEnum):
@@ -332,3 +333,47 @@ def identities_outside_consent(
             frame.filter(pl.col(column).is_null()).select(pl.col(column).cast(pl.String).alias(KEY)).head(1)
         )
     return pl.concat(outside) if outside else pl.LazyFrame(schema={KEY: pl.String})
+
+
+@dataclass(frozen=True)
+class ConsentDecision:
+    """Who may be in the trusted and curated zones after a consent decision, collected once.
+
+    `consenting` holds canonical emails (`_key`), `subjects` their keyed hashes (`_key`), and
+    `attributable` the canonical serials (`_serial`) that only consenting customers claim. The
+    decide-first withdrawal and `stedi audit` both ask it which rows a table may keep.
+    """
+
+    consenting: pl.LazyFrame
+    subjects: pl.LazyFrame
+    attributable: pl.LazyFrame
+
+    @classmethod
+    def of(
+        cls,
+        decided: pl.LazyFrame,
+        customer_landing: pl.LazyFrame,
+        customer_rejects: pl.LazyFrame,
+        secret: bytes,
+        erased: pl.LazyFrame | None = None,
+    ) -> ConsentDecision:
+        """From the consenting customers' records (`decided`), less any erased canonical emails."""
+        if erased is not None:
+            decided = with_key(decided, "email").join(erased, on=KEY, how="anti").drop(KEY)
+        decided = decided.collect().lazy()
+        return cls(
+            keys(decided, "email").collect().lazy(),
+            pseudonym_keys(decided, "email", secret).collect().lazy(),
+            attributable_serials(customer_landing, decided, customer_rejects).collect().lazy(),
+        )
+
+    def _people(self, declared: Table) -> pl.LazyFrame:
+        return self.subjects if declared.person == SUBJECT_ID else self.consenting
+
+    def outside(self, frame: pl.LazyFrame, declared: Table) -> pl.LazyFrame:
+        """The distinct identities in `frame` this decision does not allow (`_key`)."""
+        return identities_outside_consent(frame, declared, self._people(declared), self.attributable)
+
+    def within(self, frame: pl.LazyFrame, declared: Table) -> pl.LazyFrame:
+        """The rows of `frame` this decision allows."""
+        return within_consent(frame, declared, self._people(declared), self.attributable)

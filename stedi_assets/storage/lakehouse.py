@@ -102,7 +102,10 @@ class Lakehouse:
         """Streams the plan into a new data file of the table, invisible until `commit`."""
         name = f"part-{uuid.uuid4()}.parquet"
         target = f"{uri}/{name}"
-        read_version = self.open(uri).version() if self.exists(uri) else None
+        try:
+            read_version: int | None = self.open(uri).version()
+        except TableMissing:
+            read_version = None
         try:
             if not is_s3(uri):
                 Path(uri).mkdir(parents=True, exist_ok=True)

@@ -121,6 +121,8 @@ def test_the_audit_finds_an_erased_person_when_the_vacuum_is_skipped(
     assert "customer_landing version 0: 1 identities without consent" in out
     assert "accelerometer_landing version 0: 1 identities without consent" in out
     assert "customer_trusted version 0: 1 identities without consent" in out
+    # her device too: the landing files still say she claims it, but she is erased
+    assert "step_trainer_trusted version 0: 1 identities without consent" in out
     assert ALICE not in out.lower()
 
 

@@ -70,16 +70,19 @@ def withdraw_downstream(
     customer_rejects: pl.LazyFrame,
     key: PseudonymKey,
     properties: dict[str, str],
+    policy: transforms.ConsentPolicy = transforms.ConsentPolicy.any_time,
 ) -> tuple[dict[str, int], list[str]]:
     """Removes everyone the consent decision `decided` does not allow from every existing downstream
-    table; how many identities (people or devices) left each table, and the tables whose subject_ids
+    table; how many identities (people or devices) lost rows in each table, and the tables whose subject_ids
     were made under another pseudonym key (all their rows leave: no one's consent can be matched).
 
     This runs before customer_trusted publishes, so whatever fails later in the run (a bad file, a
     full disk, a kill), no trusted or curated table holds a row the published decision disallows.
     A table is rewritten only when someone must leave it, stage -> verify -> commit like any write.
     """
-    decision = transforms.ConsentDecision.of(decided, customer_landing, customer_rejects, key.secret)
+    decision = transforms.ConsentDecision.of(
+        decided, customer_landing, customer_rejects, key.secret, policy=policy
+    )
     removed = {}
     changed_keys: list[str] = []
     for declared in DOWNSTREAM_OF_CONSENT:
@@ -129,6 +132,7 @@ def customer_trusted(
             customer_rejects,
             key,
             commit_properties(settings, key),
+            settings.consent_policy,
         )
     except StorageError as error:
         raise as_failure(error) from error

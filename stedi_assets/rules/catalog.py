@@ -50,6 +50,11 @@ class Table:
     """Column identifying the customer a row is about (an email, or subject_id: its keyed hash)."""
     device: str | None = None
     """Column holding the serial number of the Step Trainer a row came from."""
+    person_time: str | None = None
+    """Column holding when the person's reading was taken (epoch ms): under the from_consent_date
+    policy a row stays only when it is at or after the person's consent date."""
+    device_time: str | None = None
+    """Column holding when the device's reading was taken, likewise against its owner's consent date."""
     identity_columns: tuple[str, ...] = ()
     """Identity columns of a table that is about no one in particular (a landing table)."""
 
@@ -183,6 +188,7 @@ ACCELEROMETER_TRUSTED = Table(
     ACCELEROMETER.columns,
     subset_of=ACCELEROMETER.landing.name,
     person="user",
+    person_time="timestamp",
 )
 STEP_TRAINER_TRUSTED = Table(
     "step_trainer_trusted",
@@ -191,6 +197,7 @@ STEP_TRAINER_TRUSTED = Table(
     STEP_TRAINER.columns,
     subset_of=STEP_TRAINER.landing.name,
     device="serialNumber",
+    device_time="sensorReadingTime",
 )
 CUSTOMER_CURATED = Table(
     "customer_curated",
@@ -218,6 +225,8 @@ MACHINE_LEARNING_CURATED = Table(
     ),
     person=SUBJECT.name,
     device="serialNumber",
+    person_time="timestamp",
+    device_time="sensorReadingTime",
 )
 
 ERASURE_LOG = Table(

@@ -300,34 +300,66 @@ def cross_customer_pairs(
     )
 
 
+SINCE = "_since"
+"""The consent date (epoch ms) a decision's identity carries under consent_policy=from_consent_date."""
+
+
+def _rows_of(
+    frame: pl.LazyFrame, column: str, time: str | None, allowed: pl.LazyFrame, key: str
+) -> pl.LazyFrame:
+    """The rows of `frame` whose identity in `column` is in `allowed` (`key`), and, when `allowed`
+    carries consent dates and the table times its rows by `time`, taken at or after that date."""
+    keyed = with_key(frame, column, key)
+    if time and SINCE in allowed.collect_schema().names():
+        return keyed.join(allowed, on=key, how="inner").filter(pl.col(time) >= pl.col(SINCE)).drop(key, SINCE)
+    return keyed.join(allowed.select(key), on=key, how="semi").drop(key)
+
+
 def within_consent(
     frame: pl.LazyFrame, declared: Table, consenting: pl.LazyFrame, attributable: pl.LazyFrame
 ) -> pl.LazyFrame:
     """The rows of a trusted or curated table that a consent decision still allows.
 
     `consenting` holds the canonical emails (`_key`) of consenting customers, `attributable` the
-    canonical serials (`_serial`) only consenting customers claim. A row stays when its person
-    consents and its device is attributable.
+    canonical serials (`_serial`) only consenting customers claim, each with its consent date
+    (`_since`) under from_consent_date. A row stays when its person consents and its device is
+    attributable, and was taken at or after both consent dates where the table says when.
     """
     if declared.person:
-        frame = with_key(frame, declared.person).join(consenting, on=KEY, how="semi").drop(KEY)
+        frame = _rows_of(frame, declared.person, declared.person_time, consenting, KEY)
     if declared.device:
-        frame = with_key(frame, declared.device, "_serial").join(attributable, on="_serial", how="semi")
-        frame = frame.drop("_serial")
+        frame = _rows_of(frame, declared.device, declared.device_time, attributable, "_serial")
     return frame
+
+
+def _before_consent(
+    frame: pl.LazyFrame, column: str, time: str | None, allowed: pl.LazyFrame, key: str
+) -> list:
+    """The canonical identities (as `_key`) with a row taken before their consent date, if dated."""
+    if not time or SINCE not in allowed.collect_schema().names():
+        return []
+    early = (
+        with_key(frame, column, key).join(allowed, on=key, how="inner").filter(pl.col(time) < pl.col(SINCE))
+    )
+    return [early.select(pl.col(key).alias(KEY)).unique()]
 
 
 def identities_outside_consent(
     frame: pl.LazyFrame, declared: Table, consenting: pl.LazyFrame, attributable: pl.LazyFrame
 ) -> pl.LazyFrame:
-    """The distinct canonical identities (`_key`) in a table that the consent decision does not allow:
-    emails of people who do not consent, serials not attributable to one who does."""
+    """The distinct canonical identities (`_key`) in a table with a row the consent decision does not
+    allow: emails of people who do not consent, serials not attributable to one who does, and under
+    from_consent_date those with a reading from before the consent date."""
     outside = []
     if declared.person:
-        outside.append(keys(frame, declared.person).join(consenting, on=KEY, how="anti"))
+        outside.append(keys(frame, declared.person).join(consenting.select(KEY), on=KEY, how="anti"))
+        outside += _before_consent(frame, declared.person, declared.person_time, consenting, KEY)
     if declared.device:
-        serials = keys(frame, declared.device, "_serial").join(attributable, on="_serial", how="anti")
+        serials = keys(frame, declared.device, "_serial").join(
+            attributable.select("_serial"), on="_serial", how="anti"
+        )
         outside.append(serials.rename({"_serial": KEY}))
+        outside += _before_consent(frame, declared.device, declared.device_time, attributable, "_serial")
     for column in (c for c in (declared.person, declared.device) if c):  # a row about no one: no consent
         outside.append(
             frame.filter(pl.col(column).is_null()).select(pl.col(column).cast(pl.String).alias(KEY)).head(1)
@@ -340,8 +372,10 @@ class ConsentDecision:
     """Who may be in the trusted and curated zones after a consent decision, collected once.
 
     `consenting` holds canonical emails (`_key`), `subjects` their keyed hashes (`_key`), and
-    `attributable` the canonical serials (`_serial`) that only consenting customers claim. The
-    decide-first withdrawal and `stedi audit` both ask it which rows a table may keep.
+    `attributable` the canonical serials (`_serial`) that only consenting customers claim; under
+    consent_policy=from_consent_date each also carries its consent date (`_since`: a device's is
+    the latest of its owners'). The decide-first withdrawal and `stedi audit` both ask it which
+    rows a table may keep.
     """
 
     consenting: pl.LazyFrame
@@ -356,16 +390,22 @@ class ConsentDecision:
         customer_rejects: pl.LazyFrame,
         secret: bytes,
         erased: pl.LazyFrame | None = None,
+        policy: ConsentPolicy = ConsentPolicy.any_time,
     ) -> ConsentDecision:
         """From the consenting customers' records (`decided`), less any erased canonical emails."""
         if erased is not None:
             decided = with_key(decided, "email").join(erased, on=KEY, how="anti").drop(KEY)
         decided = decided.collect().lazy()
-        return cls(
-            keys(decided, "email").collect().lazy(),
-            pseudonym_keys(decided, "email", secret).collect().lazy(),
-            attributable_serials(customer_landing, decided, customer_rejects).collect().lazy(),
-        )
+        consenting = keys(decided, "email")
+        subjects = pseudonym_keys(decided, "email", secret)
+        attributable = attributable_serials(customer_landing, decided, customer_rejects)
+        if ConsentPolicy(policy) is ConsentPolicy.from_consent_date:
+            since = pl.col("shareWithResearchAsOfDate").alias(SINCE)
+            consenting = with_key(decided, "email").select(KEY, since)
+            subjects = with_pseudonym(decided, "email", secret, into=KEY).select(KEY, since)
+            owners = with_key(decided, "serialNumber", "_serial").group_by("_serial").agg(since.max())
+            attributable = attributable.join(owners, on="_serial", how="inner")
+        return cls(consenting.collect().lazy(), subjects.collect().lazy(), attributable.collect().lazy())
 
     def _people(self, declared: Table) -> pl.LazyFrame:
         return self.subjects if declared.person == SUBJECT_ID else self.consenting

@@ -17,7 +17,7 @@ from stedi_assets.cli import run_lakehouse
 from stedi_assets.rules import transforms
 from stedi_assets.rules.identity import pseudonym
 from stedi_assets.storage.pseudonym import pseudonym_key
-from stedi_assets_tests.helpers import T2, customer, write_jsonl
+from stedi_assets_tests.helpers import T1, T2, customer, write_jsonl
 
 PEOPLE = [
     ("trusted", "customer_trusted", "email"),
@@ -102,6 +102,52 @@ def test_a_run_failing_after_the_consent_decision_leaves_no_withdrawn_row_anywhe
     assert run_lakehouse(**settings)["success"]
     assert not any("alice@test.com" in _people(lakehouse, *table) for table in PEOPLE)
     assert _subjects(lakehouse) == {erin}
+
+
+def _times(lakehouse: Path, zone: str, name: str, column: str, time: str, value: str) -> list[int]:
+    frame = pl.read_delta(str(lakehouse / zone / name))
+    return sorted(set(frame.filter(frame[column].str.to_lowercase() == value)[time].to_list()))
+
+
+def test_a_later_consent_date_reaches_every_table_before_it_is_published(
+    tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Under from_consent_date a consent date that moves later withdraws the readings taken before
+    it: the decide-first withdrawal removes them from every table even when the run fails after."""
+    lakehouse = tmp_path / "lakehouse"
+    settings = {
+        "landing_uri": str(tiny_landing),
+        "lakehouse_uri": str(lakehouse),
+        "ml_identity": "email",
+        "consent_policy": "from_consent_date",
+    }
+    assert run_lakehouse(**settings)["success"]
+    readings = [
+        ("trusted", "accelerometer_trusted", "user", "timestamp", "alice@test.com"),
+        ("trusted", "step_trainer_trusted", "serialNumber", "sensorReadingTime", "s-a"),
+        ("curated", "machine_learning_curated", "user", "timestamp", "alice@test.com"),
+        ("curated", "machine_learning_curated", "serialNumber", "sensorReadingTime", "s-a"),
+    ]
+    assert [_times(lakehouse, *r) for r in readings] == [[T1, T2], [T1, T2], [T1, T2], [T1, T2]]
+    # Alice consents again, later: her readings from before T2 are no longer covered
+    write_jsonl(
+        tiny_landing / "customer" / "customer-2.json",
+        [customer("Alice A", "S-A", T2, lastUpdateDate=T2)],
+    )
+
+    def disk_full(*args, **kwargs):
+        raise dg.Failure("No space left on device (os error 28)", allow_retries=False)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(transforms, "accelerometer_trusted", disk_full)
+        summary = run_lakehouse(**settings)
+
+    assert summary["errors"] == ["accelerometer_trusted: No space left on device (os error 28)"]
+    assert [_times(lakehouse, *r) for r in readings] == [[T2], [T2], [T2], [T2]]
+    erin = ("trusted", "accelerometer_trusted", "user", "timestamp", "erin@test.com")
+    assert _times(lakehouse, *erin) == [T2]
+    assert run_lakehouse(**settings)["success"]
+    assert [_times(lakehouse, *r) for r in readings] == [[T2], [T2], [T2], [T2]]
 
 
 def test_when_the_withdrawal_cannot_reach_a_table_the_decision_is_not_published(

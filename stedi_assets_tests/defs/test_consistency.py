@@ -6,18 +6,20 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
-from deltalake import DeltaTable
 
 from stedi_assets.cli import run_lakehouse
 from stedi_assets.rules import transforms
 from stedi_assets.rules.identity import pseudonym
+from stedi_assets.storage.environment import S3Options
+from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.pseudonym import pseudonym_key
-from stedi_assets_tests.helpers import T1, T2, customer, write_jsonl
+from stedi_assets_tests.helpers import T1, T2, customer, make_bucket, write_jsonl
 
 PEOPLE = [
     ("trusted", "customer_trusted", "email"),
@@ -30,21 +32,41 @@ SUBJECTS = ("curated", "machine_learning_curated", "subject_id")
 """The training table is pseudonymous: its people are keyed hashes of their canonical emails."""
 
 
-def _people(lakehouse: Path, zone: str, name: str, column: str) -> set[str]:
-    return set(pl.read_delta(str(lakehouse / zone / name))[column].str.to_lowercase())
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def lakehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Lakehouse:
+    """Where the runs publish: a folder, or a bucket of the S3 test server."""
+    if request.param == "local":
+        return Lakehouse(str(tmp_path / "lakehouse"))
+    request.getfixturevalue("s3_env")
+    bucket = f"consistency-{uuid.uuid4().hex[:12]}"
+    make_bucket(bucket)
+    return Lakehouse(f"s3://{bucket}/lakehouse", S3Options.from_environment())
 
 
-def _devices(lakehouse: Path, zone: str, name: str) -> set[str]:
-    return set(pl.read_delta(str(lakehouse / zone / name))["serialNumber"])
+def _read(lakehouse: Lakehouse, zone: str, name: str, version: int | None = None) -> pl.DataFrame:
+    uri = lakehouse.table_uri(zone, name)
+    return lakehouse.reading(uri, lakehouse.scan(uri, version))
 
 
-def _subject_id(lakehouse: Path, email: str) -> str:
+def _people(lakehouse: Lakehouse, zone: str, name: str, column: str) -> set[str]:
+    return set(_read(lakehouse, zone, name)[column].str.to_lowercase())
+
+
+def _devices(lakehouse: Lakehouse, zone: str, name: str) -> set[str]:
+    return set(_read(lakehouse, zone, name)["serialNumber"])
+
+
+def _subject_id(lakehouse: Lakehouse, email: str) -> str:
     """The subject_id of a canonical email under the key the runs on `lakehouse` use."""
-    return pseudonym(email, pseudonym_key(str(lakehouse)).secret)
+    return pseudonym(email, pseudonym_key(lakehouse.root).secret)
 
 
-def _subjects(lakehouse: Path) -> set[str]:
-    return set(pl.read_delta(str(lakehouse / SUBJECTS[0] / SUBJECTS[1]))[SUBJECTS[2]])
+def _subjects(lakehouse: Lakehouse) -> set[str]:
+    return set(_read(lakehouse, *SUBJECTS[:2])[SUBJECTS[2]])
+
+
+def _settings(landing: Path, lakehouse: Lakehouse, **settings: str) -> dict[str, str]:
+    return {"landing_uri": str(landing), "lakehouse_uri": lakehouse.root, **settings}
 
 
 def _alice_withdraws(landing: Path) -> None:
@@ -53,7 +75,7 @@ def _alice_withdraws(landing: Path) -> None:
     )
 
 
-def _alice_everywhere(lakehouse: Path) -> bool:
+def _alice_everywhere(lakehouse: Lakehouse) -> bool:
     return (
         all("alice@test.com" in _people(lakehouse, *table) for table in PEOPLE)
         and all("S-A" in _devices(lakehouse, *table) for table in DEVICES)
@@ -61,24 +83,59 @@ def _alice_everywhere(lakehouse: Path) -> bool:
     )
 
 
+def _objects(lakehouse: Lakehouse, zone: str, name: str) -> list[str]:
+    """URIs of every file of a table in its storage, referenced by the log or not."""
+    uri = lakehouse.table_uri(zone, name)
+    if not uri.startswith("s3://"):
+        return sorted(str(p) for p in Path(uri).rglob("*") if p.is_file())
+    bucket, prefix = uri.removeprefix("s3://").split("/", 1)
+    pages = (
+        lakehouse.s3.boto3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    )
+    return sorted(f"s3://{bucket}/{o['Key']}" for page in pages for o in page.get("Contents", []))
+
+
+def _data_files(lakehouse: Lakehouse, zone: str, name: str) -> list[str]:
+    return [f for f in _objects(lakehouse, zone, name) if f.endswith(".parquet") and "/_delta_log/" not in f]
+
+
+def _log_entries(lakehouse: Lakehouse, zone: str, name: str) -> set[str]:
+    """The committed versions' log entries (NNNN.json), not delta-rs' temporary commit files."""
+    entries = (f.rsplit("/", 1)[-1] for f in _objects(lakehouse, zone, name) if "/_delta_log/" in f)
+    return {e for e in entries if e.endswith(".json") and e.removesuffix(".json").isdigit()}
+
+
+def _read_file(lakehouse: Lakehouse, uri: str) -> pl.DataFrame:
+    options = lakehouse.s3.delta_options() if uri.startswith("s3://") else None
+    return pl.read_parquet(uri, storage_options=options)
+
+
+def _delete(lakehouse: Lakehouse, uri: str) -> None:
+    if not uri.startswith("s3://"):
+        Path(uri).unlink()
+        return
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    lakehouse.s3.boto3_client().delete_object(Bucket=bucket, Key=key)
+
+
+def _disk_full(*args, **kwargs):
+    raise dg.Failure("No space left on device (os error 28)", allow_retries=False)
+
+
 def test_a_run_failing_after_the_consent_decision_leaves_no_withdrawn_row_anywhere(
-    tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_landing: Path, lakehouse: Lakehouse, monkeypatch: pytest.MonkeyPatch
 ):
-    lakehouse = tmp_path / "lakehouse"
     # ml_identity=email: the training table keeps the email beside the subject_id, so both are checked
-    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(lakehouse), "ml_identity": "email"}
+    settings = _settings(tiny_landing, lakehouse, ml_identity="email")
     assert run_lakehouse(**settings)["success"]
     assert _alice_everywhere(lakehouse)
     alice, erin = _subject_id(lakehouse, "alice@test.com"), _subject_id(lakehouse, "erin@test.com")
     _alice_withdraws(tiny_landing)
 
-    def disk_full(*args, **kwargs):
-        raise dg.Failure("No space left on device (os error 28)", allow_retries=False)
-
     # a context, not monkeypatch.undo(): that would also undo the conftest's environment (the test
     # config folder of the generated pseudonym key) and the next run would use another key
     with monkeypatch.context() as patch:
-        patch.setattr(transforms, "accelerometer_trusted", disk_full)
+        patch.setattr(transforms, "accelerometer_trusted", _disk_full)
         summary = run_lakehouse(**settings)
 
     assert not summary["success"]
@@ -104,23 +161,17 @@ def test_a_run_failing_after_the_consent_decision_leaves_no_withdrawn_row_anywhe
     assert _subjects(lakehouse) == {erin}
 
 
-def _times(lakehouse: Path, zone: str, name: str, column: str, time: str, value: str) -> list[int]:
-    frame = pl.read_delta(str(lakehouse / zone / name))
+def _times(lakehouse: Lakehouse, zone: str, name: str, column: str, time: str, value: str) -> list[int]:
+    frame = _read(lakehouse, zone, name)
     return sorted(set(frame.filter(frame[column].str.to_lowercase() == value)[time].to_list()))
 
 
 def test_a_later_consent_date_reaches_every_table_before_it_is_published(
-    tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_landing: Path, lakehouse: Lakehouse, monkeypatch: pytest.MonkeyPatch
 ):
     """Under from_consent_date a consent date that moves later withdraws the readings taken before
     it: the decide-first withdrawal removes them from every table even when the run fails after."""
-    lakehouse = tmp_path / "lakehouse"
-    settings = {
-        "landing_uri": str(tiny_landing),
-        "lakehouse_uri": str(lakehouse),
-        "ml_identity": "email",
-        "consent_policy": "from_consent_date",
-    }
+    settings = _settings(tiny_landing, lakehouse, ml_identity="email", consent_policy="from_consent_date")
     assert run_lakehouse(**settings)["success"]
     readings = [
         ("trusted", "accelerometer_trusted", "user", "timestamp", "alice@test.com"),
@@ -135,11 +186,8 @@ def test_a_later_consent_date_reaches_every_table_before_it_is_published(
         [customer("Alice A", "S-A", T2, lastUpdateDate=T2)],
     )
 
-    def disk_full(*args, **kwargs):
-        raise dg.Failure("No space left on device (os error 28)", allow_retries=False)
-
     with monkeypatch.context() as patch:
-        patch.setattr(transforms, "accelerometer_trusted", disk_full)
+        patch.setattr(transforms, "accelerometer_trusted", _disk_full)
         summary = run_lakehouse(**settings)
 
     assert summary["errors"] == ["accelerometer_trusted: No space left on device (os error 28)"]
@@ -151,33 +199,33 @@ def test_a_later_consent_date_reaches_every_table_before_it_is_published(
 
 
 def test_when_the_withdrawal_cannot_reach_a_table_the_decision_is_not_published(
-    tiny_landing: Path, tmp_path: Path
+    tiny_landing: Path, lakehouse: Lakehouse
 ):
     """Fail closed: if a downstream table cannot be cleaned, customer_trusted keeps its old version
     (and the run says which table), rather than publish a decision the zones do not follow."""
-    lakehouse = tmp_path / "lakehouse"
-    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(lakehouse)}
+    settings = _settings(tiny_landing, lakehouse)
     assert run_lakehouse(**settings)["success"]
-    trusted_version = DeltaTable(str(lakehouse / "trusted" / "customer_trusted")).version()
+    customer_trusted = lakehouse.table_uri("trusted", "customer_trusted")
+    trusted_version = lakehouse.open(customer_trusted).version()
     _alice_withdraws(tiny_landing)
     # the step_trainer_trusted table's data file is lost (a broken disk, a bad manual clean-up)
-    for data_file in (lakehouse / "trusted" / "step_trainer_trusted").glob("*.parquet"):
-        data_file.unlink()
+    for data_file in _data_files(lakehouse, "trusted", "step_trainer_trusted"):
+        _delete(lakehouse, data_file)
 
     summary = run_lakehouse(dg.AssetSelection.assets("customer_trusted"), **settings)
 
     assert not summary["success"]
     assert len(summary["errors"]) == 1 and summary["errors"][0].startswith("customer_trusted: ")
     assert "step_trainer_trusted" in summary["errors"][0]
-    assert DeltaTable(str(lakehouse / "trusted" / "customer_trusted")).version() == trusted_version
+    assert lakehouse.open(customer_trusted).version() == trusted_version
 
 
-def _versions_holding(uri: Path, column: str, value: str) -> list[int]:
+def _versions_holding(lakehouse: Lakehouse, zone: str, name: str, column: str, value: str) -> list[int]:
     """Every version of a table still readable that holds `value` in `column`."""
     found = []
-    for version in range(DeltaTable(str(uri)).version() + 1):
+    for version in range(lakehouse.open(lakehouse.table_uri(zone, name)).version() + 1):
         try:
-            frame = pl.read_delta(str(uri), version=version)
+            frame = _read(lakehouse, zone, name, version)
         except Exception:  # its log entry or data files are gone: not retained
             continue
         if value in frame[column].str.to_lowercase().to_list():
@@ -185,42 +233,40 @@ def _versions_holding(uri: Path, column: str, value: str) -> list[int]:
     return found
 
 
-def test_a_withdrawal_leaves_no_retained_version_holding_the_person(tiny_landing: Path, tmp_path: Path):
-    lakehouse = tmp_path / "lakehouse"
-    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(lakehouse), "ml_identity": "email"}
+def test_a_withdrawal_leaves_no_retained_version_holding_the_person(tiny_landing: Path, lakehouse: Lakehouse):
+    settings = _settings(tiny_landing, lakehouse, ml_identity="email")
     assert run_lakehouse(**settings)["success"]
     assert run_lakehouse(**settings)["success"]  # nothing removed: the earlier version stays readable
-    customer_trusted = lakehouse / "trusted" / "customer_trusted"
-    assert _versions_holding(customer_trusted, "email", "alice@test.com") == [0, 1]
+    customer_trusted = ("trusted", "customer_trusted")
+    assert _versions_holding(lakehouse, *customer_trusted, "email", "alice@test.com") == [0, 1]
 
     _alice_withdraws(tiny_landing)
     assert run_lakehouse(**settings)["success"]
 
     for zone, name, column in PEOPLE:
-        assert _versions_holding(lakehouse / zone / name, column, "alice@test.com") == [], name
+        assert _versions_holding(lakehouse, zone, name, column, "alice@test.com") == [], name
     for zone, name in DEVICES:
-        assert _versions_holding(lakehouse / zone / name, "serialNumber", "s-a") == [], name
-    # her files are gone from disk, not just from the log
+        assert _versions_holding(lakehouse, zone, name, "serialNumber", "s-a") == [], name
+    # her files are gone from storage, not just from the log
+    files = _data_files(lakehouse, *customer_trusted)
+    assert files
     assert all(
-        "alice@test.com" not in pl.read_parquet(f)["email"].str.to_lowercase().to_list()
-        for f in customer_trusted.glob("*.parquet")
+        "alice@test.com" not in _read_file(lakehouse, f)["email"].str.to_lowercase().to_list() for f in files
     )
     # and a table nobody left keeps its history
-    landing = lakehouse / "landing" / "step_trainer_landing"
-    assert pl.read_delta(str(landing), version=0).height == 4
+    assert _read(lakehouse, "landing", "step_trainer_landing", version=0).height == 4
 
 
 def test_a_changed_pseudonym_key_leaves_no_unverifiable_training_row(
-    tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_landing: Path, lakehouse: Lakehouse, monkeypatch: pytest.MonkeyPatch
 ):
     """subject_ids made under another key cannot be matched to anyone's consent, so none may stay;
     the next full run rebuilds the table under the new key."""
-    lakehouse = tmp_path / "lakehouse"
-    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(lakehouse)}
+    settings = _settings(tiny_landing, lakehouse)
     monkeypatch.setenv("STEDI_PSEUDONYM_KEY", "first key")
     assert run_lakehouse(**settings)["success"]
-    ml = lakehouse / "curated" / "machine_learning_curated"
-    assert pl.read_delta(str(ml)).height == 5
+    ml = ("curated", "machine_learning_curated")
+    assert _read(lakehouse, *ml).height == 5
 
     monkeypatch.setenv("STEDI_PSEUDONYM_KEY", "second key")
     instance = dg.DagsterInstance.ephemeral()
@@ -228,36 +274,35 @@ def test_a_changed_pseudonym_key_leaves_no_unverifiable_training_row(
         "success"
     ]
 
-    assert pl.read_delta(str(ml)).height == 0
+    assert _read(lakehouse, *ml).height == 0
     event = instance.get_latest_materialization_event(dg.AssetKey("customer_trusted"))
     changed = event.asset_materialization.metadata["pseudonym_key_changed"].value
     assert changed.startswith("machine_learning_curated (made with key ")
     assert "first key" not in changed and "second key" not in changed
     assert run_lakehouse(**settings)["success"]
-    assert pl.read_delta(str(ml)).height == 5
+    assert _read(lakehouse, *ml).height == 5
 
 
 @pytest.mark.slow
 def test_a_run_killed_right_after_the_consent_decision_leaves_no_withdrawn_row(
-    tiny_landing: Path, tmp_path: Path
+    tiny_landing: Path, lakehouse: Lakehouse
 ):
     """kill -9 the moment customer_trusted's new version appears: the downstream tables were already
     cleaned (before that commit), and the next run completes."""
-    lakehouse = tmp_path / "lakehouse"
-    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(lakehouse), "ml_identity": "email"}
+    settings = _settings(tiny_landing, lakehouse, ml_identity="email")
     assert run_lakehouse(**settings)["success"]
-    log = lakehouse / "trusted" / "customer_trusted" / "_delta_log"
-    versions_before = set(log.glob("*.json"))
+    versions_before = _log_entries(lakehouse, "trusted", "customer_trusted")
     _alice_withdraws(tiny_landing)
 
     command = [sys.executable, "-m", "stedi_assets.cli", "run", "--landing", str(tiny_landing)]
-    run = subprocess.Popen([*command, "--lakehouse", str(lakehouse), "--ml-identity", "email"])
+    run = subprocess.Popen([*command, "--lakehouse", lakehouse.root, "--ml-identity", "email"])
     deadline = time.monotonic() + 120
-    while set(log.glob("*.json")) == versions_before and run.poll() is None:
+    while _log_entries(lakehouse, "trusted", "customer_trusted") == versions_before and run.poll() is None:
         assert time.monotonic() < deadline, "customer_trusted was never committed"
         time.sleep(0.002)
     run.send_signal(signal.SIGKILL)
-    run.wait(timeout=30)
+    # killed mid-run, not after a run that had already finished
+    assert run.wait(timeout=30) == -signal.SIGKILL
 
     assert "alice@test.com" not in _people(lakehouse, "trusted", "customer_trusted", "email")
     for table in PEOPLE:

@@ -3,7 +3,8 @@
 Erasure in the lakehouse does not reach Dagster's own storage, where earlier versions left names,
 emails and phones in materialization previews, check samples, failures and log lines. This module
 reads the stored event JSON straight from the SQL event log storage (every run shard, the index DB
-and its caches), so nothing nested is missed and rows without a match are never deserialized.
+and its caches), so nothing nested is missed and rows without a match are never deserialized, and
+the captured stdout/stderr of every step the local compute log manager keeps on disk.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -27,12 +29,17 @@ from dagster._core.storage.event_log.schema import (
     AssetKeyTable,
     SqlEventLogStorageTable,
 )
+from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
 from dagster._serdes import deserialize_value, serialize_value
 
 from stedi_assets.storage.metadata import MASK
 
 LOG_MESSAGE = "LOG_MESSAGE"
 """Event type of a plain `context.log` line, which has no Dagster event type of its own."""
+COMPUTE_LOG = "COMPUTE_LOG"
+"""What a finding in a step's captured stdout or stderr is reported as."""
+CAPTURED = (".out", ".err")
+"""Extensions of the captured-output files of the local compute log manager."""
 PAGE_ROWS = 500
 """Rows read per query: bounds memory on a large shard; every row is still read."""
 
@@ -71,6 +78,7 @@ class Finding:
     run_id: str
     event_type: str
     step_key: str | None
+    """The step, or for a captured log the file's name (the step set's key and .out or .err)."""
     asset_key: str | None
     needle: int
     table: str
@@ -299,9 +307,52 @@ def find_values(instance: dg.DagsterInstance, needles: Collection[str]) -> list[
     the index DB's mirrors and caches of them; a mirror and its original make one Finding.
     """
     found: dict[Finding, None] = {}
-    for place, row, parsed, hits in _scan(_storage(instance), _Needles(needles)):
+    matcher = _Needles(needles)
+    for place, row, parsed, hits in _scan(_storage(instance), matcher):
         found.update(dict.fromkeys(_findings(place, row, parsed, hits)))
+    for run_id, path in _captured_logs(instance):
+        hits = set().union(*(matcher.within(line) for line in _lines(path))) if matcher.indices else set()
+        for needle in sorted(hits):
+            found[Finding(run_id, COMPUTE_LOG, path.name, None, needle, "compute_logs")] = None
     return list(found)
+
+
+def _captured_logs(instance: dg.DagsterInstance) -> Iterator[tuple[str, Path]]:
+    """Each captured stdout/stderr file of the local compute log manager, with its run id.
+
+    It keeps them as <base_dir>/<run id>/compute_logs/<step or step set>.out|.err. Captured logs
+    kept elsewhere (a cloud compute log manager) cannot be listed here, and say so.
+    """
+    manager = instance.compute_log_manager
+    if not isinstance(manager, LocalComputeLogManager):
+        if type(manager).__name__ != "NoOpComputeLogManager":
+            _LOG.warning("Captured step logs in %s are not audited.", type(manager).__name__)
+        return
+    base = Path(manager._base_dir)  # the manager has no public way to list its files
+    if not base.is_dir():
+        return
+    for path in sorted(base.rglob("*")):
+        if path.suffix in CAPTURED and path.is_file() and "compute_logs" in path.parts:
+            yield path.relative_to(base).parts[0], path
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8", errors="replace", newline="") as captured:
+        yield from captured
+
+
+def _purge_captured(path: Path, needles: _Needles) -> bool:
+    """Masks each line of a captured log that holds a needle; whether the file changed."""
+    lines = list(_lines(path))
+    masked = [
+        (MASK + "\n" if line.endswith("\n") else MASK) if needles.within(line) else line for line in lines
+    ]
+    if masked == lines:
+        return False
+    staged = path.with_name(path.name + ".redacting")
+    staged.write_text("".join(masked), encoding="utf-8", newline="")
+    staged.replace(path)
+    return True
 
 
 @contextmanager
@@ -341,8 +392,9 @@ def purge_values(instance: dg.DagsterInstance, needles: Collection[str]) -> int:
     """Masks `needles` in every stored event and cached copy, keeping the events and the run history.
 
     Each metadata value, description, message or stack frame holding a needle becomes "[redacted]";
-    a row that could not be read back once redacted is deleted instead (a cache is cleared). Returns
-    how many events were changed, each counted once however many copies of it were stored.
+    a row that could not be read back once redacted is deleted instead (a cache is cleared); in a
+    captured step log, each line holding one becomes "[redacted]". Returns how many events and log
+    files were changed, each event counted once however many copies of it were stored.
     """
     storage = _storage(instance)
     matcher = _Needles(needles)
@@ -350,4 +402,6 @@ def purge_values(instance: dg.DagsterInstance, needles: Collection[str]) -> int:
     for place, row, redacted, _ in _scan(storage, matcher):
         _store(storage, place, row, redacted, matcher)
         changed += place.canonical
+    if matcher.indices:
+        changed += sum(_purge_captured(path, matcher) for _, path in _captured_logs(instance))
     return changed

@@ -1,13 +1,22 @@
 """Personal data that old versions left in a real Dagster instance is found, then redacted in place."""
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
 from dagster._core.events import DagsterEventType
+from dagster._core.utils import make_new_run_id
 
-from stedi_assets.defs.instance_audit import LOG_MESSAGE, PAGE_ROWS, Finding, find_values, purge_values
+from stedi_assets.defs.instance_audit import (
+    COMPUTE_LOG,
+    LOG_MESSAGE,
+    PAGE_ROWS,
+    Finding,
+    find_values,
+    purge_values,
+)
 from stedi_assets.storage.metadata import MASK
 
 EMAIL = "Anna.Secret@Example.com"
@@ -102,6 +111,11 @@ def test_finds_each_value_where_the_old_versions_wrote_it(
         at(failed, RUN_FAILURE, BY_PHONE, None),  # the run failure repeats its first step failure
     }
     assert expected <= findings
+    # Dagster's own log lines, context.log ones included, are also captured on disk for each step
+    assert {(f.run_id, f.needle) for f in findings if f.event_type == COMPUTE_LOG} == {
+        (loaded, BY_NAME),
+        (failed, BY_PHONE),
+    }
     assert all(f.needle != ABSENT for f in findings)
     assert {f.run_id for f in findings} == {loaded, failed}
     assert find_values(instance, ["", NEEDLES[ABSENT]]) == find_values(instance, []) == []
@@ -111,14 +125,14 @@ def test_purge_masks_the_values_and_keeps_the_history(
     instance: dg.DagsterInstance, runs: tuple[str, str], tmp_path: Path
 ) -> None:
     loaded, failed = runs
-    events = {
+    changed = {  # each event once, however many copies; each captured log file once
         (f.run_id, f.event_type, f.step_key)
         for f in find_values(instance, NEEDLES)
-        if f.table == "event_logs"
+        if f.table in ("event_logs", "compute_logs")
     }
     assert any(b"anna.secret" in path.read_bytes().lower() for path in stored_files(tmp_path))
 
-    assert purge_values(instance, NEEDLES) == len(events)
+    assert purge_values(instance, NEEDLES) == len(changed)
     assert find_values(instance, NEEDLES) == []
     assert purge_values(instance, NEEDLES) == 0
     for path in stored_files(tmp_path):  # not even in the databases' free pages or write-ahead logs
@@ -169,6 +183,36 @@ def test_every_row_of_every_shard_is_read(instance: dg.DagsterInstance) -> None:
     instance.run_storage.delete_run(run_id)  # its events stay behind in the event log storage
     assert not instance.get_runs()
 
-    assert find_values(instance, [EMAIL]) == [Finding(run_id, LOG_MESSAGE, "chatty", None, 0, "event_logs")]
-    assert purge_values(instance, [EMAIL]) == 1
+    assert [f for f in find_values(instance, [EMAIL]) if f.table == "event_logs"] == [
+        Finding(run_id, LOG_MESSAGE, "chatty", None, 0, "event_logs")
+    ]
+    assert purge_values(instance, [EMAIL]) == 2  # the event, and the step's captured log
     assert find_values(instance, [EMAIL]) == []
+
+
+def test_captured_step_output_is_found_and_masked_line_by_line(instance: dg.DagsterInstance) -> None:
+    """What a step printed, kept on disk by the local compute log manager, is instance storage too."""
+    run_id = make_new_run_id()
+    manager = instance.compute_log_manager
+    # what the multiprocess executor does around each step it runs in a subprocess
+    with manager.capture_logs(manager.build_log_key_for_run(run_id, "customer")):
+        print(f"parsed the line of {EMAIL}", flush=True)
+        print("42 rows accepted", flush=True)
+        print(f"could not reach {PHONE}", file=sys.stderr, flush=True)
+    captured = sorted(
+        p for p in Path(instance.root_directory).rglob(f"{run_id}/**/*.*") if p.suffix != ".complete"
+    )
+    assert [p.suffix for p in captured] == [".err", ".out"]
+
+    found = {f for f in find_values(instance, NEEDLES) if f.event_type == COMPUTE_LOG}
+    assert {(f.run_id, f.needle, f.table) for f in found} == {
+        (run_id, BY_EMAIL, "compute_logs"),
+        (run_id, EMAIL_PREFIX, "compute_logs"),
+        (run_id, BY_PHONE, "compute_logs"),
+    }
+
+    assert purge_values(instance, NEEDLES) >= 2
+    assert [f for f in find_values(instance, NEEDLES) if f.event_type == COMPUTE_LOG] == []
+    out, err = (p.read_text() for p in sorted(captured, key=lambda p: p.suffix != ".out"))
+    assert out == f"{MASK}\n42 rows accepted\n"
+    assert err == f"{MASK}\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import pytest
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from stedi_assets.generate import generate_landing
-from stedi_assets_tests.helpers import REFERENCE_ENV, moto_server, write_tiny_landing
+from stedi_assets.storage.environment import S3Options
+from stedi_assets.storage.lakehouse import Lakehouse
+from stedi_assets_tests.helpers import REFERENCE_ENV, make_bucket, moto_server, write_tiny_landing
 
 # Nothing is written into the working tree: even with database=None, hypothesis caches constants
 # in its home folder (./.hypothesis by default), so that folder lives in the temporary directory.
@@ -79,3 +82,14 @@ def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     # an S3 lakehouse is shared, so its pseudonyms need a key every writer has
     monkeypatch.setenv("STEDI_PSEUDONYM_KEY", "s3-test-pseudonym-key")
     return s3_endpoint
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def lakehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Lakehouse:
+    """Where tables are written: a folder, or a fresh bucket of the S3 test server."""
+    if request.param == "local":
+        return Lakehouse(str(tmp_path / "lakehouse"))
+    request.getfixturevalue("s3_env")
+    bucket = f"lakehouse-{uuid.uuid4().hex[:12]}"
+    make_bucket(bucket)
+    return Lakehouse(f"s3://{bucket}/lakehouse", S3Options.from_environment())

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import polars as pl
+
+from stedi_assets.storage.lakehouse import Lakehouse
 
 REFERENCE_ENV = "STEDI_REFERENCE_DATA"
 REFERENCE_EXPECTATIONS = str(files("stedi_assets") / "expectations" / "reference.json")
@@ -131,3 +134,21 @@ def upload_tree(local_root: Path, bucket: str, prefix: str) -> int:
     for path in paths:
         client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local_root).as_posix()}")
     return len(paths)
+
+
+def read_table(lakehouse: Lakehouse, zone: str, name: str, version: int | None = None) -> pl.DataFrame:
+    """One version (default: the latest) of a table, local or on S3."""
+    uri = lakehouse.table_uri(zone, name)
+    return lakehouse.reading(uri, lakehouse.scan(uri, version))
+
+
+def retained_versions(lakehouse: Lakehouse, zone: str, name: str) -> dict[int, pl.DataFrame]:
+    """Every version of a table that can still be read; one whose log entry or files are gone is not
+    retained."""
+    frames = {}
+    for version in range(lakehouse.open(lakehouse.table_uri(zone, name)).version() + 1):
+        try:
+            frames[version] = read_table(lakehouse, zone, name, version)
+        except Exception:
+            continue
+    return frames

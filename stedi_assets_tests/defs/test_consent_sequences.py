@@ -12,16 +12,17 @@ from __future__ import annotations
 import json
 import tempfile
 import unicodedata
+import uuid
 from pathlib import Path
 
-import polars as pl
 import pytest
-from deltalake import DeltaTable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stedi_assets.cli import run_lakehouse
-from stedi_assets_tests.helpers import T1, customer, write_jsonl
+from stedi_assets.storage.environment import S3Options
+from stedi_assets.storage.lakehouse import Lakehouse
+from stedi_assets_tests.helpers import T1, customer, make_bucket, retained_versions, write_jsonl
 
 PEOPLE = ("Alice", "Bob", "Cy")
 ACTIONS = ("consent", "withdraw", "malformed_withdrawal")
@@ -53,14 +54,41 @@ updates = st.lists(
 )
 
 
-def _retained(uri: Path) -> list[pl.DataFrame]:
-    frames = []
-    for version in range(DeltaTable(str(uri)).version() + 1):
-        try:
-            frames.append(pl.read_delta(str(uri), version=version))
-        except Exception:  # its log entry or data files are gone: not retained
-            continue
-    return frames
+def _check(sequence: list[tuple[str, str, int]], landing: Path, lakehouse: Lakehouse) -> None:
+    # everyone consents at first and has phone and Step Trainer readings at the same time
+    write_jsonl(landing / "customer" / "0.json", [customer(n, f"S-{n}", T1) for n in PEOPLE])
+    write_jsonl(
+        landing / "accelerometer" / "0.json",
+        [{"user": f"{n}@test.com", "timestamp": T1, "x": 1.0, "y": 0.0, "z": 0.0} for n in PEOPLE],
+    )
+    write_jsonl(
+        landing / "step_trainer" / "0.json",
+        [{"sensorReadingTime": T1, "serialNumber": f"S-{n}", "distanceFromObject": 1} for n in PEOPLE],
+    )
+    consenting = {canonical(f"{n}@test.com") for n in PEOPLE}
+    settings_ = {"landing_uri": str(landing), "lakehouse_uri": lakehouse.root, "ml_identity": "email"}
+    assert run_lakehouse(**settings_)["errors"] == []
+    for step, (name, action, variant) in enumerate(sequence, start=1):
+        email, updated = spelling(name, variant), T1 + step
+        path = landing / "customer" / f"{step}.json"
+        # dates only grow, so the latest update decides: a later valid consent supersedes an
+        # earlier line that could not be parsed
+        if action == "malformed_withdrawal":  # quarantined: consent given as a word
+            line = {"email": email, "lastUpdateDate": updated, "shareWithResearchAsOfDate": "no"}
+            path.write_text(json.dumps(line) + "\n")
+        else:
+            given = T1 if action == "consent" else None
+            write_jsonl(path, [customer(name, f"S-{name}", given, email=email, lastUpdateDate=updated)])
+        if action == "consent":
+            consenting.add(canonical(email))
+        else:
+            consenting.discard(canonical(email))
+        run_lakehouse(**settings_)
+
+        for zone, table, column in PERSON_TABLES:
+            for frame in retained_versions(lakehouse, zone, table).values():
+                present = {canonical(v) for v in frame[column].to_list()}
+                assert present <= consenting, (step, table, present - consenting)
 
 
 @pytest.mark.slow
@@ -69,38 +97,18 @@ def _retained(uri: Path) -> list[pl.DataFrame]:
 def test_no_update_sequence_leaves_a_non_consenting_person_in_any_retained_version(sequence):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        landing, lakehouse = root / "landing", root / "lakehouse"
-        # everyone consents at first and has phone and Step Trainer readings at the same time
-        write_jsonl(landing / "customer" / "0.json", [customer(n, f"S-{n}", T1) for n in PEOPLE])
-        write_jsonl(
-            landing / "accelerometer" / "0.json",
-            [{"user": f"{n}@test.com", "timestamp": T1, "x": 1.0, "y": 0.0, "z": 0.0} for n in PEOPLE],
-        )
-        write_jsonl(
-            landing / "step_trainer" / "0.json",
-            [{"sensorReadingTime": T1, "serialNumber": f"S-{n}", "distanceFromObject": 1} for n in PEOPLE],
-        )
-        consenting = {canonical(f"{n}@test.com") for n in PEOPLE}
-        settings_ = {"landing_uri": str(landing), "lakehouse_uri": str(lakehouse), "ml_identity": "email"}
-        assert run_lakehouse(**settings_)["errors"] == []
-        for step, (name, action, variant) in enumerate(sequence, start=1):
-            email, updated = spelling(name, variant), T1 + step
-            path = landing / "customer" / f"{step}.json"
-            # dates only grow, so the latest update decides: a later valid consent supersedes an
-            # earlier line that could not be parsed
-            if action == "malformed_withdrawal":  # quarantined: consent given as a word
-                line = {"email": email, "lastUpdateDate": updated, "shareWithResearchAsOfDate": "no"}
-                path.write_text(json.dumps(line) + "\n")
-            else:
-                given = T1 if action == "consent" else None
-                write_jsonl(path, [customer(name, f"S-{name}", given, email=email, lastUpdateDate=updated)])
-            if action == "consent":
-                consenting.add(canonical(email))
-            else:
-                consenting.discard(canonical(email))
-            run_lakehouse(**settings_)
+        _check(sequence, root / "landing", Lakehouse(str(root / "lakehouse")))
 
-            for zone, table, column in PERSON_TABLES:
-                for frame in _retained(lakehouse / zone / table):
-                    present = {canonical(v) for v in frame[column].to_list()}
-                    assert present <= consenting, (step, table, present - consenting)
+
+@pytest.mark.slow
+@pytest.mark.s3
+@settings(max_examples=2, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(sequence=updates)
+def test_no_update_sequence_leaves_a_non_consenting_person_in_any_retained_version_on_s3(
+    sequence, s3_env: str
+):
+    with tempfile.TemporaryDirectory() as tmp:
+        bucket = f"sequences-{uuid.uuid4().hex[:12]}"
+        make_bucket(bucket)
+        lakehouse = Lakehouse(f"s3://{bucket}/lakehouse", S3Options.from_environment())
+        _check(sequence, Path(tmp) / "landing", lakehouse)

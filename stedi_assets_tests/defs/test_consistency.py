@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -16,10 +15,9 @@ import pytest
 from stedi_assets.cli import run_lakehouse
 from stedi_assets.rules import transforms
 from stedi_assets.rules.identity import pseudonym
-from stedi_assets.storage.environment import S3Options
 from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.pseudonym import pseudonym_key
-from stedi_assets_tests.helpers import T1, T2, customer, make_bucket, write_jsonl
+from stedi_assets_tests.helpers import T1, T2, customer, read_table, retained_versions, write_jsonl
 
 PEOPLE = [
     ("trusted", "customer_trusted", "email"),
@@ -32,28 +30,12 @@ SUBJECTS = ("curated", "machine_learning_curated", "subject_id")
 """The training table is pseudonymous: its people are keyed hashes of their canonical emails."""
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
-def lakehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Lakehouse:
-    """Where the runs publish: a folder, or a bucket of the S3 test server."""
-    if request.param == "local":
-        return Lakehouse(str(tmp_path / "lakehouse"))
-    request.getfixturevalue("s3_env")
-    bucket = f"consistency-{uuid.uuid4().hex[:12]}"
-    make_bucket(bucket)
-    return Lakehouse(f"s3://{bucket}/lakehouse", S3Options.from_environment())
-
-
-def _read(lakehouse: Lakehouse, zone: str, name: str, version: int | None = None) -> pl.DataFrame:
-    uri = lakehouse.table_uri(zone, name)
-    return lakehouse.reading(uri, lakehouse.scan(uri, version))
-
-
 def _people(lakehouse: Lakehouse, zone: str, name: str, column: str) -> set[str]:
-    return set(_read(lakehouse, zone, name)[column].str.to_lowercase())
+    return set(read_table(lakehouse, zone, name)[column].str.to_lowercase())
 
 
 def _devices(lakehouse: Lakehouse, zone: str, name: str) -> set[str]:
-    return set(_read(lakehouse, zone, name)["serialNumber"])
+    return set(read_table(lakehouse, zone, name)["serialNumber"])
 
 
 def _subject_id(lakehouse: Lakehouse, email: str) -> str:
@@ -62,7 +44,7 @@ def _subject_id(lakehouse: Lakehouse, email: str) -> str:
 
 
 def _subjects(lakehouse: Lakehouse) -> set[str]:
-    return set(_read(lakehouse, *SUBJECTS[:2])[SUBJECTS[2]])
+    return set(read_table(lakehouse, *SUBJECTS[:2])[SUBJECTS[2]])
 
 
 def _settings(landing: Path, lakehouse: Lakehouse, **settings: str) -> dict[str, str]:
@@ -162,7 +144,7 @@ def test_a_run_failing_after_the_consent_decision_leaves_no_withdrawn_row_anywhe
 
 
 def _times(lakehouse: Lakehouse, zone: str, name: str, column: str, time: str, value: str) -> list[int]:
-    frame = _read(lakehouse, zone, name)
+    frame = read_table(lakehouse, zone, name)
     return sorted(set(frame.filter(frame[column].str.to_lowercase() == value)[time].to_list()))
 
 
@@ -222,15 +204,8 @@ def test_when_the_withdrawal_cannot_reach_a_table_the_decision_is_not_published(
 
 def _versions_holding(lakehouse: Lakehouse, zone: str, name: str, column: str, value: str) -> list[int]:
     """Every version of a table still readable that holds `value` in `column`."""
-    found = []
-    for version in range(lakehouse.open(lakehouse.table_uri(zone, name)).version() + 1):
-        try:
-            frame = _read(lakehouse, zone, name, version)
-        except Exception:  # its log entry or data files are gone: not retained
-            continue
-        if value in frame[column].str.to_lowercase().to_list():
-            found.append(version)
-    return found
+    retained = retained_versions(lakehouse, zone, name)
+    return [v for v, frame in retained.items() if value in frame[column].str.to_lowercase().to_list()]
 
 
 def test_a_withdrawal_leaves_no_retained_version_holding_the_person(tiny_landing: Path, lakehouse: Lakehouse):
@@ -254,7 +229,7 @@ def test_a_withdrawal_leaves_no_retained_version_holding_the_person(tiny_landing
         "alice@test.com" not in _read_file(lakehouse, f)["email"].str.to_lowercase().to_list() for f in files
     )
     # and a table nobody left keeps its history
-    assert _read(lakehouse, "landing", "step_trainer_landing", version=0).height == 4
+    assert read_table(lakehouse, "landing", "step_trainer_landing", version=0).height == 4
 
 
 def test_a_changed_pseudonym_key_leaves_no_unverifiable_training_row(
@@ -266,7 +241,7 @@ def test_a_changed_pseudonym_key_leaves_no_unverifiable_training_row(
     monkeypatch.setenv("STEDI_PSEUDONYM_KEY", "first key")
     assert run_lakehouse(**settings)["success"]
     ml = ("curated", "machine_learning_curated")
-    assert _read(lakehouse, *ml).height == 5
+    assert read_table(lakehouse, *ml).height == 5
 
     monkeypatch.setenv("STEDI_PSEUDONYM_KEY", "second key")
     instance = dg.DagsterInstance.ephemeral()
@@ -274,13 +249,13 @@ def test_a_changed_pseudonym_key_leaves_no_unverifiable_training_row(
         "success"
     ]
 
-    assert _read(lakehouse, *ml).height == 0
+    assert read_table(lakehouse, *ml).height == 0
     event = instance.get_latest_materialization_event(dg.AssetKey("customer_trusted"))
     changed = event.asset_materialization.metadata["pseudonym_key_changed"].value
     assert changed.startswith("machine_learning_curated (made with key ")
     assert "first key" not in changed and "second key" not in changed
     assert run_lakehouse(**settings)["success"]
-    assert _read(lakehouse, *ml).height == 5
+    assert read_table(lakehouse, *ml).height == 5
 
 
 @pytest.mark.slow

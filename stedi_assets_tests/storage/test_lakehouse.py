@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import polars as pl
@@ -27,10 +26,8 @@ from polars.testing import assert_frame_equal
 
 from stedi_assets.cli import run_lakehouse
 from stedi_assets.generate import generate_landing
-from stedi_assets.storage.environment import S3Options
 from stedi_assets.storage.errors import StorageError, TableMissing
 from stedi_assets.storage.lakehouse import Lakehouse
-from stedi_assets_tests.helpers import make_bucket
 
 REPO = Path(__file__).resolve().parents[2]
 LOST_RACE = "Another writer committed {uri} at the same time; this write was not applied."
@@ -68,17 +65,6 @@ def _log_versions(table: Path) -> list[int]:
 
 def _history_versions(lakehouse: Lakehouse, uri: str) -> list[int]:
     return sorted(entry["version"] for entry in lakehouse.open(uri).history())
-
-
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
-def lakehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Lakehouse:
-    """Where the writers' tables live: a folder, or a bucket of the S3 test server."""
-    if request.param == "local":
-        return Lakehouse(str(tmp_path / "tables"))
-    request.getfixturevalue("s3_env")
-    bucket = f"race-{uuid.uuid4().hex[:12]}"
-    make_bucket(bucket)
-    return Lakehouse(f"s3://{bucket}/tables", S3Options.from_environment())
 
 
 # 0. The basics every other test leans on.

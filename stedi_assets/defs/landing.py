@@ -6,7 +6,9 @@ that writes both tables, the check that no line is lost, and each table's table-
 
 # No `from __future__ import annotations` here: Dagster reads the context annotation at runtime.
 
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -48,25 +50,36 @@ def ingest_asset(source: Source) -> dg.AssetsDefinition:
         ins={"erasure_log": dg.AssetIn(ERASURE_LOG.name)},
     )
     def ingest(storage: StediStorage, erasure_log: pl.LazyFrame | None) -> Iterator[dg.MaterializeResult]:
-        try:
-            lines = storage.landing.read_lines(source.name).lazy()
-        except StorageError as error:
-            raise as_failure(error) from error
-        read = parsing.non_blank_lines(lines).select(pl.len()).collect().item()
-        parsed = parsing.parse_landing(lines, source, parsing.json_keys(lines)).collect().lazy()
-        accepted, rejected = parsing.accepted_rows(parsed, source), parsing.rejected_rows(parsed)
-        erased_log = None if erasure_log is None else erasure_log.collect()
-        n_erased = 0
-        if erased_log is not None and erased_log.height:  # nothing to mark (or hash) without erasures
-            accepted, rejected, erased = erasure.without_erased(
-                accepted, rejected, source, erased_log.lazy(), pseudonym_of(storage).secret
+        # the one-pass parse streams every line into a local file; the tables are staged from it
+        with tempfile.TemporaryDirectory(prefix=f"stedi-ingest-{source.name}-") as work:
+            parsed_file = Path(work) / "parsed.parquet"
+
+            def to_disk(plan: pl.LazyFrame) -> pl.LazyFrame:
+                plan.sink_parquet(parsed_file)
+                return pl.scan_parquet(parsed_file)
+
+            try:
+                landing_zone = storage.landing
+                files = landing_zone.files(source.name)
+                parsed = landing_zone.collect(
+                    files, lambda lines: parsing.parse_lines(lines, source, to_disk)
+                )
+            except StorageError as error:
+                raise as_failure(error) from error
+            read = parsed.select(pl.len()).collect().item()
+            accepted, rejected = parsing.accepted_rows(parsed, source), parsing.rejected_rows(parsed)
+            erased_log = None if erasure_log is None else erasure_log.collect()
+            n_erased = 0
+            if erased_log is not None and erased_log.height:  # nothing to mark (or hash) without erasures
+                accepted, rejected, erased = erasure.without_erased(
+                    accepted, rejected, source, erased_log.lazy(), pseudonym_of(storage).secret
+                )
+                accepted, rejected = accepted.collect().lazy(), rejected.collect().lazy()
+                n_erased = int(erased.collect().sum_horizontal().item())
+            yield dg.MaterializeResult(
+                asset_key=landing, value=accepted, metadata={LINES_READ: read, LINES_ERASED: n_erased}
             )
-            accepted, rejected = accepted.collect().lazy(), rejected.collect().lazy()
-            n_erased = int(erased.collect().sum_horizontal().item())
-        yield dg.MaterializeResult(
-            asset_key=landing, value=accepted, metadata={LINES_READ: read, LINES_ERASED: n_erased}
-        )
-        yield dg.MaterializeResult(asset_key=rejects, value=rejected)
+            yield dg.MaterializeResult(asset_key=rejects, value=rejected)
 
     return ingest
 

@@ -7,7 +7,8 @@ never raises on bad input.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 import polars as pl
@@ -15,8 +16,29 @@ import polars as pl
 from stedi_assets.rules.catalog import INGESTED_AT, LINE_NUMBER, REJECT_COLUMNS, SOURCE_FILE, Source
 
 RAW_LINE, UTF8_VALID, REASON = "raw_line", "_utf8_valid", "reason"
+LINE_COLUMNS = (SOURCE_FILE, LINE_NUMBER, RAW_LINE, UTF8_VALID, INGESTED_AT)
+"""The columns of numbered landing lines (raw_lines, LandingZone.lines)."""
+SLOW = "_slow"
+"""Set on a line the one-pass parse leaves to the exact path (see parse_fast)."""
 _BOM = b"\xef\xbb\xbf"
 _JSON_KEY = r'"((?:[^"\\]|\\.)*)"\s*:'
+_STRING = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u(?:[0-9a-cA-CefEF][0-9a-fA-F]{3}|[dD][0-7][0-9a-fA-F]{2}))*"'
+_INTEGER = r"(?:0|-?[1-9][0-9]{0,17})"  # no exponent, no -0, fits in 64 bits
+_DECIMAL = r"(?:-?0\.[0-9]*[1-9][0-9]*|0\.0+|-?[1-9][0-9]{0,17}\.[0-9]+)"
+_WS = r"[ \t\r\n]*"  # JSON's whitespace, not Unicode's
+
+
+def flat_object(source: Source) -> str:
+    """A regex for a JSON object whose values are all scalars, strictly valid (no lone surrogates, no
+    control characters in strings, no number out of range): the shape of nearly every landing line,
+    and one Polars' json_decode never fails on. A number with a fraction is allowed only under a
+    float field's declared key, so a decoded value's text is what the exact parse would read."""
+    floats = "|".join(re.escape(c.name) for c in source.columns if c.dtype.is_float())
+    scalar = rf"(?:{_STRING}|{_INTEGER}|true|false|null)"
+    pair = rf"{_STRING}{_WS}:{_WS}{scalar}"
+    if floats:
+        pair = rf"(?:\"(?:{floats})\"{_WS}:{_WS}{_DECIMAL}|{pair})"
+    return rf"^{_WS}\{{{_WS}(?:{pair}{_WS}(?:,{_WS}{pair}{_WS})*)?\}}{_WS}$"
 
 
 def raw_lines(blob: bytes, source_file: str, landed_at: datetime) -> pl.DataFrame:
@@ -116,15 +138,32 @@ def parse_landing(lines: pl.LazyFrame, source: Source, keys: Iterable[str]) -> p
     }
     nested = {c.name: _is_nested(normalized, spellings[c.name], pl.col(f"_text_{c.name}")) for c in columns}
     stripped = pl.col(RAW_LINE).str.strip_chars()
-    reason = (
-        pl.when(~pl.col(UTF8_VALID))
-        .then(pl.lit("invalid UTF-8"))
-        .when(normalized.is_null() & (stripped != "null"))
-        .then(pl.lit("not valid JSON"))
-        .when(~stripped.str.starts_with("{"))
-        .then(pl.lit("not a JSON object"))
+    structural = [
+        (~pl.col(UTF8_VALID), "invalid UTF-8"),
+        (normalized.is_null() & (stripped != "null"), "not valid JSON"),
+        (~stripped.str.starts_with("{"), "not a JSON object"),
+    ]
+    return (
+        non_blank_lines(lines)
+        .with_columns(_json=pl.when(pl.col(UTF8_VALID)).then(pl.col(RAW_LINE).str.json_path_match("$")))
+        .with_columns(**{f"_text_{name}": expr for name, expr in text_values.items()})
+        .with_columns(_typed(source))
+        .with_columns(_first_reason([*structural, *_field_reasons(source, nested)]).alias(REASON))
     )
-    for c in columns:
+
+
+def _typed(source: Source) -> list[pl.Expr]:
+    """Each declared column from its text: trimmed, cast leniently (a failed cast is a reason)."""
+    return [
+        pl.col(f"_text_{c.name}").str.strip_chars().cast(c.dtype, strict=False).alias(c.name)
+        for c in source.columns
+    ]
+
+
+def _field_reasons(source: Source, nested: dict[str, pl.Expr]) -> list[tuple[pl.Expr, pl.Expr | str]]:
+    """Why a JSON object's fields cannot be ingested: a value of the wrong type, a missing field."""
+    reasons: list[tuple[pl.Expr, pl.Expr | str]] = []
+    for c in source.columns:
         text, cast = pl.col(f"_text_{c.name}"), pl.col(c.name)
         # a personal value is not repeated in the reason: reasons are shown outside the lakehouse
         shown = (
@@ -132,24 +171,72 @@ def parse_landing(lines: pl.LazyFrame, source: Source, keys: Iterable[str]) -> p
             if c.pii
             else pl.concat_str(pl.lit(f"{c.name}: '"), text, pl.lit("'"))
         )
-        reason = reason.when((text.is_not_null() & cast.is_null()) | nested[c.name]).then(
-            pl.concat_str(shown, pl.lit(f" is not {_type_word(c.dtype)}"))
-        )
+        wrong = text.is_not_null() & cast.is_null()
+        if c.name in nested:
+            wrong = wrong | nested[c.name]
+        reasons.append((wrong, pl.concat_str(shown, pl.lit(f" is not {_type_word(c.dtype)}"))))
     for name in source.required:
-        reason = reason.when(pl.col(name).is_null() | (pl.col(name).cast(pl.String) == "")).then(
-            pl.lit(f"missing required field {name}")
-        )
+        missing = pl.col(name).is_null() | (pl.col(name).cast(pl.String) == "")
+        reasons.append((missing, f"missing required field {name}"))
+    return reasons
 
+
+def _first_reason(reasons: list[tuple[pl.Expr, pl.Expr | str]]) -> pl.Expr:
+    """The first reason whose condition holds, else null."""
+    (condition, reason), *rest = reasons
+    chain = pl.when(condition).then(pl.lit(reason) if isinstance(reason, str) else reason)
+    for condition, reason in rest:
+        chain = chain.when(condition).then(pl.lit(reason) if isinstance(reason, str) else reason)
+    return chain.otherwise(None)
+
+
+def parse_fast(lines: pl.LazyFrame, source: Source) -> pl.LazyFrame:
+    """The one-pass parse of non-blank lines: each line JSON-decoded once into the declared fields.
+
+    A line that is a flat JSON object (flat_object) and carries every declared field under its
+    declared spelling, non-null, is decided here with the same reasons as parse_landing (a value
+    that cannot be cast, an empty required field). Any other line, a few in real data, is marked
+    SLOW and left undecided (null fields, null reason): parse_landing decides it exactly (other
+    key spellings, absent or null fields, nested values, invalid JSON or UTF-8). Streams.
+    """
+    flat = pl.col(UTF8_VALID) & pl.col(RAW_LINE).str.contains(flat_object(source))
+    fields = pl.Struct({c.name: pl.String() for c in source.columns})
+    texts = [f"_text_{c.name}" for c in source.columns]
     return (
         non_blank_lines(lines)
-        .with_columns(_json=pl.when(pl.col(UTF8_VALID)).then(pl.col(RAW_LINE).str.json_path_match("$")))
-        .with_columns(**{f"_text_{name}": expr for name, expr in text_values.items()})
-        .with_columns(
-            pl.col(f"_text_{c.name}").str.strip_chars().cast(c.dtype, strict=False).alias(c.name)
-            for c in columns
-        )
-        .with_columns(reason.otherwise(None).alias(REASON))
+        .with_columns(_doc=pl.when(flat).then(pl.col(RAW_LINE)).str.json_decode(fields))
+        .with_columns(pl.col("_doc").struct.field(c.name).alias(f"_text_{c.name}") for c in source.columns)
+        .with_columns(pl.any_horizontal(pl.col(t).is_null() for t in texts).fill_null(True).alias(SLOW))
+        .with_columns(_typed(source))
+        .with_columns(pl.when(~pl.col(SLOW)).then(_first_reason(_field_reasons(source, {}))).alias(REASON))
     )
+
+
+def _in_memory(frame: pl.LazyFrame) -> pl.LazyFrame:
+    return frame.collect().lazy()
+
+
+def parse_lines(
+    lines: pl.LazyFrame,
+    source: Source,
+    materialize: Callable[[pl.LazyFrame], pl.LazyFrame] = _in_memory,
+) -> pl.LazyFrame:
+    """Every non-blank line with its declared columns and its reject reason (null when accepted).
+
+    One pass decides nearly every line (parse_fast) and hands it to `materialize` (the ingest
+    streams it into a file; by default it is collected); the few lines it leaves are then parsed
+    exactly (parse_landing). Both give the same rows and reasons for a line; the output keeps
+    raw_line only on rejected lines, and lists the exactly-parsed lines last.
+    """
+    output = list(dict.fromkeys(c.name for c in (*source.columns, *REJECT_COLUMNS)))
+    keep_raw = pl.when(pl.col(REASON).is_not_null() | pl.col(SLOW)).then(pl.col(RAW_LINE)).alias(RAW_LINE)
+    first = materialize(
+        parse_fast(lines, source).select(*(c for c in output if c != RAW_LINE), keep_raw, UTF8_VALID, SLOW)
+    )
+    left = first.filter(pl.col(SLOW)).select(LINE_COLUMNS).collect().lazy()
+    exact = parse_landing(left, source, json_keys(left)).collect().lazy()
+    exact = exact.with_columns(pl.when(pl.col(REASON).is_not_null()).then(pl.col(RAW_LINE)).alias(RAW_LINE))
+    return pl.concat([first.filter(~pl.col(SLOW)).select(output), exact.select(output)])
 
 
 def _is_nested(document: pl.Expr, spellings: list[str], text: pl.Expr) -> pl.Expr:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlparse
 
 import polars as pl
@@ -22,10 +23,12 @@ from deltalake.exceptions import DeltaError
 from deltalake.schema import Schema
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
-from stedi_assets.rules.parsing import empty_raw_lines, raw_lines
+from stedi_assets.rules.catalog import INGESTED_AT, LINE_NUMBER, SOURCE_FILE
+from stedi_assets.rules.parsing import RAW_LINE, UTF8_VALID, empty_raw_lines, raw_lines
 from stedi_assets.storage.environment import S3Options
 from stedi_assets.storage.errors import StorageError, TableMissing, classify
 
+T = TypeVar("T")
 DEFAULT_LANDING_URI = "data/landing"
 DEFAULT_LAKEHOUSE_URI = "lakehouse"
 DEFAULT_RETENTION_HOURS = 168
@@ -283,29 +286,121 @@ class NoSuchSource(StorageError):
 
 
 @dataclass(frozen=True)
+class LandingFile:
+    """One landing file as listed: where it is, how big, when it last changed, its ETag on S3."""
+
+    uri: str
+    size: int
+    modified: datetime
+    etag: str | None = None
+
+
+def _invalid_utf8(error: BaseException) -> bool:
+    return isinstance(error, pl.exceptions.ComputeError) and "utf8" in str(error).lower().replace("-", "")
+
+
+@dataclass(frozen=True)
 class LandingZone:
-    """The raw JSON-lines files under `<root>/<source>/`, from a folder or an S3 prefix."""
+    """The raw JSON-lines files under `<root>/<source>/`, from a folder or an S3 prefix.
+
+    Files are listed, then streamed by Polars line by line; no file is held whole in memory, except
+    one that is not valid UTF-8 (Polars refuses those), which is split in Python so that only its
+    bad lines are quarantined.
+    """
 
     root: str
     s3: S3Options = field(default_factory=S3Options)
 
-    def read_lines(self, source: str, optional: bool = False) -> pl.DataFrame:
-        """All lines of every `*.json` file under <root>/<source>/, numbered per file, in path order.
+    def files(self, source: str, optional: bool = False) -> list[LandingFile]:
+        """Every `*.json` file under <root>/<source>/, in path order.
 
-        A missing folder is an error, unless the source is `optional` (then it has no lines).
+        A missing folder (or an empty prefix) is an error, unless the source is `optional`.
         """
         root = self.root.rstrip("/")
         try:
-            files = self._read_s3(root, source) if is_s3(root) else self._read_local(root, source)
+            return self._list_s3(root, source) if is_s3(root) else self._list_local(root, source)
         except NoSuchSource:
             if optional:
-                return empty_raw_lines()
+                return []
             raise
-        frames = [raw_lines(blob, name, landed_at) for name, blob, landed_at in files]
-        return pl.concat(frames) if frames else empty_raw_lines()
+
+    def lines(self, files: list[LandingFile], undecodable: frozenset[str] = frozenset()) -> pl.LazyFrame:
+        """The numbered lines of `files` as one lazy scan (see parsing.LINE_COLUMNS); the files named
+        in `undecodable` are read and split in Python, their invalid lines flagged."""
+        frames = [self._whole(f) if f.uri in undecodable else self._scan(f) for f in files]
+        return pl.concat(frames, how="vertical") if frames else empty_raw_lines().lazy()
+
+    def collect(self, files: list[LandingFile], plan: Callable[[pl.LazyFrame], T]) -> T:
+        """`plan(lines of files)`, run once; if a file is not valid UTF-8, run again with such files
+        split in Python. A file that cannot be read is a StorageError naming it."""
+        try:
+            return plan(self.lines(files))
+        except (OSError, pl.exceptions.ComputeError) as error:
+            if not _invalid_utf8(error):
+                raise self._failure(files, error) from error
+        return plan(self.lines(files, self._undecodable(files)))
+
+    def read_lines(self, source: str, optional: bool = False) -> pl.DataFrame:
+        """All lines of a source's files, numbered per file, in path order (small sources only)."""
+        return self.collect(self.files(source, optional), lambda lines: lines.collect())
+
+    def _options(self) -> dict[str, str] | None:
+        return self.s3.delta_options() if is_s3(self.root) else None
+
+    def _scan(self, file: LandingFile) -> pl.LazyFrame:
+        scanned = pl.scan_lines(
+            file.uri,
+            name=RAW_LINE,
+            row_index_name=LINE_NUMBER,
+            row_index_offset=1,
+            glob=False,
+            storage_options=self._options(),
+            credential_provider=None,
+        )
+        line = pl.col(RAW_LINE).str.strip_chars_end("\r")
+        first = pl.col(LINE_NUMBER) == 1  # a byte-order mark only at the start of the file
+        return scanned.select(
+            pl.lit(file.uri, pl.String).alias(SOURCE_FILE),
+            pl.col(LINE_NUMBER).cast(pl.Int64),
+            pl.when(first).then(line.str.strip_prefix("\ufeff")).otherwise(line).alias(RAW_LINE),
+            pl.lit(True).alias(UTF8_VALID),
+            pl.lit(file.modified, pl.Datetime("us", "UTC")).alias(INGESTED_AT),
+        )
+
+    def _whole(self, file: LandingFile) -> pl.LazyFrame:
+        return raw_lines(self._read_bytes(file), file.uri, file.modified).lazy()
+
+    def _undecodable(self, files: list[LandingFile]) -> frozenset[str]:
+        """The files Polars cannot read as UTF-8, each tried on its own."""
+        found = set()
+        for file in files:
+            try:
+                self._scan(file).select(pl.col(RAW_LINE).str.len_bytes().sum()).collect()
+            except (OSError, pl.exceptions.ComputeError) as error:
+                if not _invalid_utf8(error):
+                    raise self._failure([file], error) from error
+                found.add(file.uri)
+        return frozenset(found)
+
+    def _failure(self, files: list[LandingFile], error: BaseException) -> StorageError:
+        named = next((f.uri for f in files if f.uri in str(error)), None)
+        uri = named or (files[0].uri.rsplit("/", 1)[0] + "/" if files else self.root)
+        return classify(uri, error, LANDING_SETTING, self.s3.endpoint)
+
+    def _read_bytes(self, file: LandingFile) -> bytes:
+        if not is_s3(file.uri):
+            return Path(file.uri).read_bytes()
+        parsed = urlparse(file.uri)
+        try:
+            body = self.s3.boto3_client().get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))[
+                "Body"
+            ]
+            return body.read()
+        except (ClientError, BotoCoreError) as error:
+            raise classify(file.uri, error, LANDING_SETTING, self.s3.endpoint) from error
 
     @staticmethod
-    def _read_local(root: str, source: str) -> list[tuple[str, bytes, datetime]]:
+    def _list_local(root: str, source: str) -> list[LandingFile]:
         folder = Path(root) / source
         if not folder.is_dir():
             raise NoSuchSource(
@@ -314,33 +409,36 @@ class LandingZone:
                 f"`stedi generate --out {root}` for sample data.",
                 False,
             )
-        return [
-            (str(p), p.read_bytes(), datetime.fromtimestamp(p.stat().st_mtime, UTC))
-            for p in sorted(folder.rglob("*.json"))
-            if p.is_file()
-        ]
+        listed = []
+        for path in sorted(folder.rglob("*.json")):
+            if path.is_file():
+                stat = path.stat()
+                listed.append(
+                    LandingFile(str(path), stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+                )
+        return listed
 
-    def _read_s3(self, root: str, source: str) -> list[tuple[str, bytes, datetime]]:
+    def _list_s3(self, root: str, source: str) -> list[LandingFile]:
         parsed = urlparse(root)
         bucket, prefix = parsed.netloc, f"{parsed.path.strip('/')}/{source}/".lstrip("/")
         uri = f"s3://{bucket}/{prefix}"
         client = self.s3.boto3_client()
         try:
             listed = [
-                (obj["Key"], obj["LastModified"])
+                obj
                 for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
                 for obj in page.get("Contents", [])
             ]
-            if not listed:
-                raise NoSuchSource(
-                    f"Nothing under {uri}: put the {source} JSON-lines files there or point "
-                    f"{LANDING_SETTING} at the landing root.",
-                    False,
-                )
-            objects = sorted((key, modified) for key, modified in listed if key.endswith(".json"))
-            return [
-                (f"s3://{bucket}/{key}", client.get_object(Bucket=bucket, Key=key)["Body"].read(), modified)
-                for key, modified in objects
-            ]
         except (ClientError, BotoCoreError) as error:
             raise classify(uri, error, LANDING_SETTING, self.s3.endpoint) from error
+        if not listed:
+            raise NoSuchSource(
+                f"Nothing under {uri}: put the {source} JSON-lines files there or point "
+                f"{LANDING_SETTING} at the landing root.",
+                False,
+            )
+        return [
+            LandingFile(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), obj["LastModified"], obj.get("ETag"))
+            for obj in sorted(listed, key=lambda o: o["Key"])
+            if obj["Key"].endswith(".json")
+        ]

@@ -48,8 +48,14 @@ def raw(file: str, *lines: str | tuple[str, bool]) -> pl.DataFrame:
 
 
 def parse(blob: bytes, source: str, file: str = "file.json") -> pl.DataFrame:
+    """What the ingest does (the one-pass parse, then the exact one for the lines it leaves), checked
+    against the exact parse of every line: both must decide each line alike."""
     lines = parsing.raw_lines(blob, file, LANDED_AT).lazy()
-    return parsing.parse_landing(lines, SOURCE[source], parsing.json_keys(lines)).collect()
+    parsed = parsing.parse_lines(lines, SOURCE[source]).collect().sort(SOURCE_FILE, LINE_NUMBER)
+    exact = parsing.parse_landing(lines, SOURCE[source], parsing.json_keys(lines)).collect()
+    exact = exact.with_columns(pl.when(pl.col(REASON).is_not_null()).then(pl.col(RAW_LINE)).alias(RAW_LINE))
+    assert_frame_equal(parsed, exact.select(parsed.columns))
+    return parsed
 
 
 def accepted(blob: bytes, source: str) -> pl.DataFrame:

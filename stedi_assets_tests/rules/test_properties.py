@@ -34,6 +34,7 @@ from polars.testing import assert_frame_equal
 from stedi_assets.cli import run_lakehouse
 from stedi_assets.rules import contracts, parsing, transforms
 from stedi_assets.rules.catalog import LINE_NUMBER, SOURCE_FILE, SOURCES, TABLES
+from stedi_assets.rules.parsing import RAW_LINE, REASON
 from stedi_assets.rules.transforms import MlIdentity, MlJoin
 
 T0 = 1_655_564_376_000
@@ -319,9 +320,14 @@ def ingest(files: list[LandingFile], source: str) -> Ingested:
     lines = pl.concat(frames) if frames else parsing.empty_raw_lines()
     lazy = lines.lazy()
     try:
-        parsed = parsing.parse_landing(lazy, SOURCE[source], parsing.json_keys(lazy)).collect()
+        parsed = parsing.parse_lines(lazy, SOURCE[source]).collect()
+        exact = parsing.parse_landing(lazy, SOURCE[source], parsing.json_keys(lazy)).collect()
     except PanicException as panic:  # a BaseException: re-raised as a failure so hypothesis shrinks it
         raise AssertionError(f"parsing {source} lines panicked: {panic}") from None
+    # the one-pass parse decides every line as the exact parse does
+    exact = exact.with_columns(pl.when(pl.col(REASON).is_not_null()).then(pl.col(RAW_LINE)).alias(RAW_LINE))
+    order = [SOURCE_FILE, LINE_NUMBER]
+    assert_frame_equal(parsed.sort(order), exact.select(parsed.columns).sort(order))
     accepted = parsing.accepted_rows(parsed.lazy(), SOURCE[source]).collect()
     return Ingested(lines, parsed, accepted, parsing.rejected_rows(parsed.lazy()).collect())
 

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo lint test test-fast dev clean
+.PHONY: install demo lint test test-fast dev bench clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ test-fast: lint
 
 dev: install $(DAGSTER_HOME)/dagster.yaml
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev
+
+# The benchmark of issue 8 (not part of `make test`): stedi run against plain Polars, DuckDB and the
+# JSON parse floor at 1x, 10x and 100x the reference data. Options: make bench SCALES="1 10" REPEATS=5
+# BENCH_DIR=/tmp/stedi-bench (generated data is reused there); see benchmarks/README.md.
+BENCH_ARGS = $(if $(SCALES),--scales "$(SCALES)") $(if $(REPEATS),--repeats $(REPEATS)) $(if $(BENCH_DIR),--bench-dir "$(BENCH_DIR)")
+bench: install
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf data lakehouse .dagster_home

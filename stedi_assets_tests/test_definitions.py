@@ -142,6 +142,12 @@ def test_jobs_and_schedules():
     assert list(defs.sensors or []) == []
 
 
+def test_runs_from_the_ui_and_the_schedule_start_no_process_per_step():
+    """The job, and the ad-hoc job behind the UI's "Materialize all", run every step in process."""
+    assert defs.resolve_job_def("stedi_lakehouse_job").executor_def.name == "in_process"
+    assert defs.resolve_implicit_global_asset_job_def().executor_def.name == "in_process"
+
+
 def test_each_table_writes_from_a_pool_of_its_own():
     pools = {name: defs.resolve_assets_def(dg.AssetKey(name)).op.pool for name in ASSETS}
     assert pools["customer_trusted"] == "delta_customer_trusted"

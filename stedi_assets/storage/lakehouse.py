@@ -29,6 +29,9 @@ from stedi_assets.storage.environment import S3Options
 from stedi_assets.storage.errors import StorageError, TableMissing, classify
 
 T = TypeVar("T")
+STREAMED = pl.QueryOptFlags(comm_subplan_elim=False)
+"""How a table's plan is sunk: an input used twice (an identity's distinct values joined back onto
+it) is read twice rather than cached whole in memory, which would not stream."""
 DEFAULT_LANDING_URI = "data/landing"
 DEFAULT_LAKEHOUSE_URI = "lakehouse"
 DEFAULT_RETENTION_HOURS = 168
@@ -112,7 +115,9 @@ class Lakehouse:
         try:
             if not is_s3(uri):
                 Path(uri).mkdir(parents=True, exist_ok=True)
-            frame.sink_parquet(target, storage_options=self._options(uri), credential_provider=None)
+            frame.sink_parquet(
+                target, storage_options=self._options(uri), credential_provider=None, optimizations=STREAMED
+            )
             written = pl.scan_parquet(target, storage_options=self._options(uri), credential_provider=None)
             schema = written.collect_schema()
             rows = written.select(pl.len()).collect().item()

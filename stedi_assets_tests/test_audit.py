@@ -16,9 +16,10 @@ from stedi_assets_tests.helpers import T2, customer, write_jsonl
 ALICE = "alice@test.com"
 
 
-def _withdrawn_lakehouse(landing: Path, lakehouse: Path) -> None:
+def _withdrawn_lakehouse(landing: Path, lakehouse: Path | Lakehouse) -> None:
     """A lakehouse built while Alice consented, then rebuilt after she withdrew."""
-    settings = {"landing_uri": str(landing), "lakehouse_uri": str(lakehouse)}
+    root = lakehouse.root if isinstance(lakehouse, Lakehouse) else str(lakehouse)
+    settings = {"landing_uri": str(landing), "lakehouse_uri": root}
     assert run_lakehouse(**settings)["success"]
     write_jsonl(
         landing / "customer" / "customer-2.json", [customer("Alice A", "S-A", None, lastUpdateDate=T2)]
@@ -27,31 +28,30 @@ def _withdrawn_lakehouse(landing: Path, lakehouse: Path) -> None:
 
 
 def _audit(
-    capsys: pytest.CaptureFixture[str], landing: Path, lakehouse: Path, *extra: str
+    capsys: pytest.CaptureFixture[str], landing: Path, lakehouse: Path | Lakehouse, *extra: str
 ) -> tuple[int, str]:
-    code = main(["audit", "--landing", str(landing), "--lakehouse", str(lakehouse), *extra])
+    root = lakehouse.root if isinstance(lakehouse, Lakehouse) else str(lakehouse)
+    code = main(["audit", "--landing", str(landing), "--lakehouse", root, *extra])
     return code, capsys.readouterr().out
 
 
-def test_after_a_withdrawal_the_audit_finds_nothing(tiny_landing: Path, tmp_path: Path, capsys):
-    lakehouse = tmp_path / "lakehouse"
+def test_after_a_withdrawal_the_audit_finds_nothing(tiny_landing: Path, lakehouse: Lakehouse, capsys):
     _withdrawn_lakehouse(tiny_landing, lakehouse)
 
     code, out = _audit(capsys, tiny_landing, lakehouse)
 
-    assert (code, out) == (0, f"audited 3 customers without consent in {lakehouse}\nnothing found\n")
+    assert (code, out) == (0, f"audited 3 customers without consent in {lakehouse.root}\nnothing found\n")
 
 
 def test_the_audit_finds_a_withdrawn_customer_in_versions_the_vacuum_skipped(
-    tiny_landing: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+    tiny_landing: Path, lakehouse: Lakehouse, capsys, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setattr(Lakehouse, "forget_history", lambda self, uri: 0)
-    lakehouse = tmp_path / "lakehouse"
     _withdrawn_lakehouse(tiny_landing, lakehouse)
 
     code, out = _audit(capsys, tiny_landing, lakehouse)
 
-    alice = pseudonym(ALICE, pseudonym_key(str(lakehouse)).secret)[:16]
+    alice = pseudonym(ALICE, pseudonym_key(lakehouse.root).secret)[:16]
     assert code == 1
     assert ALICE not in out.lower()  # the audit names people by keyed hash only
     found = out.splitlines()[1:]

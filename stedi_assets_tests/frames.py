@@ -7,18 +7,30 @@ from typing import Any
 
 import polars as pl
 
-from stedi_assets.rules.catalog import INGESTED_AT, LINE_NUMBER, SOURCE_FILE, TABLES
+from stedi_assets.rules.catalog import (
+    EVENT_DAY,
+    INGESTED_AT,
+    LINE_NUMBER,
+    SOURCE_FILE,
+    TABLES,
+    with_event_day,
+)
 
 LANDED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 CONSENT = 1_655_564_376_361
 
 
 def rows_frame(name: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
-    """A frame of the declared table `name`; columns a row does not mention are null."""
-    dtypes = TABLES[name].dtypes
+    """A frame of the declared table `name`; columns a row does not mention are null, except the
+    partition day, derived from the row's time as the rules derive it."""
+    declared = TABLES[name]
+    dtypes = declared.dtypes
     for row in rows:
         assert row.keys() <= dtypes.keys(), f"undeclared columns {row.keys() - dtypes.keys()}"
-    return pl.DataFrame([{c: row.get(c) for c in dtypes} for row in rows], schema=dtypes)
+    frame = pl.DataFrame([{c: row.get(c) for c in dtypes} for row in rows], schema=dtypes)
+    if declared.partition_time and all(EVENT_DAY not in row for row in rows):
+        frame = with_event_day(frame.drop(EVENT_DAY).lazy(), declared).select(list(dtypes)).collect()
+    return frame
 
 
 def landing(source: str, *rows: dict[str, Any]) -> pl.LazyFrame:

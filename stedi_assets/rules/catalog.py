@@ -14,6 +14,8 @@ import polars as pl
 LANDING, QUARANTINE, TRUSTED, CURATED, PRIVACY = "landing", "quarantine", "trusted", "curated", "privacy"
 
 SOURCE_FILE, LINE_NUMBER, INGESTED_AT = "_source_file", "_line_number", "_ingested_at"
+EVENT_DAY = "event_day"
+"""The UTC day a reading was taken: the Delta partition of the reading tables."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,13 @@ class Table:
     policy a row stays only when it is at or after the person's consent date."""
     device_time: str | None = None
     """Column holding when the device's reading was taken, likewise against its owner's consent date."""
+    partition_time: str | None = None
+    """The epoch-ms column whose UTC day (EVENT_DAY, a declared column) partitions the table."""
+
+    @property
+    def partition_by(self) -> tuple[str, ...]:
+        return (EVENT_DAY,) if self.partition_time else ()
+
     identity_columns: tuple[str, ...] = ()
     """Identity columns of a table that is about no one in particular (a landing table)."""
 
@@ -103,8 +112,9 @@ class Source:
             f"{self.name}_landing",
             LANDING,
             self.description,
-            self.columns + PROVENANCE,
+            self.columns + PROVENANCE + ((day_column(self.event_time),) if self.event_time else ()),
             identity_columns=self.identities,
+            partition_time=self.event_time,
         )
 
     @property
@@ -116,6 +126,18 @@ class Source:
             REJECT_COLUMNS,
             identity_columns=("raw_line",),  # a line that leaves (fixed, erased) takes its history along
         )
+
+
+def day_column(time: str) -> Column:
+    return Column(EVENT_DAY, pl.Date(), f"UTC day of {time}: the table's partition.")
+
+
+def with_event_day(frame: pl.LazyFrame, declared: Table) -> pl.LazyFrame:
+    """`frame` with the table's partition day, derived from its partition time, when it has none."""
+    if not declared.partition_time or EVENT_DAY in frame.collect_schema().names():
+        return frame
+    day = pl.from_epoch(pl.col(declared.partition_time), time_unit="ms").dt.date()
+    return frame.with_columns(day.alias(EVENT_DAY))
 
 
 def _epoch(name: str, description: str, **flags: bool) -> Column:
@@ -185,19 +207,21 @@ ACCELEROMETER_TRUSTED = Table(
     "accelerometer_trusted",
     TRUSTED,
     "Accelerometer readings of research-consenting customers only.",
-    ACCELEROMETER.columns,
+    (*ACCELEROMETER.columns, day_column("timestamp")),
     subset_of=ACCELEROMETER.landing.name,
     person="user",
     person_time="timestamp",
+    partition_time="timestamp",
 )
 STEP_TRAINER_TRUSTED = Table(
     "step_trainer_trusted",
     TRUSTED,
     "Step Trainer readings of devices that belong to curated customers only.",
-    STEP_TRAINER.columns,
+    (*STEP_TRAINER.columns, day_column("sensorReadingTime")),
     subset_of=STEP_TRAINER.landing.name,
     device="serialNumber",
     device_time="sensorReadingTime",
+    partition_time="sensorReadingTime",
 )
 CUSTOMER_CURATED = Table(
     "customer_curated",
@@ -222,11 +246,13 @@ MACHINE_LEARNING_CURATED = Table(
         *STEP_TRAINER.columns,
         SUBJECT,
         *(replace(c, optional=True) if c.name == "user" else c for c in ACCELEROMETER.columns),
+        day_column("sensorReadingTime"),
     ),
     person=SUBJECT.name,
     device="serialNumber",
     person_time="timestamp",
     device_time="sensorReadingTime",
+    partition_time="sensorReadingTime",
 )
 
 ERASURE_LOG = Table(

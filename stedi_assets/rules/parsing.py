@@ -13,7 +13,14 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from stedi_assets.rules.catalog import INGESTED_AT, LINE_NUMBER, REJECT_COLUMNS, SOURCE_FILE, Source
+from stedi_assets.rules.catalog import (
+    INGESTED_AT,
+    LINE_NUMBER,
+    REJECT_COLUMNS,
+    SOURCE_FILE,
+    Source,
+    with_event_day,
+)
 
 RAW_LINE, UTF8_VALID, REASON = "raw_line", "_utf8_valid", "reason"
 LINE_COLUMNS = (SOURCE_FILE, LINE_NUMBER, RAW_LINE, UTF8_VALID, INGESTED_AT)
@@ -263,9 +270,8 @@ def _type_word(dtype: pl.DataType) -> str:
 
 
 def accepted_rows(parsed: pl.LazyFrame, source: Source) -> pl.LazyFrame:
-    return parsed.filter(pl.col(REASON).is_null()).select(
-        pl.col(n).cast(t) for n, t in source.landing.dtypes.items()
-    )
+    accepted = with_event_day(parsed.filter(pl.col(REASON).is_null()), source.landing)
+    return accepted.select(pl.col(n).cast(t) for n, t in source.landing.dtypes.items())
 
 
 def rejected_rows(parsed: pl.LazyFrame) -> pl.LazyFrame:

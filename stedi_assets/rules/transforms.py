@@ -21,6 +21,7 @@ from stedi_assets.rules.catalog import (
     SOURCE_FILE,
     STEP_TRAINER_TRUSTED,
     Table,
+    with_event_day,
 )
 from stedi_assets.rules.identity import KEY, SUBJECT_ID, keys, pseudonym_keys, with_key, with_pseudonym
 
@@ -59,6 +60,7 @@ def has_research_consent() -> pl.Expr:
 
 def _declared(frame: pl.LazyFrame, declared: Table) -> pl.LazyFrame:
     """The declared columns in declared order (an optional one only when the frame has it)."""
+    frame = with_event_day(frame, declared)
     present = set(frame.collect_schema().names())
     return frame.select(
         pl.col(c.name).cast(c.dtype) for c in declared.columns if not c.optional or c.name in present

@@ -24,6 +24,7 @@ from stedi_assets.storage.lakehouse import Lakehouse, Staged
 from stedi_assets.storage.metadata import (
     IDENTITIES,
     OPTIONAL_INPUT,
+    PARTITION_BY,
     ZONE,
     markdown_table,
     pii_columns,
@@ -64,6 +65,8 @@ class Publication:
     """Columns that may ever carry statistics in the Delta log (no personal data)."""
     secret: bytes | None = field(default=None, repr=False)
     """The pseudonym key: a broken contract's sample names people by keyed hash."""
+    partition_by: tuple[str, ...] = ()
+    """Columns the table is partitioned by: one staged file per partition."""
 
 
 def removed_identities(previous: pl.LazyFrame, staged: pl.LazyFrame, columns: tuple[str, ...]) -> int:
@@ -81,7 +84,7 @@ def publish(lakehouse: Lakehouse, uri: str, publication: Publication) -> tuple[S
     older version is deleted, so no retained version holds the person; otherwise versions older
     than the retention are.
     """
-    staged = lakehouse.stage(uri, publication.frame)
+    staged = lakehouse.stage(uri, publication.frame, publication.partition_by)
     if publication.verify is not None:
         try:
             verdict = publication.verify(lakehouse.scan_staged(staged))
@@ -128,6 +131,7 @@ class DeltaIOManager(dg.ConfigurableIOManager):
         publication = replace(
             publication,
             identities=tuple(metadata.get(IDENTITIES, ())),
+            partition_by=tuple(metadata.get(PARTITION_BY, ())),
             stats_columns=[c.name for c in metadata["dagster/column_schema"].columns if c.name not in pii]
             if "dagster/column_schema" in metadata
             else None,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import polars as pl
@@ -29,6 +29,8 @@ from stedi_assets.storage.environment import S3Options
 from stedi_assets.storage.errors import StorageError, TableMissing, classify
 
 T = TypeVar("T")
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+"""The folder name of a partition whose value is null, as Delta and Hive spell it."""
 STREAMED = pl.QueryOptFlags(comm_subplan_elim=False)
 """How a table's plan is sunk: an input used twice (an identity's distinct values joined back onto
 it) is read twice rather than cached whole in memory, which would not stream."""
@@ -41,6 +43,11 @@ LAKEHOUSE_SETTING = "--lakehouse / STEDI_LAKEHOUSE_URI"
 
 def is_s3(uri: str) -> bool:
     return uri.startswith(("s3://", "s3a://"))
+
+
+def _partition_value(value: Any) -> str | None:
+    """A partition value as the Delta log records it (a date as YYYY-MM-DD)."""
+    return None if value is None else str(value)
 
 
 def _root(uri: str) -> str:
@@ -56,6 +63,8 @@ class StagedFile:
     """Relative to the table's root, as the Delta log records it."""
     size: int
     rows: int
+    partition: Mapping[str, str | None] = field(default_factory=dict)
+    """The file's partition values (hive-style folder), empty for an unpartitioned table."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,7 @@ class Staged:
     schema: pl.Schema
     read_version: int | None
     """The table's version before the plan ran (None: no table yet); the commit must follow it."""
+    partition_by: tuple[str, ...] = ()
 
     @property
     def rows(self) -> int:
@@ -104,35 +114,70 @@ class Lakehouse:
         except (OSError, DeltaError, pl.exceptions.ComputeError) as error:
             raise self._failure(uri, error) from error
 
-    def stage(self, uri: str, frame: pl.LazyFrame) -> Staged:
-        """Streams the plan into a new data file of the table, invisible until `commit`."""
-        name = f"part-{uuid.uuid4()}.parquet"
-        target = f"{uri}/{name}"
+    def stage(self, uri: str, frame: pl.LazyFrame, partition_by: tuple[str, ...] = ()) -> Staged:
+        """Streams the plan into new data files of the table, invisible until `commit`: one file, or
+        one per partition (hive-style folders, `<column>=<value>/`) of a partitioned table."""
         try:
             read_version: int | None = self.open(uri).version()
         except TableMissing:
             read_version = None
+        written: list[tuple[str, dict[str, str | None]]] = []
+
+        def place(args: Any) -> str:
+            values = {c: _partition_value(args.partition_keys[c][0]) for c in partition_by}
+            folder = "/".join(f"{c}={HIVE_NULL if v is None else v}" for c, v in values.items())
+            name = f"{folder}/part-{uuid.uuid4()}.parquet"
+            written.append((name, values))
+            return name
+
+        single = f"part-{uuid.uuid4()}.parquet"
+        options = self._options(uri)
         try:
             if not is_s3(uri):
                 Path(uri).mkdir(parents=True, exist_ok=True)
+            if partition_by:
+                target: Any = pl.PartitionBy(
+                    uri, key=list(partition_by), include_key=False, file_path_provider=place
+                )
+            else:
+                target, written = f"{uri}/{single}", [(single, {})]
             frame.sink_parquet(
-                target, storage_options=self._options(uri), credential_provider=None, optimizations=STREAMED
+                target, storage_options=options, credential_provider=None, optimizations=STREAMED, mkdir=True
             )
-            written = pl.scan_parquet(target, storage_options=self._options(uri), credential_provider=None)
-            schema = written.collect_schema()
-            rows = written.select(pl.len()).collect().item()
-            size = self._size(target)
+            files = []
+            for name, values in written:
+                scanned = pl.scan_parquet(f"{uri}/{name}", storage_options=options, credential_provider=None)
+                rows = scanned.select(pl.len()).collect().item()
+                files.append(StagedFile(name, self._size(f"{uri}/{name}"), rows, values))
+            schema = (
+                pl.scan_parquet(
+                    f"{uri}/{written[0][0]}", storage_options=options, credential_provider=None
+                ).collect_schema()
+                if written
+                else frame.collect_schema()
+            )
         except BaseException as error:
-            self._delete([target])
+            self._delete([f"{uri}/{name}" for name, _ in written])
             if isinstance(error, (OSError, DeltaError, ClientError, BotoCoreError)):
                 raise self._failure(uri, error) from error
             raise
-        return Staged(uri, (StagedFile(name, size, rows),), schema, read_version)
+        full = frame.collect_schema()
+        schema = pl.Schema({**schema, **{c: full[c] for c in partition_by}})
+        return Staged(uri, tuple(files), schema, read_version, partition_by)
 
     def scan_staged(self, staged: Staged) -> pl.LazyFrame:
         """What `commit` would publish, read back from the staged files."""
         paths = [f"{staged.uri}/{f.path}" for f in staged.files]
-        return pl.scan_parquet(paths, storage_options=self._options(staged.uri), credential_provider=None)
+        if not paths:
+            return pl.LazyFrame(schema=staged.schema)
+        return pl.scan_parquet(
+            paths,
+            storage_options=self._options(staged.uri),
+            credential_provider=None,
+            hive_partitioning=bool(staged.partition_by),
+            hive_schema={c: staged.schema[c] for c in staged.partition_by} or None,
+            schema=staged.schema if staged.partition_by else None,
+        )
 
     def commit(
         self,
@@ -149,7 +194,8 @@ class Lakehouse:
         """
         now = int(time.time() * 1000)
         actions = [
-            AddAction(f.path, f.size, {}, now, True, json.dumps({"numRecords": f.rows})) for f in staged.files
+            AddAction(f.path, f.size, dict(f.partition), now, True, json.dumps({"numRecords": f.rows}))
+            for f in staged.files
         ]
         schema = Schema.from_arrow(pl.DataFrame(schema=staged.schema).to_arrow().schema)
         commit = CommitProperties(max_commit_retries=0, custom_metadata=dict(properties or {}))
@@ -158,7 +204,13 @@ class Lakehouse:
             if staged.read_version is None:
                 return self._create(staged, schema, actions, commit, stats_columns)
             table = DeltaTable(staged.uri, storage_options=options, version=staged.read_version)
-            table.create_write_transaction(actions, mode="overwrite", schema=schema, commit_properties=commit)
+            table.create_write_transaction(
+                actions,
+                mode="overwrite",
+                schema=schema,
+                partition_by=list(staged.partition_by) or None,
+                commit_properties=commit,
+            )
             return staged.read_version + 1
         except BaseException as error:
             self.discard(staged)
@@ -185,6 +237,7 @@ class Lakehouse:
                 schema,
                 actions,
                 mode="error",
+                partition_by=list(staged.partition_by) or None,
                 configuration=configuration,
                 storage_options=self._options(staged.uri),
                 commit_properties=commit,

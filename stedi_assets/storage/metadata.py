@@ -17,6 +17,8 @@ ZONE = "stedi/zone"
 OPTIONAL_INPUT = "stedi/optional_input"
 """Definition metadata: readers get None instead of an error while the table was never written."""
 IDENTITIES = "stedi/identities"
+PARTITION_BY = "stedi/partition_by"
+"""Definition metadata: the columns the asset's Delta table is partitioned by (the event day)."""
 """Definition metadata: columns identifying whom a row is about (when one leaves, history goes too)."""
 MASK = "[redacted]"
 CELL_CHARACTERS = 60
@@ -39,6 +41,7 @@ def definition_metadata(declared: Table) -> dict[str, Any]:
     return {
         ZONE: declared.zone,
         IDENTITIES: list(declared.identities),
+        PARTITION_BY: list(declared.partition_by),
         "dagster/column_schema": column_schema(declared),
     }
 

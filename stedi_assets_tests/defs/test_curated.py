@@ -44,7 +44,7 @@ def test_seed_join_pairs_readings_by_timestamp_only(tiny_landing: Path, tmp_path
     alice, erin = _subject_id("alice@test.com"), _subject_id("erin@test.com")
     ml = _ml(lakehouse)
     # pseudonymous by default: the subject_id, no email
-    assert ml.columns == [*STEP_COLUMNS, "subject_id", *READING_COLUMNS]
+    assert ml.columns == [*STEP_COLUMNS, "subject_id", *READING_COLUMNS, "event_day"]
     assert ml.sort("serialNumber", "sensorReadingTime", "x").select(
         "sensorReadingTime", "serialNumber", "subject_id", "x"
     ).rows() == [
@@ -80,7 +80,7 @@ def test_same_customer_join_keeps_only_owners_pairs(tiny_landing: Path, tmp_path
     alice, erin = _subject_id("alice@test.com"), _subject_id("erin@test.com")
     ml = _ml(lakehouse)
     # ml_identity=email keeps the email beside the subject_id
-    assert ml.columns == [*STEP_COLUMNS, "subject_id", "user", *READING_COLUMNS]
+    assert ml.columns == [*STEP_COLUMNS, "subject_id", "user", *READING_COLUMNS, "event_day"]
     assert ml.sort("serialNumber", "sensorReadingTime").select(
         "sensorReadingTime", "serialNumber", "subject_id", "user"
     ).rows() == [

@@ -150,7 +150,9 @@ def test_withdrawal_and_erasure_on_the_s3_server(
         frame = store.scan(uri).collect()
         assert ALICE not in frame[column].str.to_lowercase().to_list(), name
         # no data object left in the bucket, referenced or not, holds her
-        objects = client.list_objects_v2(Bucket=bucket, Prefix=f"lakehouse/{zone}/{name}/part-")["Contents"]
+        listed = client.list_objects_v2(Bucket=bucket, Prefix=f"lakehouse/{zone}/{name}/")["Contents"]
+        objects = [o for o in listed if o["Key"].endswith(".parquet") and "/_delta_log/" not in o["Key"]]
+        assert objects, name
         for obj in objects:
             data = pl.read_parquet(client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
             assert ALICE not in data[column].str.to_lowercase().to_list(), obj["Key"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import date
 from pathlib import Path
 
 import polars as pl
@@ -183,14 +184,16 @@ def test_withdrawn_and_non_consenting_customers_reach_nothing_downstream(messy_r
     _, lakehouse = messy_run
     assert read(lakehouse, "trusted", "customer_trusted")["email"].to_list() == ["Anna@Test.com"]
     assert read(lakehouse, "curated", "customer_curated")["email"].to_list() == ["Anna@Test.com"]
-    accel = read(lakehouse, "trusted", "accelerometer_trusted").sort("timestamp")
+    accel = read(lakehouse, "trusted", "accelerometer_trusted").sort("timestamp").drop("event_day")
     assert accel.rows() == [
         ("anna@test.com", 1, 1.0, 1.0, 1.0),
         ("anna@test.com", T0, 1.0, 0.0, 0.0),
         ("Anna@Test.com", T0 + 1, 0.5, 0.0, -1.0),
     ]
     steps = read(lakehouse, "trusted", "step_trainer_trusted").sort("sensorReadingTime")
-    assert steps.rows() == [(T0, "ser-a", 200), (T0 + 1, "SER-A", 201)]
+    assert steps.drop("event_day").rows() == [(T0, "ser-a", 200), (T0 + 1, "SER-A", 201)]
+    # each reading is stored in the partition of its UTC day
+    assert steps["event_day"].to_list() == [date(2022, 6, 18)] * 2
     ml = read(lakehouse, "curated", "machine_learning_curated")
     assert ml.height == 2
     assert "user" not in ml.columns  # pseudonymous by default

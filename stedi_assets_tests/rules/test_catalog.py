@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stedi_assets.rules.catalog import (
+    EVENT_DAY,
     INGESTED_AT,
     LANDING,
     LINE_NUMBER,
@@ -31,7 +32,10 @@ def test_provenance_columns_in_order() -> None:
 def test_landing_table_is_the_source_columns_then_provenance(source: Source) -> None:
     table = source.landing
     assert (table.name, table.zone) == (f"{source.name}_landing", LANDING)
-    assert names(table.columns) == [*names(source.columns), *PROVENANCE_NAMES]
+    # a reading source's landing table is partitioned by the UTC day of its event time
+    partition = [EVENT_DAY] if source.event_time else []
+    assert names(table.columns) == [*names(source.columns), *PROVENANCE_NAMES, *partition]
+    assert table.partition_by == tuple(partition)
     assert TABLES[table.name] == table
 
 

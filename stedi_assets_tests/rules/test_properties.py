@@ -33,7 +33,7 @@ from polars.testing import assert_frame_equal
 
 from stedi_assets.cli import run_lakehouse
 from stedi_assets.rules import contracts, parsing, transforms
-from stedi_assets.rules.catalog import LINE_NUMBER, SOURCE_FILE, SOURCES, TABLES
+from stedi_assets.rules.catalog import EVENT_DAY, LINE_NUMBER, SOURCE_FILE, SOURCES, TABLES
 from stedi_assets.rules.parsing import RAW_LINE, REASON
 from stedi_assets.rules.transforms import MlIdentity, MlJoin
 
@@ -487,6 +487,14 @@ class Reference:
 
 
 def rows(frame: pl.DataFrame) -> Counter:
+    """The rows as a multiset, without the partition day, which must be the UTC day of the row's
+    reading time (as Python's datetime computes it)."""
+    if EVENT_DAY in frame.columns:
+        time = "sensorReadingTime" if "sensorReadingTime" in frame.columns else "timestamp"
+        for millis, day in zip(frame[time], frame[EVENT_DAY], strict=True):
+            if abs(millis) < 10**14:  # within datetime's years 1..9999
+                assert day == datetime.fromtimestamp(millis / 1000, UTC).date(), (millis, day)
+        frame = frame.drop(EVENT_DAY)
     return Counter(frame.rows())
 
 

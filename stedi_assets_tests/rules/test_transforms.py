@@ -246,6 +246,7 @@ def test_seed_join_pairs_every_reading_at_the_same_time() -> None:
         "x",
         "y",
         "z",
+        "event_day",  # the UTC day of sensorReadingTime: the table's partition
     ]
 
 

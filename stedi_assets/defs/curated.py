@@ -13,7 +13,7 @@ from stedi_assets.defs.factories import (
 )
 from stedi_assets.defs.settings import StediSettings, commit_properties
 from stedi_assets.rules import contracts, transforms
-from stedi_assets.rules.catalog import CUSTOMER_CURATED, MACHINE_LEARNING_CURATED
+from stedi_assets.rules.catalog import CUSTOMER_CURATED, MACHINE_LEARNING_CURATED, day_parts, on_days
 from stedi_assets.rules.identity import SUBJECT_ID
 from stedi_assets.storage.io_manager import Publication
 from stedi_assets.storage.resources import StediStorage, pseudonym_of
@@ -60,16 +60,20 @@ def machine_learning_curated(
     """Step Trainer readings joined to accelerometer readings of the same timestamp (and, with
     ml_join=same_customer, of the device's owner only)."""
     key = pseudonym_of(storage)
-    frame = transforms.machine_learning_curated(
-        step_trainer_trusted,
-        accelerometer_trusted,
-        customer_curated,
-        key.secret,
-        settings.ml_join,
-        settings.ml_identity,
-    )
+    curated = customer_curated.collect().lazy()
+    frames = [  # a few days at a time (equal timestamps share a day): memory bounded by a part
+        transforms.machine_learning_curated(
+            on_days(step_trainer_trusted, part),
+            on_days(accelerometer_trusted, part),
+            curated,
+            key.secret,
+            settings.ml_join,
+            settings.ml_identity,
+        )
+        for part in day_parts(step_trainer_trusted)
+    ]
     publication = Publication(
-        frame,
+        frames,
         "consent",
         lambda staged: USERS_ARE_CURATED_CUSTOMERS.verdict(staged, customer_curated, key.secret),
         commit_properties(settings, key),

@@ -128,7 +128,7 @@ def table_contracts(declared: Table) -> list[TableCheck]:
             TableCheck(
                 "no_duplicate_rows",
                 "No row is an exact duplicate of another.",
-                lambda frame, *_: contracts.no_duplicate_rows(frame),
+                lambda frame, *_: contracts.no_duplicate_rows(frame, declared.partition_by),
             )
         )
     if key:

@@ -27,6 +27,8 @@ from stedi_assets.rules.catalog import (
     MACHINE_LEARNING_CURATED,
     STEP_TRAINER_TRUSTED,
     Table,
+    day_parts,
+    on_days,
 )
 from stedi_assets.rules.identity import SUBJECT_ID
 from stedi_assets.storage.errors import StorageError, TableMissing
@@ -161,8 +163,15 @@ def accelerometer_trusted(
 ) -> Publication:
     """Accelerometer readings whose user is a trusted customer (under consent_policy=from_consent_date,
     taken since they consented)."""
+    consenting = customer_trusted.collect().lazy()
+    parts = day_parts(accelerometer_landing)
     return Publication(
-        transforms.accelerometer_trusted(accelerometer_landing, customer_trusted, settings.consent_policy),
+        [  # a few days at a time (catalog.day_parts): memory bounded by a part, not the table
+            transforms.accelerometer_trusted(
+                on_days(accelerometer_landing, part), consenting, settings.consent_policy
+            )
+            for part in parts
+        ],
         "consent",
         lambda staged: USERS_ARE_TRUSTED_CUSTOMERS.verdict(staged, customer_trusted),
         commit_properties(settings, pseudonym_of(storage)),
@@ -180,14 +189,15 @@ def step_trainer_trusted(
 ) -> Publication:
     """Step Trainer readings of devices claimed only by curated customers, in any record (under
     consent_policy=from_consent_date, taken since the owner consented)."""
+    devices = transforms.trusted_devices(
+        customer_curated, customer_landing, customer_rejects, settings.consent_policy
+    ).collect()
+    parts = day_parts(step_trainer_landing)
     return Publication(
-        transforms.step_trainer_trusted(
-            step_trainer_landing,
-            customer_curated,
-            customer_landing,
-            customer_rejects,
-            settings.consent_policy,
-        ),
+        [  # a few days at a time (catalog.day_parts): memory bounded by a part, not the table
+            transforms.readings_of_devices(on_days(step_trainer_landing, part), devices.lazy())
+            for part in parts
+        ],
         "consent",
         lambda staged: SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(staged, customer_curated),
         commit_properties(settings, pseudonym_of(storage)),

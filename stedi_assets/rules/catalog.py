@@ -8,6 +8,7 @@ column schema) reads these declarations instead of repeating them.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import date
 
 import polars as pl
 
@@ -138,6 +139,35 @@ def with_event_day(frame: pl.LazyFrame, declared: Table) -> pl.LazyFrame:
         return frame
     day = pl.from_epoch(pl.col(declared.partition_time), time_unit="ms").dt.date()
     return frame.with_columns(day.alias(EVENT_DAY))
+
+
+ROWS_PER_PART = 500_000
+"""How many rows a table is processed in at a time: days are grouped up to this many rows, so memory
+is bounded by it and the per-part overhead (tens of ms) stays small next to the work."""
+
+
+def day_parts(frame: pl.LazyFrame, rows_per_part: int = ROWS_PER_PART) -> list[list[date | None]]:
+    """The partition days of a partitioned table, in order, grouped into parts of at most
+    `rows_per_part` rows (a bigger day is a part of its own); one empty part for an empty table."""
+    counts = frame.group_by(EVENT_DAY).agg(pl.len()).collect().sort(EVENT_DAY, nulls_last=True)
+    parts: list[list[date | None]] = [[]]
+    size = 0
+    for day, rows in counts.iter_rows():
+        if parts[-1] and size + rows > rows_per_part:
+            parts.append([])
+            size = 0
+        parts[-1].append(day)
+        size += rows
+    return parts
+
+
+def on_days(frame: pl.LazyFrame, days: list[date | None]) -> pl.LazyFrame:
+    """The rows of some partition days (a partitioned scan reads only those days' files)."""
+    known = [d for d in days if d is not None]
+    keep = pl.col(EVENT_DAY).is_in(known)
+    if None in days:
+        keep = keep | pl.col(EVENT_DAY).is_null()
+    return frame.filter(keep)
 
 
 def _epoch(name: str, description: str, **flags: bool) -> Column:

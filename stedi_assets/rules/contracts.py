@@ -13,7 +13,7 @@ from enum import StrEnum
 
 import polars as pl
 
-from stedi_assets.rules.catalog import PROFILE_COLUMNS, Table
+from stedi_assets.rules.catalog import PROFILE_COLUMNS, Table, day_parts, on_days
 from stedi_assets.rules.identity import KEY, SUBJECT_ID, keys, pseudonym_keys, with_key, with_pseudonym
 from stedi_assets.rules.transforms import (
     ambiguous_serials,
@@ -192,9 +192,22 @@ def schema_matches(actual: Mapping[str, pl.DataType], declared: Table) -> Verdic
     )
 
 
-def no_duplicate_rows(frame: pl.LazyFrame) -> Verdict:
-    return no_offending_rows(
-        frame.filter(pl.struct(pl.all()).is_duplicated()), "rows are exact duplicates of another row"
+def no_duplicate_rows(frame: pl.LazyFrame, partition_by: tuple[str, ...] = ()) -> Verdict:
+    """No row twice. In a partitioned table two equal rows share their partition, so each part (a few
+    days) is checked on its own: memory bounded by a part, not the table."""
+    what = "rows are exact duplicates of another row"
+    if not partition_by:
+        return no_offending_rows(frame.filter(pl.struct(pl.all()).is_duplicated()), what)
+    verdicts = [
+        no_offending_rows(on_days(frame, part).filter(pl.struct(pl.all()).is_duplicated()), what)
+        for part in day_parts(frame)
+    ]
+    count = sum(int(v.observed or 0) for v in verdicts)
+    sample = (
+        pl.concat([v.offending for v in verdicts if v.offending.height]).head(SAMPLE_ROWS) if count else None
+    )
+    return Verdict(
+        count == 0, f"{count} {what}", count, 0, sample if sample is not None else frame.head(0).collect()
     )
 
 

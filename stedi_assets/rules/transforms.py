@@ -234,17 +234,34 @@ def step_trainer_trusted(
     """Readings of devices owned by curated customers (and by nobody else), each distinct reading once;
     under from_consent_date only those taken since the owner consented (the latest owner's date when
     several curated customers claim the device)."""
+    devices = trusted_devices(customer_curated, customer_landing, customer_rejects, policy)
+    return readings_of_devices(step_trainer_landing, devices)
+
+
+def trusted_devices(
+    customer_curated: pl.LazyFrame,
+    customer_landing: pl.LazyFrame,
+    customer_rejects: pl.LazyFrame,
+    policy: ConsentPolicy = ConsentPolicy.any_time,
+) -> pl.LazyFrame:
+    """The devices whose readings are trusted (`_serial`), and under from_consent_date since when
+    (`_since`, the latest of their curated owners' consent dates)."""
     serials = attributable_serials(customer_landing, customer_curated, customer_rejects)
-    readings = with_key(step_trainer_landing, "serialNumber", "_serial").join(
-        serials, on="_serial", how="semi"
+    if ConsentPolicy(policy) is ConsentPolicy.any_time:
+        return serials
+    since = (
+        with_key(customer_curated, "serialNumber", "_serial")
+        .group_by("_serial")
+        .agg(_since=pl.col("shareWithResearchAsOfDate").max())
     )
-    if ConsentPolicy(policy) is ConsentPolicy.from_consent_date:
-        since = (
-            with_key(customer_curated, "serialNumber", "_serial")
-            .group_by("_serial")
-            .agg(_since=pl.col("shareWithResearchAsOfDate").max())
-        )
-        readings = readings.join(since, on="_serial").filter(pl.col("sensorReadingTime") >= pl.col("_since"))
+    return serials.join(since, on="_serial")
+
+
+def readings_of_devices(step_trainer_landing: pl.LazyFrame, devices: pl.LazyFrame) -> pl.LazyFrame:
+    """The readings of `devices` (see trusted_devices), each distinct reading once."""
+    readings = with_key(step_trainer_landing, "serialNumber", "_serial").join(devices, on="_serial")
+    if "_since" in devices.collect_schema().names():
+        readings = readings.filter(pl.col("sensorReadingTime") >= pl.col("_since"))
     return _declared(readings, STEP_TRAINER_TRUSTED).unique(maintain_order=True)
 
 

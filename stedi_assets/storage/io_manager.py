@@ -9,7 +9,7 @@ as lazy scans so plans stream.
 """
 
 # No `from __future__ import annotations` here: Dagster resolves nested resources from real annotations.
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -53,7 +53,8 @@ class Publication:
     them); `properties` are recorded in the Delta commit (the rules the table was made under).
     """
 
-    frame: pl.LazyFrame
+    frame: pl.LazyFrame | Sequence[pl.LazyFrame]
+    """The table, or its parts (e.g. one per day), each streamed in turn into the staged version."""
     contract: str = ""
     verify: Callable[[pl.LazyFrame], Verdict] | None = None
     properties: Mapping[str, str] = field(default_factory=dict)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from stedi_assets.storage.environment import S3Options
 from stedi_assets.storage.errors import StorageError, TableMissing, classify
 
 T = TypeVar("T")
+PARTITION_ROW_GROUP = 16_384
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 """The folder name of a partition whose value is null, as Delta and Hive spell it."""
 STREAMED = pl.QueryOptFlags(comm_subplan_elim=False)
@@ -114,9 +115,16 @@ class Lakehouse:
         except (OSError, DeltaError, pl.exceptions.ComputeError) as error:
             raise self._failure(uri, error) from error
 
-    def stage(self, uri: str, frame: pl.LazyFrame, partition_by: tuple[str, ...] = ()) -> Staged:
+    def stage(
+        self, uri: str, frame: pl.LazyFrame | Sequence[pl.LazyFrame], partition_by: tuple[str, ...] = ()
+    ) -> Staged:
         """Streams the plan into new data files of the table, invisible until `commit`: one file, or
-        one per partition (hive-style folders, `<column>=<value>/`) of a partitioned table."""
+        one per partition (hive-style folders, `<column>=<value>/`) of a partitioned table.
+
+        Several plans (each a part of the table, e.g. one day) are streamed one after the other,
+        so memory is bounded by the largest part, not the table.
+        """
+        plans = [frame] if isinstance(frame, pl.LazyFrame) else list(frame)
         try:
             read_version: int | None = self.open(uri).version()
         except TableMissing:
@@ -130,40 +138,40 @@ class Lakehouse:
             written.append((name, values))
             return name
 
-        single = f"part-{uuid.uuid4()}.parquet"
         options = self._options(uri)
         try:
             if not is_s3(uri):
                 Path(uri).mkdir(parents=True, exist_ok=True)
-            if partition_by:
-                target: Any = pl.PartitionBy(
-                    uri, key=list(partition_by), include_key=False, file_path_provider=place
+            for plan in plans:
+                if partition_by:
+                    target: Any = pl.PartitionBy(
+                        uri, key=list(partition_by), include_key=False, file_path_provider=place
+                    )
+                else:
+                    name = f"part-{uuid.uuid4()}.parquet"
+                    target = f"{uri}/{name}"
+                    written.append((name, {}))
+                plan.sink_parquet(
+                    target,
+                    storage_options=options,
+                    credential_provider=None,
+                    optimizations=STREAMED,
+                    mkdir=True,
+                    # a partitioned sink keeps a row group open per partition: keep them small
+                    row_group_size=PARTITION_ROW_GROUP if partition_by else None,
                 )
-            else:
-                target, written = f"{uri}/{single}", [(single, {})]
-            frame.sink_parquet(
-                target, storage_options=options, credential_provider=None, optimizations=STREAMED, mkdir=True
-            )
             files = []
             for name, values in written:
                 scanned = pl.scan_parquet(f"{uri}/{name}", storage_options=options, credential_provider=None)
                 rows = scanned.select(pl.len()).collect().item()
                 files.append(StagedFile(name, self._size(f"{uri}/{name}"), rows, values))
-            schema = (
-                pl.scan_parquet(
-                    f"{uri}/{written[0][0]}", storage_options=options, credential_provider=None
-                ).collect_schema()
-                if written
-                else frame.collect_schema()
-            )
         except BaseException as error:
             self._delete([f"{uri}/{name}" for name, _ in written])
             if isinstance(error, (OSError, DeltaError, ClientError, BotoCoreError)):
                 raise self._failure(uri, error) from error
             raise
-        full = frame.collect_schema()
-        schema = pl.Schema({**schema, **{c: full[c] for c in partition_by}})
-        return Staged(uri, tuple(files), schema, read_version, partition_by)
+        # the files hold every column but the partition's, which their folders say
+        return Staged(uri, tuple(files), plans[0].collect_schema(), read_version, partition_by)
 
     def scan_staged(self, staged: Staged) -> pl.LazyFrame:
         """What `commit` would publish, read back from the staged files."""

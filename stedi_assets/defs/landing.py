@@ -16,13 +16,16 @@ import polars as pl
 from stedi_assets.defs.factories import KINDS, STORAGE_RETRY, check_result, latest_metadata, table_checks
 from stedi_assets.defs.settings import StediSettings
 from stedi_assets.rules import contracts, erasure, parsing
-from stedi_assets.rules.catalog import ERASURE_LOG, SOURCES, Source, Table
+from stedi_assets.rules.catalog import ERASURE_LOG, SOURCE_FILE, SOURCES, Source, Table
+from stedi_assets.storage import manifest
 from stedi_assets.storage.errors import StorageError
+from stedi_assets.storage.io_manager import Publication
 from stedi_assets.storage.metadata import definition_metadata
 from stedi_assets.storage.resources import StediStorage, as_failure, pseudonym_of
 
 LINES_READ = "lines_read"
-"""Materialization metadata: non-blank lines in the files this ingest read (the conservation baseline)."""
+"""Materialization metadata: non-blank lines of every file the landing table holds (the conservation
+baseline), from its manifest."""
 LINES_ERASED = "lines_erased"
 """Materialization metadata: lines dropped because their person or device is in the erasure log."""
 
@@ -50,6 +53,28 @@ def ingest_asset(source: Source) -> dg.AssetsDefinition:
         ins={"erasure_log": dg.AssetIn(ERASURE_LOG.name)},
     )
     def ingest(storage: StediStorage, erasure_log: pl.LazyFrame | None) -> Iterator[dg.MaterializeResult]:
+        lakehouse = storage.lakehouse
+        uris = {
+            name: lakehouse.table_uri(declared.zone, declared.name)
+            for name, declared in ((landing, source.landing), (rejects, source.rejects))
+        }
+        erased_log = None if erasure_log is None else erasure_log.collect()
+        erasures = 0 if erased_log is None else erased_log.height
+        try:
+            files = storage.landing.files(source.name)
+            plans = {
+                name: manifest.plan(
+                    manifest.Manifest.loads(lakehouse.latest_write_property(uri, manifest.MANIFEST)),
+                    files,
+                    erasures,
+                )
+                for name, uri in uris.items()
+            }
+        except StorageError as error:
+            raise as_failure(error) from error
+        # only the files some table does not hold yet are read
+        needed = {uri for p in plans.values() for uri in p.uris}
+        to_read = [f for f in files if f.uri in needed]
         # the one-pass parse streams every line into a local file; the tables are staged from it
         with tempfile.TemporaryDirectory(prefix=f"stedi-ingest-{source.name}-") as work:
             parsed_file = Path(work) / "parsed.parquet"
@@ -59,29 +84,45 @@ def ingest_asset(source: Source) -> dg.AssetsDefinition:
                 return pl.scan_parquet(parsed_file)
 
             try:
-                landing_zone = storage.landing
-                files = landing_zone.files(source.name)
-                parsed = landing_zone.collect(
-                    files, lambda lines: parsing.parse_lines(lines, source, to_disk)
+                parsed = storage.landing.collect(
+                    to_read, lambda lines: parsing.parse_lines(lines, source, to_disk)
                 )
             except StorageError as error:
                 raise as_failure(error) from error
-            read = parsed.select(pl.len()).collect().item()
-            accepted, rejected = parsing.accepted_rows(parsed, source), parsing.rejected_rows(parsed)
-            erased_log = None if erasure_log is None else erasure_log.collect()
+            lines = dict(parsed.group_by(SOURCE_FILE).agg(pl.len()).collect().iter_rows())
+            accepted = parsing.accepted_rows(_of_files(parsed, plans[landing], needed), source)
+            rejected = parsing.rejected_rows(_of_files(parsed, plans[rejects], needed))
             n_erased = 0
-            if erased_log is not None and erased_log.height:  # nothing to mark (or hash) without erasures
+            if erasures:  # nothing to mark (or hash) without erasures
                 accepted, rejected, erased = erasure.without_erased(
                     accepted, rejected, source, erased_log.lazy(), pseudonym_of(storage).secret
                 )
                 accepted, rejected = accepted.collect().lazy(), rejected.collect().lazy()
                 n_erased = int(erased.collect().sum_horizontal().item())
-            yield dg.MaterializeResult(
-                asset_key=landing, value=accepted, metadata={LINES_READ: read, LINES_ERASED: n_erased}
-            )
-            yield dg.MaterializeResult(asset_key=rejects, value=rejected)
+            for name, frame in ((landing, accepted), (rejects, rejected)):
+                plan = plans[name]
+                after = plan.manifest(lines, n_erased if name == landing else 0, erasures)
+                metadata = {LINES_READ: after.lines, LINES_ERASED: after.erased} if name == landing else {}
+                if plan.append and not plan.files:  # nothing new: no landing byte was read for it
+                    metadata |= {
+                        "dagster/row_count": lakehouse.rows(uris[name]),
+                        "table_uri": dg.MetadataValue.path(uris[name]),
+                    }
+                    yield dg.MaterializeResult(asset_key=name, value=None, metadata=metadata)
+                    continue
+                publication = Publication(
+                    frame, append=plan.append, properties={manifest.MANIFEST: after.dumps()}
+                )
+                yield dg.MaterializeResult(asset_key=name, value=publication, metadata=metadata)
 
     return ingest
+
+
+def _of_files(parsed: pl.LazyFrame, plan: manifest.Plan, read: set[str]) -> pl.LazyFrame:
+    """The parsed lines of the files a table's write adds (all that were read, usually)."""
+    if set(plan.uris) == read:
+        return parsed
+    return parsed.filter(pl.col(SOURCE_FILE).is_in(plan.uris))
 
 
 def lines_accounted_for(source: Source) -> dg.AssetChecksDefinition:

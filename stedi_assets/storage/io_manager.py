@@ -68,6 +68,8 @@ class Publication:
     """The pseudonym key: a broken contract's sample names people by keyed hash."""
     partition_by: tuple[str, ...] = ()
     """Columns the table is partitioned by: one staged file per partition."""
+    append: bool = False
+    """Add the frame's rows to the table (an incremental ingest) instead of replacing it."""
 
 
 def removed_identities(previous: pl.LazyFrame, staged: pl.LazyFrame, columns: tuple[str, ...]) -> int:
@@ -101,14 +103,14 @@ def publish(lakehouse: Lakehouse, uri: str, publication: Publication) -> tuple[S
                 allow_retries=False,
             )
     removed = publication.no_history
-    if not removed and publication.identities and staged.read_version is not None:
+    if not removed and not publication.append and publication.identities and staged.read_version is not None:
         try:
             previous = lakehouse.scan(uri, staged.read_version)
             removed = removed_identities(previous, lakehouse.scan_staged(staged), publication.identities) > 0
         except BaseException:
             lakehouse.discard(staged)
             raise
-    version = lakehouse.commit(staged, publication.properties, publication.stats_columns)
+    version = lakehouse.commit(staged, publication.properties, publication.stats_columns, publication.append)
     if removed:
         lakehouse.forget_history(uri)
     else:
@@ -144,7 +146,10 @@ class DeltaIOManager(dg.ConfigurableIOManager):
         uri = _table_uri(lakehouse, context.asset_key, metadata)
         try:
             staged, version = publish(lakehouse, uri, publication)
-            context.add_output_metadata(table_metadata(lakehouse, staged, version, pii))
+            metadata = table_metadata(lakehouse, staged, version, pii)
+            if publication.append:  # the table holds more than this write: its count from the log
+                metadata["dagster/row_count"] = lakehouse.rows(uri)
+            context.add_output_metadata(metadata)
         except StorageError as error:
             raise as_failure(error) from error
 

@@ -30,6 +30,9 @@ from stedi_assets.storage.errors import StorageError, TableMissing, classify
 
 T = TypeVar("T")
 PARTITION_ROW_GROUP = 16_384
+MAINTENANCE = frozenset({"VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "OPTIMIZE", "CHECKPOINT"})
+"""Commit operations that change no rows."""
+HISTORY_LOOKBACK = 50
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 """The folder name of a partition whose value is null, as Delta and Hive spell it."""
 STREAMED = pl.QueryOptFlags(comm_subplan_elim=False)
@@ -192,8 +195,10 @@ class Lakehouse:
         staged: Staged,
         properties: Mapping[str, str] | None = None,
         stats_columns: list[str] | None = None,
+        append: bool = False,
     ) -> int:
-        """Makes the staged files the table's whole content in one overwrite commit; the new version.
+        """Makes the staged files the table's whole content in one overwrite commit (or adds them to
+        it, `append`); the new version.
 
         The commit follows the version the table had before the plan ran and is never rebased
         (max_commit_retries=0): if another writer committed in between, this write fails as a
@@ -214,7 +219,7 @@ class Lakehouse:
             table = DeltaTable(staged.uri, storage_options=options, version=staged.read_version)
             table.create_write_transaction(
                 actions,
-                mode="overwrite",
+                mode="append" if append else "overwrite",
                 schema=schema,
                 partition_by=list(staged.partition_by) or None,
                 commit_properties=commit,
@@ -279,6 +284,29 @@ class Lakehouse:
         except (OSError, DeltaError) as error:
             raise self._failure(uri, error) from error
         return deleted
+
+    def latest_write_property(self, uri: str, key: str) -> str | None:
+        """A property recorded by the newest commit that wrote data (maintenance commits, such as a
+        vacuum's, are skipped); None when that commit has none, or there is no table."""
+        try:
+            history = self.open(uri).history(HISTORY_LOOKBACK)
+        except TableMissing:
+            return None
+        except (OSError, DeltaError) as error:
+            raise self._failure(uri, error) from error
+        for entry in history:  # newest first
+            if entry.get("operation") not in MAINTENANCE:
+                value = entry.get(key)
+                return None if value is None else str(value)
+        return None
+
+    def rows(self, uri: str) -> int:
+        """The table's row count from its log (each file's numRecords), without reading data."""
+        try:
+            actions = self.open(uri).get_add_actions(flatten=True)
+        except (OSError, DeltaError) as error:
+            raise self._failure(uri, error) from error
+        return int(pl.DataFrame(actions)["num_records"].sum() or 0)
 
     def expire(self, uri: str) -> int:
         """Deletes the data files of versions replaced more than retention_hours ago; how many."""

@@ -558,14 +558,18 @@ def test_concurrent_runs_leave_clean_tables(tmp_path: Path, prefilled: bool):
     for name, path in tables.items():
         uri = str(path)
         assert_frame_equal(_sorted(reader.scan(uri).collect()), expected[name], check_dtypes=True)
-        # Every write was of the same data: each version is that whole table, one per materialization,
-        # plus one per retried attempt that committed before its step failed on another table.
+        # Every write was of the same data: each version is that whole table, at most one per
+        # materialization plus one per retried attempt that committed before its step failed.
         versions = _history_versions(reader, uri)
         materialized = sum(1 for s in summaries if name in s["tables"])
         step = f"ingest_{name.rsplit('_', 1)[0]}" if name.endswith(("_landing", "_rejects")) else name
         retried = sum(s["retries"].get(step, 0) for s in summaries)
         assert versions == list(range(len(versions))), (name, versions)
-        assert prefilled + materialized <= len(versions) <= prefilled + materialized + retried, (
+        # a landing or quarantine table gets no version from a run that found no file it lacks
+        # (its manifest, committed with its rows, says which it holds), so it may have fewer
+        incremental = name.endswith(("_landing", "_rejects"))
+        fewest = 1 if incremental else prefilled + materialized
+        assert fewest <= len(versions) <= prefilled + materialized + retried, (
             name,
             versions,
             materialized,

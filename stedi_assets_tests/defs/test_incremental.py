@@ -1,0 +1,137 @@
+"""Incremental ingestion: each landing table's manifest, committed with its rows, says which files it
+holds; a run reads only the files some table lacks."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+from stedi_assets.cli import run_lakehouse
+from stedi_assets.storage.lakehouse import Lakehouse
+from stedi_assets_tests.helpers import T2, write_jsonl
+
+ACCEL = "accelerometer"
+NEW_READINGS = [{"user": "Erin@test.com", "timestamp": T2 + 1, "x": 9.0, "y": 0.0, "z": 0.0}]
+
+
+def _settings(landing: Path, tmp_path: Path) -> dict[str, object]:
+    return {"landing_uri": str(landing), "lakehouse_uri": str(tmp_path / "lakehouse")}
+
+
+def _table(tmp_path: Path, zone: str, name: str) -> Path:
+    return tmp_path / "lakehouse" / zone / name
+
+
+def _files_of(table: Path, version: int | None = None) -> set[str]:
+    return set(DeltaTable(str(table), version=version).file_uris())
+
+
+def _garble_keeping_signature(path: Path) -> None:
+    """Overwrites a file with other bytes of the same size and modification time: if a run read it,
+    its lines would be rejects; a run that trusts the manifest does not read it."""
+    stat = path.stat()
+    path.write_bytes(b"x" * stat.st_size)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_run_with_nothing_new_reads_no_landing_file_and_writes_no_version(
+    tiny_landing: Path, tmp_path: Path
+):
+    settings = _settings(tiny_landing, tmp_path)
+    first = run_lakehouse(**settings)
+    assert first["success"], first["errors"]
+    for path in tiny_landing.rglob("*.json"):
+        _garble_keeping_signature(path)
+
+    second = run_lakehouse(**settings)
+
+    assert second["success"], second["errors"]
+    assert {n: t["rows"] for n, t in second["tables"].items()} == {
+        n: t["rows"] for n, t in first["tables"].items()
+    }
+    for zone, name in (("landing", "accelerometer_landing"), ("quarantine", "customer_rejects")):
+        assert DeltaTable(str(_table(tmp_path, zone, name))).version() == 0, name
+    lines = next(
+        c for c in second["checks"] if c["name"] == "lines_conserved" and c["asset"].startswith(ACCEL)
+    )
+    assert lines["passed"], lines
+
+
+def test_a_new_file_is_read_alone_and_appended(tiny_landing: Path, tmp_path: Path):
+    settings = _settings(tiny_landing, tmp_path)
+    assert run_lakehouse(**settings)["success"]
+    landing_table = _table(tmp_path, "landing", "accelerometer_landing")
+    before = _files_of(landing_table)
+    for path in tiny_landing.rglob("*.json"):
+        _garble_keeping_signature(path)  # read again, these would become rejects
+    write_jsonl(tiny_landing / ACCEL / "accelerometer-2.json", NEW_READINGS)
+
+    summary = run_lakehouse(**settings)
+
+    assert summary["success"], summary["errors"]
+    assert summary["tables"]["accelerometer_landing"]["rows"] == 5
+    assert summary["tables"]["accelerometer_rejects"]["rows"] == 0
+    # one append: the earlier data files stay, one file of the new day is added
+    assert DeltaTable(str(landing_table)).version() == 1
+    added = _files_of(landing_table) - before
+    assert before <= _files_of(landing_table) and len(added) == 1
+    assert pl.read_parquet(next(iter(added)))["x"].to_list() == [9.0]
+    # the new reading went downstream: Erin consents
+    erin = pl.read_delta(str(_table(tmp_path, "trusted", "accelerometer_trusted"))).filter(pl.col("x") == 9.0)
+    assert erin.height == 1
+
+
+def test_a_changed_file_replaces_its_own_rows(tiny_landing: Path, tmp_path: Path):
+    settings = _settings(tiny_landing, tmp_path)
+    assert run_lakehouse(**settings)["success"]
+    changed = tiny_landing / ACCEL / "accelerometer-1.json"
+    # the delivery was corrected: Bob's reading (x 3.0) is gone, Erin has one more
+    kept = [line for line in changed.read_text().splitlines(keepends=True) if "Bob" not in line]
+    changed.write_text("".join(kept))
+    with changed.open("a") as lines:
+        lines.write(json.dumps(NEW_READINGS[0]) + "\n")
+
+    summary = run_lakehouse(**settings)
+
+    assert summary["success"], summary["errors"]
+    landing = pl.read_delta(str(_table(tmp_path, "landing", "accelerometer_landing")))
+    assert sorted(landing["x"]) == [1.0, 2.0, 4.0, 9.0]
+    assert landing["_line_number"].sort().to_list() == [1, 2, 3, 4]
+
+
+def test_a_crash_between_the_two_tables_duplicates_nothing(
+    tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The landing table commits its rows and manifest, then the quarantine table's commit fails (a
+    crash, a full disk): the next run adds the missing rejects and nothing else."""
+    with (tiny_landing / ACCEL / "accelerometer-1.json").open("a") as lines:
+        lines.write("not json\n")
+    settings = {**_settings(tiny_landing, tmp_path), "max_reject_rate": 1}
+    commit = Lakehouse.commit
+
+    def crash_on_rejects(self, staged, *args, **kwargs):
+        if staged.uri.endswith("accelerometer_rejects"):
+            raise dg.Failure("the process died", allow_retries=False)
+        return commit(self, staged, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Lakehouse, "commit", crash_on_rejects)
+        crashed = run_lakehouse(dg.AssetSelection.assets("accelerometer_landing"), **settings)
+    assert not crashed["success"]
+    landing_table = _table(tmp_path, "landing", "accelerometer_landing")
+    assert pl.read_delta(str(landing_table)).height == 4
+    assert not (_table(tmp_path, "quarantine", "accelerometer_rejects") / "_delta_log").exists()
+
+    summary = run_lakehouse(**settings)
+
+    assert summary["success"], summary["errors"]
+    assert pl.read_delta(str(landing_table)).height == 4  # not appended again
+    assert DeltaTable(str(landing_table)).version() == 0
+    rejects = pl.read_delta(str(_table(tmp_path, "quarantine", "accelerometer_rejects")))
+    assert rejects.select("_line_number", "reason").rows() == [(5, "not valid JSON")]

@@ -18,13 +18,16 @@ from stedi_assets.defs.factories import (
     table_asset,
     table_checks,
 )
+from stedi_assets.defs.incremental import fingerprint, on_rebuilt_days, plan_rebuild, unchanged
 from stedi_assets.defs.settings import StediSettings, commit_properties
 from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import (
+    ACCELEROMETER,
     ACCELEROMETER_TRUSTED,
     CUSTOMER_CURATED,
     CUSTOMER_TRUSTED,
     MACHINE_LEARNING_CURATED,
+    STEP_TRAINER,
     STEP_TRAINER_TRUSTED,
     Table,
     day_parts,
@@ -160,22 +163,33 @@ def accelerometer_trusted(
     storage: StediStorage,
     accelerometer_landing: pl.LazyFrame,
     customer_trusted: pl.LazyFrame,
-) -> Publication:
+) -> dg.MaterializeResult:
     """Accelerometer readings whose user is a trusted customer (under consent_policy=from_consent_date,
-    taken since they consented)."""
-    consenting = customer_trusted.collect().lazy()
-    parts = day_parts(accelerometer_landing)
-    return Publication(
-        [  # a few days at a time (catalog.day_parts): memory bounded by a part, not the table
-            transforms.accelerometer_trusted(
-                on_days(accelerometer_landing, part), consenting, settings.consent_policy
-            )
-            for part in parts
+    taken since they consented). Only the days whose landing readings changed are recomputed, unless
+    the consent decision changed."""
+    consenting = customer_trusted.collect()
+    rebuild = plan_rebuild(
+        storage.lakehouse,
+        ACCELEROMETER_TRUSTED,
+        {"accelerometer_landing": ACCELEROMETER.landing},
+        fingerprint(consenting, settings.consent_policy.value),
+    )
+    if rebuild.nothing:
+        return unchanged(storage.lakehouse, ACCELEROMETER_TRUSTED)
+    landing = on_rebuilt_days(rebuild.inputs["accelerometer_landing"], rebuild)
+    policy = settings.consent_policy
+    # a few days at a time (catalog.day_parts): memory bounded by a part, not the table
+    publication = Publication(
+        [
+            transforms.accelerometer_trusted(on_days(landing, part), consenting.lazy(), policy)
+            for part in day_parts(landing)
         ],
         "consent",
         lambda staged: USERS_ARE_TRUSTED_CUSTOMERS.verdict(staged, customer_trusted),
-        commit_properties(settings, pseudonym_of(storage)),
+        rebuild.properties(commit_properties(settings, pseudonym_of(storage))),
+        replace_partitions=rebuild.days,
     )
+    return dg.MaterializeResult(value=publication, metadata=rebuild.metadata)
 
 
 @table_asset(STEP_TRAINER_TRUSTED)
@@ -186,22 +200,34 @@ def step_trainer_trusted(
     customer_curated: pl.LazyFrame,
     customer_landing: pl.LazyFrame,
     customer_rejects: pl.LazyFrame,
-) -> Publication:
+) -> dg.MaterializeResult:
     """Step Trainer readings of devices claimed only by curated customers, in any record (under
-    consent_policy=from_consent_date, taken since the owner consented)."""
+    consent_policy=from_consent_date, taken since the owner consented). Only the days whose landing
+    readings changed are recomputed, unless the trusted devices changed."""
     devices = transforms.trusted_devices(
         customer_curated, customer_landing, customer_rejects, settings.consent_policy
     ).collect()
-    parts = day_parts(step_trainer_landing)
-    return Publication(
-        [  # a few days at a time (catalog.day_parts): memory bounded by a part, not the table
-            transforms.readings_of_devices(on_days(step_trainer_landing, part), devices.lazy())
-            for part in parts
+    rebuild = plan_rebuild(
+        storage.lakehouse,
+        STEP_TRAINER_TRUSTED,
+        {"step_trainer_landing": STEP_TRAINER.landing},
+        fingerprint(devices, settings.consent_policy.value),
+    )
+    if rebuild.nothing:
+        return unchanged(storage.lakehouse, STEP_TRAINER_TRUSTED)
+    landing = on_rebuilt_days(rebuild.inputs["step_trainer_landing"], rebuild)
+    # a few days at a time (catalog.day_parts): memory bounded by a part, not the table
+    publication = Publication(
+        [
+            transforms.readings_of_devices(on_days(landing, part), devices.lazy())
+            for part in day_parts(landing)
         ],
         "consent",
         lambda staged: SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(staged, customer_curated),
-        commit_properties(settings, pseudonym_of(storage)),
+        rebuild.properties(commit_properties(settings, pseudonym_of(storage))),
+        replace_partitions=rebuild.days,
     )
+    return dg.MaterializeResult(value=publication, metadata=rebuild.metadata)
 
 
 @dg.multi_asset_check(

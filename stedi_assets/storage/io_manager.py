@@ -70,6 +70,8 @@ class Publication:
     """Columns the table is partitioned by: one staged file per partition."""
     append: bool = False
     """Add the frame's rows to the table (an incremental ingest) instead of replacing it."""
+    replace_partitions: Sequence[str] | None = None
+    """Replace only these partitions (values of the partition column): the frame holds just them."""
 
 
 def removed_identities(previous: pl.LazyFrame, staged: pl.LazyFrame, columns: tuple[str, ...]) -> int:
@@ -106,11 +108,22 @@ def publish(lakehouse: Lakehouse, uri: str, publication: Publication) -> tuple[S
     if not removed and not publication.append and publication.identities and staged.read_version is not None:
         try:
             previous = lakehouse.scan(uri, staged.read_version)
+            if publication.replace_partitions is not None:  # only these partitions are replaced
+                column = publication.partition_by[0]
+                previous = previous.filter(
+                    pl.col(column).cast(pl.String).is_in(publication.replace_partitions)
+                )
             removed = removed_identities(previous, lakehouse.scan_staged(staged), publication.identities) > 0
         except BaseException:
             lakehouse.discard(staged)
             raise
-    version = lakehouse.commit(staged, publication.properties, publication.stats_columns, publication.append)
+    version = lakehouse.commit(
+        staged,
+        publication.properties,
+        publication.stats_columns,
+        publication.append,
+        publication.replace_partitions,
+    )
     if removed:
         lakehouse.forget_history(uri)
     else:
@@ -147,7 +160,8 @@ class DeltaIOManager(dg.ConfigurableIOManager):
         try:
             staged, version = publish(lakehouse, uri, publication)
             metadata = table_metadata(lakehouse, staged, version, pii)
-            if publication.append:  # the table holds more than this write: its count from the log
+            if publication.append or publication.replace_partitions is not None:
+                # the table holds more than this write: its count from the log
                 metadata["dagster/row_count"] = lakehouse.rows(uri)
             context.add_output_metadata(metadata)
         except StorageError as error:

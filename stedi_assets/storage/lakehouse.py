@@ -33,6 +33,7 @@ PARTITION_ROW_GROUP = 16_384
 MAINTENANCE = frozenset({"VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "OPTIMIZE", "CHECKPOINT"})
 """Commit operations that change no rows."""
 HISTORY_LOOKBACK = 50
+PARTITION_COMMIT_RETRIES = 5
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 """The folder name of a partition whose value is null, as Delta and Hive spell it."""
 STREAMED = pl.QueryOptFlags(comm_subplan_elim=False)
@@ -196,9 +197,10 @@ class Lakehouse:
         properties: Mapping[str, str] | None = None,
         stats_columns: list[str] | None = None,
         append: bool = False,
+        replace_partitions: Sequence[str] | None = None,
     ) -> int:
         """Makes the staged files the table's whole content in one overwrite commit (or adds them to
-        it, `append`); the new version.
+        it, `append`; or replaces only the partitions `replace_partitions`); the new version.
 
         The commit follows the version the table had before the plan ran and is never rebased
         (max_commit_retries=0): if another writer committed in between, this write fails as a
@@ -211,7 +213,10 @@ class Lakehouse:
             for f in staged.files
         ]
         schema = Schema.from_arrow(pl.DataFrame(schema=staged.schema).to_arrow().schema)
-        commit = CommitProperties(max_commit_retries=0, custom_metadata=dict(properties or {}))
+        # A partition overwrite may follow a concurrent writer of other partitions (delta-rs refuses
+        # the rebase if they overlap); a whole-table write never rebases.
+        retries = PARTITION_COMMIT_RETRIES if replace_partitions is not None else 0
+        commit = CommitProperties(max_commit_retries=retries, custom_metadata=dict(properties or {}))
         options = self._options(staged.uri)
         try:
             if staged.read_version is None:
@@ -222,6 +227,9 @@ class Lakehouse:
                 mode="append" if append else "overwrite",
                 schema=schema,
                 partition_by=list(staged.partition_by) or None,
+                partition_filters=[(staged.partition_by[0], "in", list(replace_partitions))]
+                if replace_partitions is not None
+                else None,
                 commit_properties=commit,
             )
             return staged.read_version + 1
@@ -299,6 +307,25 @@ class Lakehouse:
                 value = entry.get(key)
                 return None if value is None else str(value)
         return None
+
+    def changed_partitions(self, uri: str, since: int) -> set[str | None] | None:
+        """The partition values whose data files differ between version `since` and the latest, from
+        the log alone; None when that version can no longer be read (then everything may have)."""
+        try:
+            now = self._files_by_partition(self.open(uri))
+            then = self._files_by_partition(self.open(uri, since))
+        except (StorageError, OSError, DeltaError):
+            return None
+        return {value for path, value in now.items() ^ then.items()}
+
+    @staticmethod
+    def _files_by_partition(table: DeltaTable) -> dict[str, str | None]:
+        actions = pl.DataFrame(table.get_add_actions(flatten=True))
+        partitions = [c for c in actions.columns if c.startswith("partition.")]
+        if not partitions or actions.is_empty():
+            return dict.fromkeys(actions["path"].to_list() if "path" in actions.columns else [], None)
+        values = actions[partitions[0]].cast(pl.String).to_list()
+        return dict(zip(actions["path"].to_list(), values, strict=True))
 
     def rows(self, uri: str) -> int:
         """The table's row count from its log (each file's numRecords), without reading data."""

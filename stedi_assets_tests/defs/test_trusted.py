@@ -19,7 +19,7 @@ from stedi_assets.rules.identity import SUBJECT_ID, pseudonym
 from stedi_assets.storage.environment import S3Options
 from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.pseudonym import pseudonym_key
-from stedi_assets_tests.helpers import make_bucket, upload_tree, write_jsonl
+from stedi_assets_tests.helpers import T2, make_bucket, upload_tree, write_jsonl
 
 
 def _read(lakehouse: Path, zone: str, name: str) -> pl.DataFrame:
@@ -110,6 +110,22 @@ LEAKING_TABLES = [
     ),
 ]
 INTRUDER = "intruder@elsewhere.example"
+NEXT_DAY = T2 + 86_400_000
+
+
+def _erin_the_next_day(landing: Path) -> None:
+    """New readings of a consenting customer on a new day: the next run recomputes that day, so the
+    zone rules run again (a run with nothing new recomputes nothing)."""
+    write_jsonl(
+        landing / "accelerometer" / "accelerometer-2.json",
+        [{"user": "Erin@test.com", "timestamp": NEXT_DAY, "x": 5.0, "y": 0.0, "z": -1.0}],
+    )
+    write_jsonl(
+        landing / "step_trainer" / "step_trainer-2.json",
+        [{"sensorReadingTime": NEXT_DAY, "serialNumber": "S-E", "distanceFromObject": 240}],
+    )
+
+
 RULE = {"step_trainer_trusted": "readings_of_devices"}
 """The zone rule an asset applies, where it is not named after the table (the Step Trainer readings
 are selected part by part from devices decided once)."""
@@ -138,7 +154,8 @@ def test_a_transform_that_leaks_a_row_leaves_the_published_table_unchanged(
         return pl.concat([frame, stranger])
 
     monkeypatch.setattr(transforms, RULE.get(table, table), leaking)
-    result = run_lakehouse(dg.AssetSelection.assets(table), **settings)
+    _erin_the_next_day(tiny_landing)
+    result = run_lakehouse(dg.AssetSelection.assets(table).upstream(), **settings)
 
     assert not result["success"]
     assert result["errors"] == [
@@ -290,8 +307,9 @@ def test_a_leaking_transform_leaves_the_table_unchanged_on_s3(
     client = boto3.client("s3")
 
     def objects() -> list[str]:
-        listed = client.list_objects_v2(Bucket=bucket, Prefix=f"lakehouse/{zone}/{table}/part-")
-        return sorted(o["Key"] for o in listed.get("Contents", []))
+        listed = client.list_objects_v2(Bucket=bucket, Prefix=f"lakehouse/{zone}/{table}/")
+        keys = (o["Key"] for o in listed.get("Contents", []))
+        return sorted(k for k in keys if k.endswith(".parquet") and "/_delta_log/" not in k)
 
     version, before = store.open(uri).version(), objects()
     rule = getattr(transforms, RULE.get(table, table))
@@ -302,8 +320,11 @@ def test_a_leaking_transform_leaves_the_table_unchanged_on_s3(
         return pl.concat([frame, frame.head(1).with_columns(pl.lit(leaked).alias(column))])
 
     monkeypatch.setattr(transforms, RULE.get(table, table), leaking)
-    result = run_lakehouse(dg.AssetSelection.assets(table), **settings)
+    _erin_the_next_day(tiny_landing)
+    upload_tree(tiny_landing, bucket, "landing")
+    result = run_lakehouse(dg.AssetSelection.assets(table).upstream(), **settings)
 
+    assert objects(), "the table has data files"
     assert result["errors"] == [
         f"{table}: The consent contract is broken, so the table was not published: {summary}"
     ]

@@ -11,7 +11,7 @@ from stedi_assets.defs.factories import (
     table_asset,
     table_checks,
 )
-from stedi_assets.defs.incremental import fingerprint, on_rebuilt_days, plan_rebuild, unchanged
+from stedi_assets.defs.incremental import fingerprint, recompute_by_day
 from stedi_assets.defs.settings import StediSettings, commit_properties
 from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import (
@@ -19,8 +19,6 @@ from stedi_assets.rules.catalog import (
     CUSTOMER_CURATED,
     MACHINE_LEARNING_CURATED,
     STEP_TRAINER_TRUSTED,
-    day_parts,
-    on_days,
 )
 from stedi_assets.rules.identity import SUBJECT_ID
 from stedi_assets.storage.io_manager import Publication
@@ -69,43 +67,34 @@ def machine_learning_curated(
     ml_join=same_customer, of the device's owner only)."""
     key = pseudonym_of(storage)
     curated = customer_curated.collect()
-    settings_used = (settings.ml_join.value, settings.ml_identity.value, key.key_id)
-    rebuild = plan_rebuild(
+    ml_join, ml_identity = settings.ml_join, settings.ml_identity
+    # equal timestamps share a day, so each part pairs readings of the same days
+    return recompute_by_day(
         storage.lakehouse,
         MACHINE_LEARNING_CURATED,
         {"step_trainer_trusted": STEP_TRAINER_TRUSTED, "accelerometer_trusted": ACCELEROMETER_TRUSTED},
-        fingerprint(curated, *settings_used),
-    )
-    if rebuild.nothing:
-        return unchanged(storage.lakehouse, MACHINE_LEARNING_CURATED)
-    steps = on_rebuilt_days(rebuild.inputs["step_trainer_trusted"], rebuild)
-    readings = rebuild.inputs["accelerometer_trusted"]
-    frames = [  # a few days at a time (equal timestamps share a day): memory bounded by a part
-        transforms.machine_learning_curated(
-            on_days(steps, part),
-            on_days(readings, part),
+        fingerprint(curated, ml_join.value, ml_identity.value, key.key_id),
+        lambda part: transforms.machine_learning_curated(
+            part["step_trainer_trusted"],
+            part["accelerometer_trusted"],
             curated.lazy(),
             key.secret,
-            settings.ml_join,
-            settings.ml_identity,
-        )
-        for part in day_parts(steps)
-    ]
-    publication = Publication(
-        frames,
-        "consent",
-        lambda staged: USERS_ARE_CURATED_CUSTOMERS.verdict(staged, customer_curated, key.secret),
-        rebuild.properties(commit_properties(settings, key)),
-        replace_partitions=rebuild.days,
+            ml_join,
+            ml_identity,
+        ),
+        lambda parts: Publication(
+            parts,
+            "consent",
+            lambda staged: USERS_ARE_CURATED_CUSTOMERS.verdict(staged, customer_curated, key.secret),
+            commit_properties(settings, key),
+        ),
+        {
+            "ml_join": ml_join.value,
+            "ml_identity": ml_identity.value,
+            "pseudonym_key_id": key.key_id,
+            "pseudonym_key": key.origin,
+        },
     )
-    metadata = {
-        **rebuild.metadata,
-        "ml_join": settings.ml_join.value,
-        "ml_identity": settings.ml_identity.value,
-        "pseudonym_key_id": key.key_id,
-        "pseudonym_key": key.origin,
-    }
-    return dg.MaterializeResult(value=publication, metadata=metadata)
 
 
 @dg.asset_check(

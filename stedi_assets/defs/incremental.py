@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 import dagster as dg
 import polars as pl
 
-from stedi_assets.rules.catalog import EVENT_DAY, Table
+from stedi_assets.rules.catalog import EVENT_DAY, Table, day_parts, on_days
+from stedi_assets.storage.io_manager import Publication
 from stedi_assets.storage.lakehouse import Lakehouse
 
 BUILT_FROM = "stedi.built_from"
@@ -104,8 +105,32 @@ def on_rebuilt_days(frame: pl.LazyFrame, rebuild: Rebuild) -> pl.LazyFrame:
     return frame.filter(pl.col(EVENT_DAY).cast(pl.String).is_in(rebuild.days))
 
 
-def unchanged(lakehouse: Lakehouse, table: Table) -> dg.MaterializeResult:
-    """No input day changed: no new version, the materialization says what the table holds."""
-    uri = lakehouse.table_uri(table.zone, table.name)
-    metadata = {"dagster/row_count": lakehouse.rows(uri), "table_uri": dg.MetadataValue.path(uri)}
-    return dg.MaterializeResult(value=None, metadata={**metadata, "days_recomputed": 0})
+def recompute_by_day(
+    lakehouse: Lakehouse,
+    table: Table,
+    inputs: Mapping[str, Table],
+    digest: str,
+    compute: Callable[[dict[str, pl.LazyFrame]], pl.LazyFrame],
+    publication: Callable[[list[pl.LazyFrame]], Publication],
+    metadata: Mapping[str, object] | None = None,
+) -> dg.MaterializeResult:
+    """A reading table's write: the days to recompute (plan_rebuild), `compute` applied to each part
+    of them (a few days of every input at a time, parts taken from the first input: memory bounded
+    by a part), published as `publication` of those parts replacing just those days; no write when
+    no input day changed."""
+    rebuild = plan_rebuild(lakehouse, table, inputs, digest)
+    extra = dict(metadata or {})
+    if rebuild.nothing:  # no new version: the materialization says what the table holds
+        uri = lakehouse.table_uri(table.zone, table.name)
+        held = {"dagster/row_count": lakehouse.rows(uri), "table_uri": dg.MetadataValue.path(uri)}
+        return dg.MaterializeResult(value=None, metadata={**held, **rebuild.metadata, **extra})
+    driver = on_rebuilt_days(next(iter(rebuild.inputs.values())), rebuild)
+    parts = [
+        compute({name: on_days(frame, part) for name, frame in rebuild.inputs.items()})
+        for part in day_parts(driver)
+    ]
+    written = publication(parts)
+    written = replace(
+        written, properties=rebuild.properties(written.properties), replace_partitions=rebuild.days
+    )
+    return dg.MaterializeResult(value=written, metadata={**rebuild.metadata, **extra})

@@ -18,7 +18,7 @@ from stedi_assets.defs.factories import (
     table_asset,
     table_checks,
 )
-from stedi_assets.defs.incremental import fingerprint, on_rebuilt_days, plan_rebuild, unchanged
+from stedi_assets.defs.incremental import fingerprint, recompute_by_day
 from stedi_assets.defs.settings import StediSettings, commit_properties
 from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import (
@@ -30,8 +30,6 @@ from stedi_assets.rules.catalog import (
     STEP_TRAINER,
     STEP_TRAINER_TRUSTED,
     Table,
-    day_parts,
-    on_days,
 )
 from stedi_assets.rules.identity import SUBJECT_ID
 from stedi_assets.storage.errors import StorageError, TableMissing
@@ -167,29 +165,22 @@ def accelerometer_trusted(
     """Accelerometer readings whose user is a trusted customer (under consent_policy=from_consent_date,
     taken since they consented). Only the days whose landing readings changed are recomputed, unless
     the consent decision changed."""
-    consenting = customer_trusted.collect()
-    rebuild = plan_rebuild(
+    consenting, policy = customer_trusted.collect(), settings.consent_policy
+    return recompute_by_day(
         storage.lakehouse,
         ACCELEROMETER_TRUSTED,
         {"accelerometer_landing": ACCELEROMETER.landing},
-        fingerprint(consenting, settings.consent_policy.value),
+        fingerprint(consenting, policy.value),
+        lambda part: transforms.accelerometer_trusted(
+            part["accelerometer_landing"], consenting.lazy(), policy
+        ),
+        lambda parts: Publication(
+            parts,
+            "consent",
+            lambda staged: USERS_ARE_TRUSTED_CUSTOMERS.verdict(staged, customer_trusted),
+            commit_properties(settings, pseudonym_of(storage)),
+        ),
     )
-    if rebuild.nothing:
-        return unchanged(storage.lakehouse, ACCELEROMETER_TRUSTED)
-    landing = on_rebuilt_days(rebuild.inputs["accelerometer_landing"], rebuild)
-    policy = settings.consent_policy
-    # a few days at a time (catalog.day_parts): memory bounded by a part, not the table
-    publication = Publication(
-        [
-            transforms.accelerometer_trusted(on_days(landing, part), consenting.lazy(), policy)
-            for part in day_parts(landing)
-        ],
-        "consent",
-        lambda staged: USERS_ARE_TRUSTED_CUSTOMERS.verdict(staged, customer_trusted),
-        rebuild.properties(commit_properties(settings, pseudonym_of(storage))),
-        replace_partitions=rebuild.days,
-    )
-    return dg.MaterializeResult(value=publication, metadata=rebuild.metadata)
 
 
 @table_asset(STEP_TRAINER_TRUSTED)
@@ -207,27 +198,19 @@ def step_trainer_trusted(
     devices = transforms.trusted_devices(
         customer_curated, customer_landing, customer_rejects, settings.consent_policy
     ).collect()
-    rebuild = plan_rebuild(
+    return recompute_by_day(
         storage.lakehouse,
         STEP_TRAINER_TRUSTED,
         {"step_trainer_landing": STEP_TRAINER.landing},
         fingerprint(devices, settings.consent_policy.value),
+        lambda part: transforms.readings_of_devices(part["step_trainer_landing"], devices.lazy()),
+        lambda parts: Publication(
+            parts,
+            "consent",
+            lambda staged: SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(staged, customer_curated),
+            commit_properties(settings, pseudonym_of(storage)),
+        ),
     )
-    if rebuild.nothing:
-        return unchanged(storage.lakehouse, STEP_TRAINER_TRUSTED)
-    landing = on_rebuilt_days(rebuild.inputs["step_trainer_landing"], rebuild)
-    # a few days at a time (catalog.day_parts): memory bounded by a part, not the table
-    publication = Publication(
-        [
-            transforms.readings_of_devices(on_days(landing, part), devices.lazy())
-            for part in day_parts(landing)
-        ],
-        "consent",
-        lambda staged: SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(staged, customer_curated),
-        rebuild.properties(commit_properties(settings, pseudonym_of(storage))),
-        replace_partitions=rebuild.days,
-    )
-    return dg.MaterializeResult(value=publication, metadata=rebuild.metadata)
 
 
 @dg.multi_asset_check(

@@ -127,6 +127,8 @@ def publish(lakehouse: Lakehouse, uri: str, publication: Publication) -> tuple[S
     if removed:
         lakehouse.forget_history(uri)
     else:
+        if publication.append:
+            lakehouse.compact(uri)
         lakehouse.expire(uri)
     return staged, version
 

@@ -34,6 +34,8 @@ MAINTENANCE = frozenset({"VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "OPT
 """Commit operations that change no rows."""
 HISTORY_LOOKBACK = 50
 PARTITION_COMMIT_RETRIES = 5
+COMPACT_AFTER_FILES = 64
+"""A table appended to more often than this many data files gets its small files compacted."""
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 """The folder name of a partition whose value is null, as Delta and Hive spell it."""
 STREAMED = pl.QueryOptFlags(comm_subplan_elim=False)
@@ -334,6 +336,20 @@ class Lakehouse:
         except (OSError, DeltaError) as error:
             raise self._failure(uri, error) from error
         return int(pl.DataFrame(actions)["num_records"].sum() or 0)
+
+    def compact(self, uri: str, most_files: int = COMPACT_AFTER_FILES) -> bool:
+        """After appends: when the table has more than `most_files` data files, rewrites small ones
+        into larger (one OPTIMIZE commit, same rows) and checkpoints the log, so reads stay fast as
+        appends accumulate; whether it did."""
+        try:
+            table = self.open(uri)
+            if len(table.file_uris()) <= most_files:
+                return False
+            table.optimize.compact(commit_properties=CommitProperties(max_commit_retries=0))
+            table.create_checkpoint()
+        except (OSError, DeltaError) as error:
+            raise self._failure(uri, error) from error
+        return True
 
     def expire(self, uri: str) -> int:
         """Deletes the data files of versions replaced more than retention_hours ago; how many."""

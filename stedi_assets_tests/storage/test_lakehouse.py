@@ -17,10 +17,12 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import polars as pl
 import pytest
+from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError
 from polars.testing import assert_frame_equal
 
@@ -588,3 +590,25 @@ def test_concurrent_runs_leave_clean_tables(tmp_path: Path, prefilled: bool):
             for s in summaries
         )
     )
+
+
+def test_appends_are_compacted_and_keep_their_rows_and_manifest(tmp_path: Path):
+    """Many small appends (one per incremental run) are rewritten into fewer files in one commit that
+    changes no row; the manifest property of the last append is still what the table holds."""
+    lakehouse = Lakehouse(str(tmp_path / "tables"))
+    uri = lakehouse.table_uri("landing", "accelerometer_landing")
+    day = pl.lit(date(2022, 6, 18)).alias("event_day")
+    for run in range(6):
+        frame = pl.LazyFrame({"n": [run * 2, run * 2 + 1]}).with_columns(day)
+        staged = lakehouse.stage(uri, frame, ("event_day",))
+        lakehouse.commit(staged, {"stedi.manifest": f"run {run}"}, append=run > 0)
+
+    assert not lakehouse.compact(uri, most_files=6)  # not yet fragmented
+    assert lakehouse.compact(uri, most_files=5)
+
+    table = DeltaTable(uri)
+    assert len(table.file_uris()) == 1
+    assert table.history(1)[0]["operation"] == "OPTIMIZE"
+    assert sorted(pl.read_delta(uri)["n"]) == list(range(12))
+    assert lakehouse.rows(uri) == 12
+    assert lakehouse.latest_write_property(uri, "stedi.manifest") == "run 5"

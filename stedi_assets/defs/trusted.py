@@ -33,8 +33,9 @@ from stedi_assets.rules.catalog import (
 )
 from stedi_assets.rules.identity import SUBJECT_ID
 from stedi_assets.storage.errors import StorageError, TableMissing
-from stedi_assets.storage.io_manager import Publication, publish
+from stedi_assets.storage.io_manager import Publication, as_declared, publish
 from stedi_assets.storage.lakehouse import Lakehouse
+from stedi_assets.storage.metadata import definition_metadata
 from stedi_assets.storage.pseudonym import PseudonymKey
 from stedi_assets.storage.resources import StediStorage, as_failure, pseudonym_of
 
@@ -109,7 +110,8 @@ def withdraw_downstream(
                     decision.outside(staged, declared), "identities the consent decision does not allow"
                 )
 
-            publish(lakehouse, uri, Publication(kept, "consent", verify, properties, no_history=True))
+            rewrite = Publication(kept, "consent", verify, properties, no_history=True)
+            publish(lakehouse, uri, as_declared(rewrite, definition_metadata(declared)))
         removed[declared.name] = count
     return removed, changed_keys
 

@@ -133,6 +133,20 @@ def publish(lakehouse: Lakehouse, uri: str, publication: Publication) -> tuple[S
     return staged, version
 
 
+def as_declared(publication: Publication, metadata: Mapping[str, Any]) -> Publication:
+    """`publication` with what its table's definition metadata declares: the identity columns, the
+    partition columns and the columns that may carry statistics in the Delta log. Every write of a
+    table, by the IO manager or not, goes through this, so none loses the table's layout."""
+    pii = pii_columns(metadata)
+    schema = metadata.get("dagster/column_schema")
+    return replace(
+        publication,
+        identities=tuple(metadata.get(IDENTITIES, ())),
+        partition_by=tuple(metadata.get(PARTITION_BY, ())),
+        stats_columns=[c.name for c in schema.columns if c.name not in pii] if schema else None,
+    )
+
+
 class DeltaIOManager(dg.ConfigurableIOManager):
     """Stores Polars frames as Delta tables in the lakehouse, local or on S3."""
 
@@ -146,14 +160,7 @@ class DeltaIOManager(dg.ConfigurableIOManager):
         publication = obj if isinstance(obj, Publication) else Publication(obj.lazy())
         metadata = context.definition_metadata
         pii = pii_columns(metadata)
-        publication = replace(
-            publication,
-            identities=tuple(metadata.get(IDENTITIES, ())),
-            partition_by=tuple(metadata.get(PARTITION_BY, ())),
-            stats_columns=[c.name for c in metadata["dagster/column_schema"].columns if c.name not in pii]
-            if "dagster/column_schema" in metadata
-            else None,
-        )
+        publication = as_declared(publication, metadata)
         if publication.verify is not None and publication.secret is None:
             with suppress(StorageError):  # no key: a broken contract's sample stays masked
                 publication = replace(publication, secret=self.storage.pseudonym.secret)

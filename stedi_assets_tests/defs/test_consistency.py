@@ -135,6 +135,10 @@ def test_a_run_failing_after_the_consent_decision_leaves_no_withdrawn_row_anywhe
         assert "S-A" not in devices and "S-E" in devices, table
     assert alice not in _subjects(lakehouse) and erin in _subjects(lakehouse)
     assert summary["tables"]["customer_trusted"]["rows"] == 2
+    # the withdrawal's rewrites keep each table's layout: every file of a reading table in its day
+    for zone, name in (("trusted", "accelerometer_trusted"), *DEVICES):
+        days = pl.DataFrame(lakehouse.open(lakehouse.table_uri(zone, name)).get_add_actions(flatten=True))
+        assert days["partition.event_day"].cast(pl.String).to_list() == ["2022-06-18"], name
 
     # the next run that succeeds leaves the same tables as a run that never failed (same key, so
     # Erin keeps her subject_id)

@@ -19,7 +19,7 @@ import dagster as dg
 import polars as pl
 
 from stedi_assets.rules.catalog import EVENT_DAY, Table, day_parts, on_days
-from stedi_assets.storage.io_manager import Publication
+from stedi_assets.storage.io_manager import Publication, held_metadata
 from stedi_assets.storage.lakehouse import Lakehouse
 
 BUILT_FROM = "stedi.built_from"
@@ -121,8 +121,7 @@ def recompute_by_day(
     rebuild = plan_rebuild(lakehouse, table, inputs, digest)
     extra = dict(metadata or {})
     if rebuild.nothing:  # no new version: the materialization says what the table holds
-        uri = lakehouse.table_uri(table.zone, table.name)
-        held = {"dagster/row_count": lakehouse.rows(uri), "table_uri": dg.MetadataValue.path(uri)}
+        held = held_metadata(lakehouse, lakehouse.table_uri(table.zone, table.name))
         return dg.MaterializeResult(value=None, metadata={**held, **rebuild.metadata, **extra})
     driver = on_rebuilt_days(next(iter(rebuild.inputs.values())), rebuild)
     parts = [

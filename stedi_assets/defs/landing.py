@@ -19,7 +19,7 @@ from stedi_assets.rules import contracts, erasure, parsing
 from stedi_assets.rules.catalog import ERASURE_LOG, SOURCE_FILE, SOURCES, Source, Table
 from stedi_assets.storage import manifest
 from stedi_assets.storage.errors import StorageError
-from stedi_assets.storage.io_manager import Publication
+from stedi_assets.storage.io_manager import Publication, held_metadata
 from stedi_assets.storage.metadata import definition_metadata
 from stedi_assets.storage.resources import StediStorage, as_failure, pseudonym_of
 
@@ -62,16 +62,21 @@ def ingest_asset(source: Source) -> dg.AssetsDefinition:
         erasures = 0 if erased_log is None else erased_log.height
         try:
             files = storage.landing.files(source.name)
-            plans = {
-                name: manifest.plan(
-                    manifest.Manifest.loads(lakehouse.latest_write_property(uri, manifest.MANIFEST)),
-                    files,
-                    erasures,
-                )
+            held = {
+                name: manifest.Manifest.loads(lakehouse.latest_write_property(uri, manifest.MANIFEST))
                 for name, uri in uris.items()
             }
         except StorageError as error:
             raise as_failure(error) from error
+        applied = max((m.erasures for m in held.values() if m is not None), default=0)
+        if erasures < applied:  # fail closed: rebuilding now would bring erased people back
+            raise dg.Failure(
+                f"The erasure log holds {erasures} entries, fewer than the {applied} the {source.name} "
+                f"tables were built with: it was lost or rolled back. Restore {ERASURE_LOG.name} "
+                "(or the request files under erasure_requests/) and run again; nothing was ingested.",
+                allow_retries=False,
+            )
+        plans = {name: manifest.plan(held[name], files, erasures) for name in uris}
         # only the files some table does not hold yet are read
         needed = {uri for p in plans.values() for uri in p.uris}
         to_read = [f for f in files if f.uri in needed]
@@ -97,17 +102,17 @@ def ingest_asset(source: Source) -> dg.AssetsDefinition:
                 accepted, rejected, erased = erasure.without_erased(
                     accepted, rejected, source, erased_log.lazy(), pseudonym_of(storage).secret
                 )
-                accepted, rejected = accepted.collect().lazy(), rejected.collect().lazy()
                 n_erased = int(erased.collect().sum_horizontal().item())
-            for name, frame in ((landing, accepted), (rejects, rejected)):
+            # Fail closed: the quarantine commits first. Its lines can only hold people back (a
+            # withdrawal that could not be parsed, a claim on a serial), while the landing rows can
+            # let them in; whatever stops the run between the two commits, the quarantine is not
+            # the one behind.
+            for name, frame in ((rejects, rejected), (landing, accepted)):
                 plan = plans[name]
                 after = plan.manifest(lines, n_erased if name == landing else 0, erasures)
                 metadata = {LINES_READ: after.lines, LINES_ERASED: after.erased} if name == landing else {}
                 if plan.append and not plan.files:  # nothing new: no landing byte was read for it
-                    metadata |= {
-                        "dagster/row_count": lakehouse.rows(uris[name]),
-                        "table_uri": dg.MetadataValue.path(uris[name]),
-                    }
+                    metadata |= held_metadata(lakehouse, uris[name])
                     yield dg.MaterializeResult(asset_key=name, value=None, metadata=metadata)
                     continue
                 publication = Publication(

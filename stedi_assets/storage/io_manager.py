@@ -191,6 +191,16 @@ class DeltaIOManager(dg.ConfigurableIOManager):
         return frame.collect() if context.dagster_type.typing_type is pl.DataFrame else frame
 
 
+def held_metadata(lakehouse: Lakehouse, uri: str) -> dict[str, Any]:
+    """What a materialization that wrote no new version says: what the table holds (from its log)."""
+    return {
+        "dagster/row_count": lakehouse.rows(uri),
+        "dagster/uri": dg.MetadataValue.path(uri),
+        "table_uri": dg.MetadataValue.path(uri),
+        "delta_version": lakehouse.open(uri).version(),
+    }
+
+
 def table_metadata(lakehouse: Lakehouse, staged: Staged, version: int, pii: frozenset[str]) -> dict[str, Any]:
     """What Dagster's UI shows for a materialization: rows (from the write, not a re-scan), a preview
     with PII masked, URI and Delta version."""

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from pathlib import Path
 
 import boto3
 import polars as pl
 import pytest
-from deltalake import DeltaTable
 
 from stedi_assets.cli import main, run_lakehouse
 from stedi_assets.rules.identity import pseudonym
 from stedi_assets.storage.environment import S3Options
 from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.pseudonym import pseudonym_key
-from stedi_assets_tests.helpers import make_bucket, upload_tree, write_jsonl
+from stedi_assets_tests.helpers import make_bucket, retained_versions, upload_tree, write_jsonl
 
 ALICE = "alice@test.com"
 TABLES = [
@@ -32,26 +32,16 @@ DEVICE_TABLES = [
 ]
 
 
-def _every_version(uri: Path) -> list[pl.DataFrame]:
-    frames = []
-    for version in range(DeltaTable(str(uri)).version() + 1):
-        try:
-            frames.append(pl.read_delta(str(uri), version=version))
-        except Exception:  # its log entry or files are gone: not retained
-            continue
-    return frames
-
-
 def _holds(lakehouse: Path) -> list[str]:
     """Every table with a retained version that still holds Alice or her device."""
-    held = []
+    held, store = [], Lakehouse(str(lakehouse))
     for zone, name, column in TABLES:
-        if any(
-            ALICE in f[column].str.to_lowercase().to_list() for f in _every_version(lakehouse / zone / name)
-        ):
+        versions = retained_versions(store, zone, name).values()
+        if any(ALICE in f[column].str.to_lowercase().to_list() for f in versions):
             held.append(name)
     for zone, name in DEVICE_TABLES:
-        if any("S-A" in f["serialNumber"].to_list() for f in _every_version(lakehouse / zone / name)):
+        versions = retained_versions(store, zone, name).values()
+        if any("S-A" in f["serialNumber"].to_list() for f in versions):
             held.append(name)
     return held
 
@@ -197,3 +187,27 @@ def test_an_erasure_request_that_names_no_readable_email_stops_the_run(tiny_land
     ]
     assert summary["tables"] == {}
     assert "alice" not in summary["errors"][0]
+
+
+def test_a_lost_erasure_log_stops_the_ingest_instead_of_bringing_people_back(
+    tiny_landing: Path, tmp_path: Path
+):
+    """The erasure log keeps requests in force after their files are gone. If the log itself is lost
+    too, rebuilding the landing tables would bring the person back: the ingest refuses instead."""
+    lakehouse = tmp_path / "lakehouse"
+    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(lakehouse)}
+    _request(tiny_landing).unlink()  # no request yet
+    assert run_lakehouse(**settings)["success"]
+    request = _request(tiny_landing)
+    assert run_lakehouse(**settings)["success"]
+    request.unlink()
+    shutil.rmtree(lakehouse / "privacy" / "erasure_log")
+
+    summary = run_lakehouse(**settings)
+
+    assert not summary["success"]
+    assert any(
+        e.startswith("ingest_customer: The erasure log holds 0 entries, fewer than the 2 the customer tables")
+        for e in summary["errors"]
+    ), summary["errors"]
+    assert _holds(lakehouse) == []

@@ -106,36 +106,69 @@ def test_a_changed_file_replaces_its_own_rows(tiny_landing: Path, tmp_path: Path
     assert landing["_line_number"].sort().to_list() == [1, 2, 3, 4]
 
 
+def _crash_on_second_commit(monkeypatch: pytest.MonkeyPatch, source: str) -> None:
+    """The ingest of `source` commits one of its two tables, then dies before the other."""
+    commit, committed = Lakehouse.commit, []
+
+    def crash(self, staged, *args, **kwargs):
+        if staged.uri.endswith((f"{source}_landing", f"{source}_rejects")):
+            committed.append(staged.uri)
+            if len(committed) == 2:
+                raise dg.Failure("the process died", allow_retries=False)
+        return commit(self, staged, *args, **kwargs)
+
+    monkeypatch.setattr(Lakehouse, "commit", crash)
+
+
 def test_a_crash_between_the_two_tables_duplicates_nothing(
     tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """The landing table commits its rows and manifest, then the quarantine table's commit fails (a
-    crash, a full disk): the next run adds the missing rejects and nothing else."""
+    """One table of an ingest commits its rows and manifest, then the other's commit fails (a
+    crash, a full disk): the next run adds what is missing to that table and nothing else."""
     with (tiny_landing / ACCEL / "accelerometer-1.json").open("a") as lines:
         lines.write("not json\n")
     settings = {**_settings(tiny_landing, tmp_path), "max_reject_rate": 1}
-    commit = Lakehouse.commit
-
-    def crash_on_rejects(self, staged, *args, **kwargs):
-        if staged.uri.endswith("accelerometer_rejects"):
-            raise dg.Failure("the process died", allow_retries=False)
-        return commit(self, staged, *args, **kwargs)
-
     with monkeypatch.context() as patch:
-        patch.setattr(Lakehouse, "commit", crash_on_rejects)
+        _crash_on_second_commit(patch, ACCEL)
         crashed = run_lakehouse(dg.AssetSelection.assets("accelerometer_landing"), **settings)
     assert not crashed["success"]
+    rejects_table = _table(tmp_path, "quarantine", "accelerometer_rejects")
     landing_table = _table(tmp_path, "landing", "accelerometer_landing")
-    assert pl.read_delta(str(landing_table)).height == 4
-    assert not (_table(tmp_path, "quarantine", "accelerometer_rejects") / "_delta_log").exists()
+    # the quarantine commits first: it is the landing table that is behind
+    assert pl.read_delta(str(rejects_table)).height == 1
+    assert not (landing_table / "_delta_log").exists()
 
     summary = run_lakehouse(**settings)
 
     assert summary["success"], summary["errors"]
-    assert pl.read_delta(str(landing_table)).height == 4  # not appended again
-    assert DeltaTable(str(landing_table)).version() == 0
-    rejects = pl.read_delta(str(_table(tmp_path, "quarantine", "accelerometer_rejects")))
-    assert rejects.select("_line_number", "reason").rows() == [(5, "not valid JSON")]
+    assert pl.read_delta(str(landing_table)).height == 4
+    rejects = pl.read_delta(str(rejects_table))
+    assert rejects.select("_line_number", "reason").rows() == [(5, "not valid JSON")]  # not added again
+    assert DeltaTable(str(rejects_table)).version() == 0
+
+
+def test_a_crash_between_the_two_tables_lets_no_one_in(
+    tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Fail closed: a new customer file holds a valid record and a withdrawal that cannot be parsed.
+    Whichever ingest commit the crash stops, the consent decision made from what was committed does
+    not trust the person who withdrew."""
+    settings = _settings(tiny_landing, tmp_path)
+    assert run_lakehouse(**settings)["success"]
+    late = json.dumps(customer("Alice A", "S-A", "no", lastUpdateDate=T2))  # quarantined: not a date
+    fay = json.dumps(customer("Fay F", "S-F", T2, lastUpdateDate=T2))
+    (tiny_landing / "customer" / "customer-2.json").write_text(f"{fay}\n{late}\n")
+
+    with monkeypatch.context() as patch:
+        _crash_on_second_commit(patch, "customer")
+        crashed = run_lakehouse(dg.AssetSelection.assets("customer_landing"), **settings)
+    assert not crashed["success"]
+    decided = run_lakehouse(dg.AssetSelection.assets("customer_trusted"), **settings)
+
+    assert decided["success"], decided["errors"]
+    trusted = pl.read_delta(str(_table(tmp_path, "trusted", "customer_trusted")))["email"].to_list()
+    assert "Alice@test.com" not in trusted
+    assert "Erin@test.com" in trusted
 
 
 READING_TABLES = [

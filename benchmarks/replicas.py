@@ -76,11 +76,6 @@ class Increment:
         for target in self.new_files.values():
             target.unlink(missing_ok=True)
 
-    @property
-    def total_lines(self) -> int:
-        """Lines the incremental run reads: the whole copy plus the new files."""
-        return self.landing.total_lines + sum(self.new_lines.values())
-
 
 def polars_schema(source: str) -> pl.Schema:
     return pl.Schema({name: _DTYPES[kind] for name, kind in FIELDS[source].items()})

@@ -32,6 +32,15 @@ CUSTOMERS_HAVE_ACCELEROMETER_DATA = contracts.Membership(
     "user",
     "the user of a trusted reading",
 )
+CURATED_CUSTOMERS_ARE_TRUSTED = contracts.Membership(
+    "curated_customers_are_trusted",
+    "customer_curated",
+    "email",
+    "customer_trusted",
+    "email",
+    "a trusted customer",
+)
+"""The consent contract verified on customer_curated before it is published."""
 USERS_ARE_CURATED_CUSTOMERS = contracts.Membership(
     "users_are_curated_customers",
     "machine_learning_curated",
@@ -51,8 +60,12 @@ def customer_curated(
     accelerometer_trusted: pl.LazyFrame,
 ) -> Publication:
     """Trusted customers with at least one trusted accelerometer reading, one row each."""
-    frame = transforms.customer_curated(customer_trusted, accelerometer_trusted)
-    return Publication(frame, properties=commit_properties(settings, pseudonym_of(storage)))
+    return Publication(
+        transforms.customer_curated(customer_trusted, accelerometer_trusted),
+        "consent",
+        lambda staged: CURATED_CUSTOMERS_ARE_TRUSTED.verdict(staged, customer_trusted),
+        commit_properties(settings, pseudonym_of(storage)),
+    )
 
 
 @table_asset(MACHINE_LEARNING_CURATED)

@@ -102,6 +102,7 @@ LEAKING_TABLES = [
         "serialNumber",
         "1 rows whose serialNumber is not a curated customer's device",
     ),
+    ("customer_curated", "curated", "email", "1 rows whose email is not a trusted customer"),
     (
         "machine_learning_curated",
         "curated",

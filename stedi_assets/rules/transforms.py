@@ -88,8 +88,14 @@ _NUMBER_PAIR = r'(?i)"{key}"\s*:\s*"?\s*(\d+)'
 def json_string(raw: pl.Expr, key: str) -> pl.Expr:
     """The value of the first `"key": "..."` pair in a raw line, JSON escapes decoded (`\\u0040` is @)."""
     content = raw.str.extract(_STRING_PAIR.format(key=key), 1)
+    # What JSON forbids in a string and would make the decoding raise (failing the run for one bad
+    # line): control characters, and escaped UTF-16 surrogates (a lone one cannot be decoded; a
+    # pair is dropped too). An escaped backslash is matched first, so `\\ud800` stays text.
+    decodable = content.str.replace_all(r"[\x00-\x1f]", "").str.replace_all(
+        r"(\\\\)|\\u[dD][89a-fA-F][0-9a-fA-F]{2}", "$1"
+    )
     # not pl.format: on a multi-chunk column the streaming engine panics in it (polars 2.1)
-    return (pl.lit('"') + content + pl.lit('"')).str.json_decode(pl.String)
+    return (pl.lit('"') + decodable + pl.lit('"')).str.json_decode(pl.String)
 
 
 def recovered_customer_claims(customer_rejects: pl.LazyFrame) -> pl.LazyFrame:

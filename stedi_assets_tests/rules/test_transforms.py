@@ -335,6 +335,21 @@ def test_recovered_claims_read_the_raw_text() -> None:
     ]
 
 
+def test_what_json_forbids_in_a_quarantined_value_is_no_crash() -> None:
+    """A control character or a lone UTF-16 surrogate escape in a quarantined line's email used to
+    make the decoding raise, failing every run on one bad line; the identity is still recovered."""
+    rejects = customer_rejects(
+        '{"email": "a\x01b@x.com", "serialNumber": "s1"',
+        '{"email": "c\\ud800d@x.com", "serialNumber": "s2"',
+        '{"email": "e\\\\ud800@x.com", "serialNumber": "s3"',  # an escaped backslash, then text
+    )
+    assert transforms.recovered_customer_claims(rejects).collect().select("email").to_series().to_list() == [
+        "ab@x.com",
+        "cd@x.com",
+        "e\\ud800@x.com",
+    ]
+
+
 def test_a_serial_claimed_by_a_quarantined_line_is_not_attributable() -> None:
     landing_customers = customers(customer("a@x.com", "s1"), customer("b@x.com", "s2"))
     curated = declared("customer_curated", customer("a@x.com", "s1"), customer("b@x.com", "s2")).lazy()

@@ -91,3 +91,5 @@ def test_the_audit_finds_and_purges_personal_data_in_the_dagster_instance(
     with dg.DagsterInstance.get() as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey("old_preview"))
         assert event.asset_materialization.metadata["rows"].value == 5
+        preview = str(event.asset_materialization.metadata["preview"].value)
+        assert ALICE not in preview.lower() and "Alice A" not in preview

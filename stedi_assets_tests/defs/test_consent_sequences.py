@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from stedi_assets.cli import run_lakehouse
 from stedi_assets.storage.environment import S3Options
 from stedi_assets.storage.lakehouse import Lakehouse
-from stedi_assets_tests.helpers import T1, customer, make_bucket, retained_versions, write_jsonl
+from stedi_assets_tests.helpers import T1, customer, make_bucket, read_table, retained_versions, write_jsonl
 
 PEOPLE = ("Alice", "Bob", "Cy")
 ACTIONS = ("consent", "withdraw", "malformed_withdrawal")
@@ -66,7 +66,12 @@ def _check(sequence: list[tuple[str, str, int]], landing: Path, lakehouse: Lakeh
         [{"sensorReadingTime": T1, "serialNumber": f"S-{n}", "distanceFromObject": 1} for n in PEOPLE],
     )
     consenting = {canonical(f"{n}@test.com") for n in PEOPLE}
-    settings_ = {"landing_uri": str(landing), "lakehouse_uri": lakehouse.root, "ml_identity": "email"}
+    settings_ = {
+        "landing_uri": str(landing),
+        "lakehouse_uri": lakehouse.root,
+        "ml_identity": "email",
+        "max_reject_rate": 1,  # a malformed withdrawal is a reject
+    }
     assert run_lakehouse(**settings_)["errors"] == []
     for step, (name, action, variant) in enumerate(sequence, start=1):
         email, updated = spelling(name, variant), T1 + step
@@ -83,8 +88,12 @@ def _check(sequence: list[tuple[str, str, int]], landing: Path, lakehouse: Lakeh
             consenting.add(canonical(email))
         else:
             consenting.discard(canonical(email))
-        run_lakehouse(**settings_)
+        summary = run_lakehouse(**settings_)
+        assert summary["success"], (step, summary["errors"])
 
+        # exactly the consenting people are trusted, and no retained version holds anyone else
+        trusted = read_table(lakehouse, "trusted", "customer_trusted")["email"].to_list()
+        assert {canonical(v) for v in trusted} == consenting, step
         for zone, table, column in PERSON_TABLES:
             for frame in retained_versions(lakehouse, zone, table).values():
                 present = {canonical(v) for v in frame[column].to_list()}

@@ -14,7 +14,7 @@ from deltalake import DeltaTable
 from polars.testing import assert_frame_equal
 
 from stedi_assets.cli import run_lakehouse
-from stedi_assets.storage.lakehouse import Lakehouse
+from stedi_assets.storage.lakehouse import Lakehouse, LandingZone
 from stedi_assets_tests.helpers import T2, customer, write_jsonl
 
 ACCEL = "accelerometer"
@@ -33,6 +33,19 @@ def _files_of(table: Path, version: int | None = None) -> set[str]:
     return set(DeltaTable(str(table), version=version).file_uris())
 
 
+def _files_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records every landing file an ingest reads (the real reader still reads them)."""
+    read: list[str] = []
+    collect = LandingZone.collect
+
+    def recording(self, files, plan):
+        read.extend(f.uri for f in files)
+        return collect(self, files, plan)
+
+    monkeypatch.setattr(LandingZone, "collect", recording)
+    return read
+
+
 def _garble_keeping_signature(path: Path) -> None:
     """Overwrites a file with other bytes of the same size and modification time: if a run read it,
     its lines would be rejects; a run that trusts the manifest does not read it."""
@@ -42,16 +55,18 @@ def _garble_keeping_signature(path: Path) -> None:
 
 
 def test_a_run_with_nothing_new_reads_no_landing_file_and_writes_no_version(
-    tiny_landing: Path, tmp_path: Path
+    tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     settings = _settings(tiny_landing, tmp_path)
     first = run_lakehouse(**settings)
     assert first["success"], first["errors"]
     for path in tiny_landing.rglob("*.json"):
         _garble_keeping_signature(path)
+    read = _files_read(monkeypatch)
 
     second = run_lakehouse(**settings)
 
+    assert read == []  # the erasure requests aside (none here), no landing file was opened
     assert second["success"], second["errors"]
     assert {n: t["rows"] for n, t in second["tables"].items()} == {
         n: t["rows"] for n, t in first["tables"].items()
@@ -64,18 +79,23 @@ def test_a_run_with_nothing_new_reads_no_landing_file_and_writes_no_version(
     assert lines["passed"], lines
 
 
-def test_a_new_file_is_read_alone_and_appended(tiny_landing: Path, tmp_path: Path):
+def test_a_new_file_is_read_alone_and_appended(
+    tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     settings = _settings(tiny_landing, tmp_path)
     assert run_lakehouse(**settings)["success"]
     landing_table = _table(tmp_path, "landing", "accelerometer_landing")
     before = _files_of(landing_table)
     for path in tiny_landing.rglob("*.json"):
         _garble_keeping_signature(path)  # read again, these would become rejects
-    write_jsonl(tiny_landing / ACCEL / "accelerometer-2.json", NEW_READINGS)
+    new_file = tiny_landing / ACCEL / "accelerometer-2.json"
+    write_jsonl(new_file, NEW_READINGS)
+    read = _files_read(monkeypatch)
 
     summary = run_lakehouse(**settings)
 
     assert summary["success"], summary["errors"]
+    assert read == [str(new_file)]
     assert summary["tables"]["accelerometer_landing"]["rows"] == 5
     assert summary["tables"]["accelerometer_rejects"]["rows"] == 0
     # one append: the earlier data files stay, one file of the new day is added

@@ -689,18 +689,20 @@ def test_lakehouse_runs_are_repeatable_and_keep_their_contracts(landing: Landing
             (root / f.name).write_bytes(f.data())
         (root / "customer" / "_SUCCESS").write_text("not json\n")
 
+        # a rerun with nothing new (which rewrites little), then an independent build elsewhere
         summaries, tables = [], []
-        for _ in range(2):
+        for target in (lakehouse, lakehouse, Path(tmp) / "elsewhere"):
             summaries.append(
-                run_lakehouse(landing_uri=str(root), lakehouse_uri=str(lakehouse), max_reject_rate=1.0)
+                run_lakehouse(landing_uri=str(root), lakehouse_uri=str(target), max_reject_rate=1.0)
             )
-            tables.append(read_tables(lakehouse))
+            tables.append(read_tables(target))
 
         counts = [{name: info["rows"] for name, info in s["tables"].items()} for s in summaries]
         assert set(counts[0]) == set(TABLES), summaries[0]["errors"]
-        assert counts[0] == counts[1]
-        assert tables[0].keys() == tables[1].keys() == TABLES.keys()
+        assert counts[0] == counts[1] == counts[2]
+        assert tables[0].keys() == tables[1].keys() == tables[2].keys() == TABLES.keys()
         assert_same_tables(tables[0], tables[1])
+        assert_same_tables(tables[0], tables[2])
         for summary in summaries:
             checks = {(c["asset"], c["name"]): c for c in summary["checks"]}
             wanted = [

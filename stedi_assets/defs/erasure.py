@@ -12,7 +12,7 @@ import dagster as dg
 import polars as pl
 
 from stedi_assets.defs.factories import KINDS, STORAGE_RETRY, table_checks
-from stedi_assets.rules import erasure
+from stedi_assets.rules import erasure, parsing
 from stedi_assets.rules.catalog import CUSTOMER, ERASURE_LOG, LINE_NUMBER, QUARANTINE, SOURCE_FILE, TABLES
 from stedi_assets.rules.identity import SUBJECT_ID, pseudonym_keys
 from stedi_assets.storage.errors import StorageError
@@ -82,11 +82,23 @@ def erasure_log(storage: StediStorage) -> dg.MaterializeResult:
             )
         landing_schema = {c.name: c.dtype for c in CUSTOMER.landing.columns}
         rejects_schema = {c.name: c.dtype for c in CUSTOMER.rejects.columns}
+        customer_landing = _table(lakehouse, CUSTOMER.landing.name, landing_schema)
+        customer_rejects = _table(lakehouse, CUSTOMER.rejects.name, rejects_schema)
+        if lines.height:
+            # The serials a requester claimed are read from the customer files as well: on a new
+            # lakehouse (or for a record delivered with the request) the tables do not hold them
+            # yet, and once the ingest has dropped the person's lines they never will.
+            delivered = parsing.parse_lines(
+                storage.landing.read_lines(CUSTOMER.name, optional=True).lazy(), CUSTOMER
+            )
+            customer_landing = pl.concat(
+                [customer_landing, parsing.accepted_rows(delivered, CUSTOMER)], how="diagonal_relaxed"
+            )
+            customer_rejects = pl.concat(
+                [customer_rejects, parsing.rejected_rows(delivered)], how="diagonal_relaxed"
+            )
         new = erasure.erased_identities(
-            lines.lazy().select("email", "requestedAt"),
-            _table(lakehouse, CUSTOMER.landing.name, landing_schema),
-            _table(lakehouse, CUSTOMER.rejects.name, rejects_schema),
-            key.secret,
+            lines.lazy().select("email", "requestedAt"), customer_landing, customer_rejects, key.secret
         ).collect()
         previous = _table(lakehouse, ERASURE_LOG.name, ERASURE_LOG.dtypes).collect()
         in_force = (

@@ -211,3 +211,17 @@ def test_a_lost_erasure_log_stops_the_ingest_instead_of_bringing_people_back(
         for e in summary["errors"]
     ), summary["errors"]
     assert _holds(lakehouse) == []
+
+
+def test_a_request_delivered_before_the_first_run_erases_the_devices_too(tiny_landing: Path, tmp_path: Path):
+    """On a new lakehouse no customer table holds the requester's serials yet, and after the first
+    ingest it never will (their lines are dropped): the serials are read from the customer files."""
+    lakehouse = tmp_path / "lakehouse"
+    _request(tiny_landing)
+
+    summary = run_lakehouse(landing_uri=str(tiny_landing), lakehouse_uri=str(lakehouse))
+
+    assert summary["success"], summary["errors"]
+    log = pl.read_delta(str(lakehouse / "privacy" / "erasure_log"))
+    assert sorted(log["kind"]) == ["device", "subject"]
+    assert _holds(lakehouse) == []

@@ -93,3 +93,20 @@ def test_the_audit_finds_and_purges_personal_data_in_the_dagster_instance(
         assert event.asset_materialization.metadata["rows"].value == 5
         preview = str(event.asset_materialization.metadata["preview"].value)
         assert ALICE not in preview.lower() and "Alice A" not in preview
+
+
+def test_a_version_that_cannot_be_read_is_no_proof_of_absence(tiny_landing: Path, tmp_path: Path, capsys):
+    """A corrupt data file (or a refused read) stops the audit with status 2; only a version whose log
+    entry or data files are gone counts as not retained."""
+    lakehouse = tmp_path / "lakehouse"
+    _withdrawn_lakehouse(tiny_landing, lakehouse)
+    table = lakehouse / "trusted" / "accelerometer_trusted"
+    for data_file in table.rglob("*.parquet"):
+        data_file.write_bytes(b"not parquet at all")
+
+    code = main(["audit", "--landing", str(tiny_landing), "--lakehouse", str(lakehouse)])
+
+    captured = capsys.readouterr()
+    assert code == 2, captured.out
+    assert str(table) in captured.err and "Corrupt footer" in captured.err
+    assert "nothing found" not in captured.out

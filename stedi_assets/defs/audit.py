@@ -112,9 +112,23 @@ def _versions(lakehouse: Lakehouse, uri: str) -> Iterator[tuple[int, pl.LazyFram
         try:
             frame = lakehouse.scan(uri, version)
             frame.select(pl.len()).collect()
-        except (StorageError, OSError, pl.exceptions.PolarsError):
-            continue  # its log entry or its data files are gone: not retained
+        except TableMissing:
+            continue  # its log entry is gone: not retained
+        except (StorageError, OSError, pl.exceptions.PolarsError) as error:
+            if _file_gone(error):
+                continue  # its data files were vacuumed: not retained
+            # anything else (a timeout, a refused read, a corrupt file) is not proof of absence
+            raise StorageError(f"Cannot audit {uri} version {version}: {_first_line(error)}") from error
         yield version, frame
+
+
+def _file_gone(error: BaseException) -> bool:
+    text = str(error).lower()
+    return any(gone in text for gone in ("no such file", "not found", "does not exist", "notfound"))
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
 def table_findings(lakehouse: Lakehouse, who: Excluded, key: PseudonymKey) -> list[TableFinding]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 import pytest
 
 from stedi_assets.cli import main, run_lakehouse
@@ -110,3 +112,24 @@ def test_a_version_that_cannot_be_read_is_no_proof_of_absence(tiny_landing: Path
     assert code == 2, captured.out
     assert str(table) in captured.err and "Corrupt footer" in captured.err
     assert "nothing found" not in captured.out
+
+
+def test_a_training_table_version_from_before_subject_id_is_audited_by_email(
+    tiny_landing: Path, tmp_path: Path, capsys
+):
+    """Earlier versions of machine_learning_curated named people by email, with no subject_id: the
+    audit checks them on the columns they have."""
+    lakehouse = tmp_path / "lakehouse"
+    _withdrawn_lakehouse(tiny_landing, lakehouse)
+    store = Lakehouse(str(lakehouse))
+    uri = store.table_uri("curated", "machine_learning_curated")
+    shutil.rmtree(uri)  # as an older version of the lakehouse wrote it
+    old = pl.LazyFrame({"sensorReadingTime": [T2], "serialNumber": ["S-E"], "user": ["Bob@test.com"]})
+    store.write(uri, old)
+
+    code, out = _audit(capsys, tiny_landing, lakehouse)
+
+    assert code == 1
+    assert any(
+        line.startswith("machine_learning_curated version 0: 1 identities") for line in out.splitlines()
+    )

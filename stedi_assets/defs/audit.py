@@ -10,7 +10,7 @@ every event the Dagster instance stores. Its own output names people by keyed ha
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dagster as dg
 import polars as pl
@@ -158,12 +158,16 @@ def table_findings(lakehouse: Lakehouse, who: Excluded, key: PseudonymKey) -> li
 
 
 def _present(frame: pl.LazyFrame, declared: Table, decision: transforms.ConsentDecision) -> pl.LazyFrame:
-    """Identities `decision` does not allow in one version (a version from before a column existed
-    is checked on the columns it has)."""
-    schema = frame.collect_schema().names()
-    if not all(c in schema for c in declared.identities):
+    """Identities `decision` does not allow in one version; a version from before a column existed is
+    checked on the columns it has (never skipped for lacking one)."""
+    schema = set(frame.collect_schema().names())
+    person = declared.person if declared.person in schema else None
+    if declared.person and person is None and "user" in schema:
+        person = "user"  # a training table from before subject_id named people by email
+    device = declared.device if declared.device in schema else None
+    if person is None and device is None:
         return pl.LazyFrame(schema={KEY: pl.String})
-    return decision.outside(frame, declared)
+    return decision.outside(frame, replace(declared, person=person, device=device))
 
 
 def _is_hash(value: str | None) -> bool:

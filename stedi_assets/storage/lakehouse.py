@@ -204,10 +204,12 @@ class Lakehouse:
         """Makes the staged files the table's whole content in one overwrite commit (or adds them to
         it, `append`; or replaces only the partitions `replace_partitions`); the new version.
 
-        The commit follows the version the table had before the plan ran and is never rebased
-        (max_commit_retries=0): if another writer committed in between, this write fails as a
-        transient error and the caller recomputes from the newer inputs. `properties` are recorded in the
-        commit (the rules the data was made under). Staged files are deleted when the commit fails.
+        The commit follows the version the table had before the plan ran and, unless it replaces
+        only some partitions, is never rebased (max_commit_retries=0): if another writer committed in
+        between, this write fails as a transient error and the caller recomputes from the newer
+        inputs. A partition replacement may follow a concurrent commit to other partitions.
+        `properties` are recorded in the commit (the rules the data was made under). Staged files
+        are deleted when the commit fails.
         """
         now = int(time.time() * 1000)
         actions = [

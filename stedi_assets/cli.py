@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--landing", help=f"landing root, folder or s3:// (default {DEFAULT_LANDING_URI})")
     run.add_argument("--lakehouse", help=f"lakehouse root, folder or s3:// (default {DEFAULT_LAKEHOUSE_URI})")
     run.add_argument("--select", default="*", help="Dagster asset selection, e.g. 'key:customer_trusted+'")
+    run.add_argument(
+        "--partitions",
+        metavar="START..END",
+        help="UTC event days of the reading tables to recompute, e.g. 2022-06-18..2022-06-30, "
+        "2022-06-18.. or one day (default: every day; only days whose readings changed are rewritten)",
+    )
     run.add_argument("--ml-join", choices=[m.value for m in MlJoin])
     run.add_argument(
         "--ml-identity",
@@ -111,43 +117,72 @@ def run_lakehouse(
     select: str | dg.AssetSelection = "*",
     instance: dg.DagsterInstance | None = None,
     log_level: str = "WARNING",
+    partitions: str | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
     """Runs the code location's own job in process (the selection with its checks); returns the summary.
 
-    The run is recorded under the job's name in the instance, as runs launched from the UI are.
+    Two runs, as the schedule and the zone sensor make them: the ingest (landing, quarantine and
+    privacy zones), then the trusted and curated zones over the event days `partitions` (START..END;
+    default: the days the ingest changed, refresh_range), as one single-run backfill of that range.
+    Both are recorded under the job's name in the instance, as runs launched from the UI are.
     """
     import dagster as dg
 
     from stedi_assets.definitions import defs
+    from stedi_assets.defs.automation import INGEST
+    from stedi_assets.defs.incremental import refresh_range
     from stedi_assets.defs.instance import process_tags, release_dead_runs
+    from stedi_assets.defs.partitions import day_range, range_tags
+    from stedi_assets.storage.errors import StorageError
+    from stedi_assets.storage.resources import StediStorage
 
+    days = day_range(partitions) if partitions else None
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-    job = _job_for(select, defs)
+    keys, checks = _selected(select, defs)
+    ingest = INGEST.resolve(defs.resolve_asset_graph())
     instance = instance or _instance()
     release_dead_runs(instance)
-    result = job.execute_in_process(
-        run_config=run_config(log_level, **settings),
-        instance=instance,
-        raise_on_error=False,
-        tags={"stedi/launched_by": "stedi run", **process_tags()},
-    )
-    return summarize(result)
+    job, results = defs.resolve_job_def(JOB), []
+    for phase in ("ingest", "zones"):
+        in_phase = {key for key in keys if (key in ingest) == (phase == "ingest")}
+        phase_checks = {check for check in checks if (check.asset_key in ingest) == (phase == "ingest")}
+        if not in_phase and not phase_checks:
+            continue
+        tags = {"stedi/launched_by": "stedi run", **process_tags()}
+        if phase == "zones":
+            try:
+                lakehouse = StediStorage(**_given(STORAGE_FIELDS, settings)).lakehouse
+                tags |= range_tags(*(days or refresh_range(lakehouse)))
+            except StorageError as error:
+                return summarize(*results, planning_error=f"planning the days to run: {error.message}")
+        result = job.get_subset(
+            asset_selection=in_phase, asset_check_selection=phase_checks
+        ).execute_in_process(
+            run_config=run_config(log_level, **settings), instance=instance, raise_on_error=False, tags=tags
+        )
+        results.append(result)
+        if not result.success:
+            break
+    return summarize(*results)
+
+
+def _given(names: Sequence[str], settings: dict[str, Any]) -> dict[str, Any]:
+    return {name: settings[name] for name in names if settings.get(name) is not None}
 
 
 class InvalidSelection(ValueError):
     pass
 
 
-def _job_for(select: str | dg.AssetSelection, defs: dg.Definitions) -> dg.JobDefinition:
-    """The lakehouse job, or its subset for a selection (with the multi-assets it needs whole)."""
+def _selected(select: str | dg.AssetSelection, defs: dg.Definitions) -> tuple[set[dg.AssetKey], set[Any]]:
+    """The assets (with the multi-assets they need whole) and checks a selection names."""
     import dagster as dg
 
-    job = defs.resolve_job_def(JOB)
-    if isinstance(select, str) and select.strip() in ("", "*"):
-        return job
     graph = defs.resolve_asset_graph()
+    if isinstance(select, str) and select.strip() in ("", "*"):
+        select = dg.AssetSelection.all()
     try:
         selection = select if isinstance(select, dg.AssetSelection) else dg.AssetSelection.from_string(select)
         keys = selection.required_multi_asset_neighbors().resolve(graph)
@@ -156,7 +191,7 @@ def _job_for(select: str | dg.AssetSelection, defs: dg.Definitions) -> dg.JobDef
         raise InvalidSelection(str(error)) from None
     if not keys and not checks:
         raise InvalidSelection("it matches no asset")
-    return job.get_subset(asset_selection=set(keys), asset_check_selection=set(checks))
+    return set(keys), set(checks)
 
 
 def _instance() -> dg.DagsterInstance:
@@ -170,12 +205,14 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def summarize(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+def summarize(*results: dg.ExecuteInProcessResult, planning_error: str | None = None) -> dict[str, Any]:
+    """What the runs did, in order: tables, check results, one line per failure, retries."""
     tables = {
         event.asset_key.to_user_string(): {
             "rows": event.materialization.metadata["dagster/row_count"].value,
             "uri": event.materialization.metadata["table_uri"].value,
         }
+        for result in results
         for event in result.get_asset_materialization_events()
     }
     checks = [
@@ -186,17 +223,20 @@ def summarize(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
             "severity": evaluation.severity.value,
             "summary": evaluation.description,
         }
+        for result in results
         for evaluation in result.get_asset_check_evaluations()
     ]
-    errors = _step_errors(result.all_events)
+    events = [event for result in results for event in result.all_events]
+    errors = _step_errors(events) + ([planning_error] if planning_error else [])
     error_checks_passed = all(c["passed"] for c in checks if c["severity"] == "ERROR")
     return {
-        "success": result.success and error_checks_passed,
-        "run_id": result.run_id,
+        "success": all(result.success for result in results) and error_checks_passed and not planning_error,
+        "run_id": results[-1].run_id if results else None,
+        "run_ids": [result.run_id for result in results],
         "tables": tables,
         "checks": checks,
         "errors": errors,
-        "retries": _retries(result.all_events),
+        "retries": _retries(events),
     }
 
 
@@ -235,10 +275,13 @@ def _error_line(error: Any) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from stedi_assets.defs.partitions import InvalidPartitions
+
     try:
         summary = run_lakehouse(
             args.select,
             log_level="DEBUG" if args.verbose else "WARNING",
+            partitions=args.partitions,
             landing_uri=args.landing,
             lakehouse_uri=args.lakehouse,
             ml_join=args.ml_join,
@@ -250,6 +293,9 @@ def _run(args: argparse.Namespace) -> int:
         )
     except InvalidSelection as error:
         print(f"stedi run: invalid --select {args.select!r}: {error}", file=sys.stderr)
+        return 2
+    except InvalidPartitions as error:
+        print(f"stedi run: invalid --partitions {args.partitions!r}: {error}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(summary, default=str))

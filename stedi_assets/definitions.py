@@ -26,8 +26,9 @@ def resources() -> dict[str, dg.ConfigurableResource]:
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules(ZONES),
     asset_checks=dg.load_asset_checks_from_modules(ZONES),
-    jobs=[automation.lakehouse_job],
-    schedules=[automation.daily_refresh],
+    jobs=automation.jobs,
+    schedules=automation.schedules,
+    sensors=automation.sensors,
     resources=resources(),
     # Every step in the run's own process: a step is 0.2-0.4 s of Polars work (parallel inside), and
     # the multiprocess default paid a 2-3 s process start for each of ~30 steps ("Materialize all"

@@ -23,6 +23,8 @@ REFERENCE_ENV = "STEDI_REFERENCE_DATA"
 REFERENCE_EXPECTATIONS = str(files("stedi_assets") / "expectations" / "reference.json")
 REFERENCE_CROSS_CUSTOMER_PAIRS = 2_700
 T1, T2 = 1_655_564_376_361, 1_655_564_380_000
+TINY_DAY = "2022-06-18"
+"""The UTC day of T1 and T2: the one event-day partition of the tiny landing data."""
 
 
 def reference_counts(ml_join: str = "seed") -> dict[str, int]:

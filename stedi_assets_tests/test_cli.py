@@ -190,3 +190,19 @@ def test_run_with_a_selection_matching_nothing_is_a_usage_error(tmp_path: Path):
     done = stedi("run", "--select", "key:no_such_table", "--lakehouse", str(tmp_path))
     assert done.returncode == 2
     assert done.stderr.strip() == "stedi run: invalid --select 'key:no_such_table': it matches no asset"
+
+
+@pytest.mark.parametrize(
+    ("days", "message"),
+    [
+        ("June", "'June' is not a day as YYYY-MM-DD (use START..END)"),
+        ("2021-12-31..2022-01-02", "2021-12-31 is outside the partitions 2022-01-01.."),
+        ("2022-06-19..2022-06-18", "2022-06-19..2022-06-18 ends before it starts"),
+    ],
+)
+def test_run_with_days_that_are_not_partitions_is_a_usage_error(tmp_path: Path, days: str, message: str):
+    done = stedi("run", "--partitions", days, "--lakehouse", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"stedi run: invalid --partitions {days!r}: {message}")
+    assert done.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # nothing ran

@@ -1,6 +1,7 @@
 import dagster as dg
 
 from stedi_assets.definitions import defs
+from stedi_assets.defs.partitions import EVENT_DAYS
 
 ASSETS = {
     "customer_landing": "landing",
@@ -133,13 +134,23 @@ def test_checks_and_their_blocking():
     assert all(spec.description for spec in specs.values())
 
 
-def test_jobs_and_schedules():
-    assert [job.name for job in defs.jobs] == ["stedi_lakehouse_job"]
+def test_jobs_schedule_and_sensor():
+    assert [job.name for job in defs.jobs] == ["stedi_lakehouse_job", "stedi_ingest_job", "stedi_zones_job"]
     schedule = defs.resolve_schedule_def("stedi_daily_refresh")
-    assert schedule.cron_schedule == "0 3 * * *"
-    assert schedule.job_name == "stedi_lakehouse_job"
+    assert (schedule.cron_schedule, schedule.job_name) == ("0 3 * * *", "stedi_ingest_job")
     assert [s.name for s in defs.schedules] == ["stedi_daily_refresh"]
-    assert list(defs.sensors or []) == []
+    assert [s.name for s in defs.sensors] == ["stedi_zones_after_ingest"]
+
+
+def test_the_reading_tables_are_partitioned_by_day_and_backfilled_in_one_run():
+    graph = _graph()
+    partitioned = {key.to_user_string() for key in graph.all_asset_keys if graph.get(key).partitions_def}
+    assert partitioned == {"accelerometer_trusted", "step_trainer_trusted", "machine_learning_curated"}
+    for name in partitioned:
+        assets = defs.resolve_assets_def(dg.AssetKey(name))
+        assert assets.partitions_def == EVENT_DAYS
+        assert assets.backfill_policy == dg.BackfillPolicy.single_run()
+    assert EVENT_DAYS.get_first_partition_key() == "2022-01-01"
 
 
 def test_runs_from_the_ui_and_the_schedule_start_no_process_per_step():

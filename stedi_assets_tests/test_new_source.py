@@ -16,10 +16,11 @@ from stedi_assets.cli import run_config
 from stedi_assets.definitions import defs
 from stedi_assets.defs.factories import membership_check, table_asset, table_checks
 from stedi_assets.defs.landing import source_definitions
+from stedi_assets.defs.partitions import range_tags
 from stedi_assets.rules.catalog import TRUSTED, Column, Source, Table
 from stedi_assets.rules.contracts import Membership
 from stedi_assets.rules.identity import KEY, keys, with_key
-from stedi_assets_tests.helpers import T1, write_jsonl, write_tiny_landing
+from stedi_assets_tests.helpers import T1, TINY_DAY, write_jsonl, write_tiny_landing
 
 HEART_RATE = Source(
     "heart_rate",
@@ -111,6 +112,7 @@ def test_the_fourth_source_runs_through_the_lakehouse_job(tmp_path: Path):
         .execute_in_process(
             run_config=run_config(landing_uri=str(landing), lakehouse_uri=str(lakehouse)),
             raise_on_error=False,
+            tags=range_tags(TINY_DAY, TINY_DAY),
         )
     )
 

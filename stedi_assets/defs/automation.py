@@ -1,22 +1,81 @@
-"""Jobs and schedules: when the lakehouse refreshes without anyone pressing a button."""
+"""Jobs, the schedule and the sensor: when the lakehouse refreshes without anyone pressing a button.
+
+A refresh is two runs. The ingest (erasure log, landing and quarantine tables) is unpartitioned and
+incremental by manifest. When it succeeds, `stedi_zones_after_ingest` launches the trusted and
+curated zones over the range of event days the ingest changed (refresh_range): consent first, then
+the day-partitioned reading tables, in one run, so a change of consent reaches every table at once.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
+
+from stedi_assets.defs.incremental import refresh_range
+from stedi_assets.defs.partitions import range_tags
+from stedi_assets.rules.catalog import CURATED, LANDING, PRIVACY, QUARANTINE, TRUSTED
+from stedi_assets.storage.resources import StediStorage
+
+INGEST = dg.AssetSelection.groups(PRIVACY, LANDING, QUARANTINE)
+"""The ingest: erasure log, landing and quarantine tables (unpartitioned, incremental by manifest)."""
+ZONES = dg.AssetSelection.groups(TRUSTED, CURATED)
+"""The trusted and curated zones: consent first, then the day-partitioned reading tables."""
 
 lakehouse_job = dg.define_asset_job(
     "stedi_lakehouse_job",
     selection=dg.AssetSelection.all(),
-    description="Materializes every zone (landing, quarantine, trusted, curated) with its checks.",
+    description="Materializes every zone (landing, quarantine, trusted, curated) with its checks. The "
+    "reading tables are partitioned by event day: a run targets a range of days and recomputes those "
+    "whose landing readings changed.",
+)
+ingest_job = dg.define_asset_job(
+    "stedi_ingest_job",
+    selection=INGEST,
+    description="Ingests new and changed landing files (and erasure requests); its success launches "
+    "stedi_zones_job over the days it changed.",
+)
+zones_job = dg.define_asset_job(
+    "stedi_zones_job",
+    selection=ZONES,
+    description="The trusted and curated zones with their checks, over a range of event days.",
 )
 
-daily_refresh = dg.ScheduleDefinition(
+
+@dg.schedule(
     name="stedi_daily_refresh",
-    job=lakehouse_job,
+    job=ingest_job,
     cron_schedule="0 3 * * *",
     execution_timezone="UTC",
-    description="Rebuilds the lakehouse from the landing zone every night at 03:00 UTC.",
+    description="Ingests the landing zone every night at 03:00 UTC; the zones follow "
+    "(stedi_zones_after_ingest).",
 )
+def daily_refresh(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    return dg.RunRequest()
 
-jobs = [lakehouse_job]
+
+def _storage_config(run_config: dict[str, Any]) -> dict[str, Any]:
+    return dict(run_config.get("resources", {}).get("storage", {}).get("config", {}) or {})
+
+
+@dg.run_status_sensor(
+    name="stedi_zones_after_ingest",
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[ingest_job],
+    request_job=zones_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After each successful ingest, runs the trusted and curated zones over the days it "
+    "changed (the newest day when it changed none, so a consent change still runs), with the "
+    "ingest's storage and settings.",
+)
+def zones_after_ingest(context: dg.RunStatusSensorContext) -> dg.RunRequest:
+    run_config = dict(context.dagster_run.run_config)
+    start, end = refresh_range(StediStorage(**_storage_config(run_config)).lakehouse)
+    return dg.RunRequest(
+        run_key=context.dagster_run.run_id, run_config=run_config, tags=range_tags(start, end)
+    )
+
+
+jobs = [lakehouse_job, ingest_job, zones_job]
 schedules = [daily_refresh]
+sensors = [zones_after_ingest]

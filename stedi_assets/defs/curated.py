@@ -12,13 +12,12 @@ from stedi_assets.defs.factories import (
     table_checks,
 )
 from stedi_assets.defs.incremental import fingerprint, recompute_by_day
+from stedi_assets.defs.partitions import targeted_days
 from stedi_assets.defs.settings import StediSettings, commit_properties
 from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import (
-    ACCELEROMETER_TRUSTED,
     CUSTOMER_CURATED,
     MACHINE_LEARNING_CURATED,
-    STEP_TRAINER_TRUSTED,
 )
 from stedi_assets.rules.identity import SUBJECT_ID
 from stedi_assets.storage.io_manager import Publication
@@ -68,8 +67,9 @@ def customer_curated(
     )
 
 
-@table_asset(MACHINE_LEARNING_CURATED)
+@table_asset(MACHINE_LEARNING_CURATED, daily=True)
 def machine_learning_curated(
+    context,  # unannotated: this module defers annotations, which Dagster cannot read for the context
     settings: StediSettings,
     storage: StediStorage,
     step_trainer_trusted: pl.LazyFrame,
@@ -85,7 +85,6 @@ def machine_learning_curated(
     return recompute_by_day(
         storage.lakehouse,
         MACHINE_LEARNING_CURATED,
-        {"step_trainer_trusted": STEP_TRAINER_TRUSTED, "accelerometer_trusted": ACCELEROMETER_TRUSTED},
         fingerprint(curated, ml_join.value, ml_identity.value, key.key_id),
         lambda part: transforms.machine_learning_curated(
             part["step_trainer_trusted"],
@@ -107,6 +106,7 @@ def machine_learning_curated(
             "pseudonym_key_id": key.key_id,
             "pseudonym_key": key.origin,
         },
+        targeted_days(context),
     )
 
 

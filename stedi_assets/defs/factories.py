@@ -4,6 +4,7 @@ privacy guard, and the check factories (referential contracts and table-level co
 
 # No `from __future__ import annotations` here: Dagster reads the context annotation at runtime.
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from stedi_assets.defs.partitions import EVENT_DAYS, SINGLE_RUN
 from stedi_assets.defs.settings import StediSettings
 from stedi_assets.rules import contracts
 from stedi_assets.rules.catalog import CURATED, LANDING, TRUSTED, Table
@@ -25,12 +27,21 @@ SEVERITY = {
 }
 
 
-def table_asset(declared: Table) -> Callable[..., dg.AssetsDefinition]:
-    """@dg.asset for a declared table: its zone is the group, its description the table's.
+def table_asset(declared: Table, daily: bool = False) -> Callable[..., dg.AssetsDefinition]:
+    """@dg.asset for a declared table: its zone is the group, its description the table's; `daily`:
+    partitioned by event day, a backfill of any range in one run.
 
     The pool `delta_<table>` lets an instance limit writers of one table to one step at a time.
     """
+    with warnings.catch_warnings():  # backfill_policy is in beta; what it does here is tested
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return _asset(declared, daily)
+
+
+def _asset(declared: Table, daily: bool) -> Callable[..., dg.AssetsDefinition]:
     return dg.asset(
+        partitions_def=EVENT_DAYS if daily else None,
+        backfill_policy=SINGLE_RUN if daily else None,
         name=declared.name,
         group_name=declared.zone,
         kinds=KINDS,

@@ -3,7 +3,8 @@
 A reading table records in each commit what it was built from: the version of each partitioned
 input (a landing or trusted reading table) and a fingerprint of everything else it depends on (the
 consent decision, the devices, the settings, the pseudonym key's id). The next run recomputes only
-the days whose input partitions changed since, and replaces just those partitions in one commit.
+the days whose input partitions changed since (of the days its run targets: the rest are recorded
+as pending for a later run), and replaces just those partitions in one commit.
 Anything else changed (a consent decision, a setting, a withdrawal rewrite in between, history that
 can no longer be read) rebuilds the whole table: privacy first, never day by day.
 """
@@ -12,13 +13,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import dagster as dg
 import polars as pl
 
-from stedi_assets.rules.catalog import EVENT_DAY, Table, day_parts, on_days
+from stedi_assets.defs.partitions import EVENT_DAYS
+from stedi_assets.rules.catalog import (
+    ACCELEROMETER,
+    ACCELEROMETER_TRUSTED,
+    EVENT_DAY,
+    MACHINE_LEARNING_CURATED,
+    STEP_TRAINER,
+    STEP_TRAINER_TRUSTED,
+    Table,
+    day_parts,
+    on_days,
+)
 from stedi_assets.storage.io_manager import Publication, held_metadata
 from stedi_assets.storage.lakehouse import Lakehouse
 
@@ -50,6 +62,8 @@ class Rebuild:
     """Each partitioned input, read at the version recorded."""
     record: str
     """What to record in the commit (BUILT_FROM)."""
+    pending: int = 0
+    """Changed days outside the run's range, left for a later run."""
 
     @property
     def nothing(self) -> bool:
@@ -58,14 +72,52 @@ class Rebuild:
     @property
     def metadata(self) -> dict[str, int | str]:
         """What the materialization says of the write: days recomputed, or the whole table."""
-        return {"days_recomputed": "all" if self.days is None else len(self.days)}
+        return {
+            "days_recomputed": "all" if self.days is None else len(self.days),
+            "days_pending": self.pending,
+        }
 
     def properties(self, properties: Mapping[str, str]) -> dict[str, str]:
         return {**properties, BUILT_FROM: self.record}
 
 
-def plan_rebuild(lakehouse: Lakehouse, table: Table, inputs: Mapping[str, Table], digest: str) -> Rebuild:
-    """Which days of `table` to recompute from its partitioned `inputs`, given the digest of the rest."""
+def _built_from(lakehouse: Lakehouse, table: Table) -> dict | None:
+    """What the newest write of `table` recorded of its inputs (None: nothing readable)."""
+    try:
+        uri = lakehouse.table_uri(table.zone, table.name)
+        built = json.loads(lakehouse.latest_write_property(uri, BUILT_FROM) or "null")
+    except ValueError:
+        return None
+    return built if isinstance(built, dict) else None
+
+
+def _days_changed(lakehouse: Lakehouse, built: dict | None, inputs: Mapping[str, Table]) -> set[str] | None:
+    """The days whose `inputs` partitions changed since the build `built` recorded, with the days it
+    left pending; None when that is not known (no record, other inputs, history that can no longer
+    be read, a change that is not a day's)."""
+    if built is None or set(built.get("inputs", {})) != set(inputs):
+        return None
+    pending = built.get("pending", [])
+    days = {day if isinstance(day, str) else None for day in pending} if isinstance(pending, list) else {None}
+    for name, declared in inputs.items():
+        changed = lakehouse.changed_partitions(
+            lakehouse.table_uri(declared.zone, declared.name), int(built["inputs"][name])
+        )
+        days |= changed if changed is not None else {None}
+    return None if None in days else {day for day in days if day is not None}
+
+
+def plan_rebuild(
+    lakehouse: Lakehouse,
+    table: Table,
+    inputs: Mapping[str, Table],
+    digest: str,
+    targeted: Sequence[str] | None = None,
+) -> Rebuild:
+    """Which days of `table` to recompute from its partitioned `inputs`, given the digest of the rest:
+    of the `targeted` days (None: all), those whose inputs changed since the last build or that an
+    earlier run left pending. Changed days outside `targeted` are recorded as pending. A changed
+    digest rebuilds the whole table whatever the run targets (privacy first)."""
     opened = {
         name: lakehouse.open(lakehouse.table_uri(declared.zone, declared.name))
         for name, declared in inputs.items()
@@ -75,27 +127,60 @@ def plan_rebuild(lakehouse: Lakehouse, table: Table, inputs: Mapping[str, Table]
         name: lakehouse.scan_opened(lakehouse.table_uri(inputs[name].zone, inputs[name].name), opened_)
         for name, opened_ in opened.items()
     }
-    record = json.dumps({"inputs": versions, "digest": digest}, sort_keys=True)
-    uri = lakehouse.table_uri(table.zone, table.name)
-    try:
-        built = json.loads(lakehouse.latest_write_property(uri, BUILT_FROM) or "null")
-    except ValueError:
-        built = None
-    if (
-        not isinstance(built, dict)
-        or built.get("digest") != digest
-        or set(built.get("inputs", {})) != set(versions)
-    ):
-        return Rebuild(None, frames, record)
-    days: set[str | None] = set()
-    for name, declared in inputs.items():
-        changed = lakehouse.changed_partitions(
-            lakehouse.table_uri(declared.zone, declared.name), int(built["inputs"][name])
-        )
-        if changed is None or None in changed:
-            return Rebuild(None, frames, record)
-        days |= changed
-    return Rebuild(sorted(d for d in days if d is not None), frames, record)
+
+    def record(pending: Sequence[str] = ()) -> str:
+        return json.dumps({"inputs": versions, "digest": digest, "pending": sorted(pending)}, sort_keys=True)
+
+    built = _built_from(lakehouse, table)
+    due = _days_changed(lakehouse, built, inputs)
+    if due is None or built is None or built.get("digest") != digest:
+        return Rebuild(None, frames, record())
+    if targeted is None:
+        return Rebuild(sorted(due), frames, record())
+    left = due - set(targeted)
+    return Rebuild(sorted(due & set(targeted)), frames, record(left), len(left))
+
+
+READING_INPUTS: tuple[tuple[Table, dict[str, Table]], ...] = (
+    (ACCELEROMETER_TRUSTED, {"accelerometer_landing": ACCELEROMETER.landing}),
+    (STEP_TRAINER_TRUSTED, {"step_trainer_landing": STEP_TRAINER.landing}),
+    (
+        MACHINE_LEARNING_CURATED,
+        {"step_trainer_trusted": STEP_TRAINER_TRUSTED, "accelerometer_trusted": ACCELEROMETER_TRUSTED},
+    ),
+)
+"""Each reading table and its partitioned inputs, by name as its asset reads them."""
+
+
+def inputs_of(table: Table) -> dict[str, Table]:
+    return next(inputs for declared, inputs in READING_INPUTS if declared.name == table.name)
+
+
+LANDING_READINGS = (ACCELEROMETER.landing, STEP_TRAINER.landing)
+
+
+def refresh_range(lakehouse: Lakehouse) -> tuple[str, str]:
+    """The day range a run of the trusted and curated zones must target after an ingest: from the
+    first to the last day any reading table has to recompute (every day with readings when one was
+    never built or its history is gone; the newest day when none has to, so consent changes still
+    run). Days outside the partitions' window make it the whole window, which covers them."""
+    due: set[str] | None = set()
+    for declared, inputs in READING_INPUTS:
+        changed = _days_changed(lakehouse, _built_from(lakehouse, declared), inputs)
+        due = None if due is None or changed is None else due | changed
+    present = {
+        day
+        for table in LANDING_READINGS
+        for day in lakehouse.partition_values(lakehouse.table_uri(table.zone, table.name))
+        if day is not None
+    }
+    days = (present if due is None else due) or set(sorted(present)[-1:])
+    first, last = str(EVENT_DAYS.get_first_partition_key()), str(EVENT_DAYS.get_last_partition_key())
+    if not days:
+        return last, last
+    if min(days) < first or max(days) > last:
+        return first, last
+    return min(days), max(days)
 
 
 def on_rebuilt_days(frame: pl.LazyFrame, rebuild: Rebuild) -> pl.LazyFrame:
@@ -108,17 +193,18 @@ def on_rebuilt_days(frame: pl.LazyFrame, rebuild: Rebuild) -> pl.LazyFrame:
 def recompute_by_day(
     lakehouse: Lakehouse,
     table: Table,
-    inputs: Mapping[str, Table],
     digest: str,
     compute: Callable[[dict[str, pl.LazyFrame]], pl.LazyFrame],
     publication: Callable[[list[pl.LazyFrame]], Publication],
     metadata: Mapping[str, object] | None = None,
+    targeted: Sequence[str] | None = None,
 ) -> dg.MaterializeResult:
-    """A reading table's write: the days to recompute (plan_rebuild), `compute` applied to each part
+    """A reading table's write: the days to recompute of those `targeted` (plan_rebuild; None: every
+    day) from its inputs (READING_INPUTS), `compute` applied to each part
     of them (a few days of every input at a time, parts taken from the first input: memory bounded
     by a part), published as `publication` of those parts replacing just those days; no write when
     no input day changed."""
-    rebuild = plan_rebuild(lakehouse, table, inputs, digest)
+    rebuild = plan_rebuild(lakehouse, table, inputs_of(table), digest, targeted)
     extra = dict(metadata or {})
     if rebuild.nothing:  # no new version: the materialization says what the table holds
         held = held_metadata(lakehouse, lakehouse.table_uri(table.zone, table.name))

@@ -19,15 +19,14 @@ from stedi_assets.defs.factories import (
     table_checks,
 )
 from stedi_assets.defs.incremental import fingerprint, recompute_by_day
+from stedi_assets.defs.partitions import targeted_days
 from stedi_assets.defs.settings import StediSettings, commit_properties
 from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import (
-    ACCELEROMETER,
     ACCELEROMETER_TRUSTED,
     CUSTOMER_CURATED,
     CUSTOMER_TRUSTED,
     MACHINE_LEARNING_CURATED,
-    STEP_TRAINER,
     STEP_TRAINER_TRUSTED,
     Table,
 )
@@ -157,8 +156,9 @@ def customer_trusted(
     return dg.MaterializeResult(value=publication, metadata=metadata)
 
 
-@table_asset(ACCELEROMETER_TRUSTED)
+@table_asset(ACCELEROMETER_TRUSTED, daily=True)
 def accelerometer_trusted(
+    context,
     settings: StediSettings,
     storage: StediStorage,
     accelerometer_landing: pl.LazyFrame,
@@ -171,7 +171,6 @@ def accelerometer_trusted(
     return recompute_by_day(
         storage.lakehouse,
         ACCELEROMETER_TRUSTED,
-        {"accelerometer_landing": ACCELEROMETER.landing},
         fingerprint(consenting, policy.value),
         lambda part: transforms.accelerometer_trusted(
             part["accelerometer_landing"], consenting.lazy(), policy
@@ -182,11 +181,13 @@ def accelerometer_trusted(
             lambda staged: USERS_ARE_TRUSTED_CUSTOMERS.verdict(staged, customer_trusted),
             commit_properties(settings, pseudonym_of(storage)),
         ),
+        targeted=targeted_days(context),
     )
 
 
-@table_asset(STEP_TRAINER_TRUSTED)
+@table_asset(STEP_TRAINER_TRUSTED, daily=True)
 def step_trainer_trusted(
+    context,
     settings: StediSettings,
     storage: StediStorage,
     step_trainer_landing: pl.LazyFrame,
@@ -203,7 +204,6 @@ def step_trainer_trusted(
     return recompute_by_day(
         storage.lakehouse,
         STEP_TRAINER_TRUSTED,
-        {"step_trainer_landing": STEP_TRAINER.landing},
         fingerprint(devices, settings.consent_policy.value),
         lambda part: transforms.readings_of_devices(part["step_trainer_landing"], devices.lazy()),
         lambda parts: Publication(
@@ -212,6 +212,7 @@ def step_trainer_trusted(
             lambda staged: SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(staged, customer_curated),
             commit_properties(settings, pseudonym_of(storage)),
         ),
+        targeted=targeted_days(context),
     )
 
 

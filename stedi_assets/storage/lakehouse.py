@@ -322,6 +322,15 @@ class Lakehouse:
             return None
         return {value for path, value in now.items() ^ then.items()}
 
+    def partition_values(self, uri: str) -> set[str | None]:
+        """The partition values the table holds data in, from the log alone (none: no table)."""
+        try:
+            return set(self._files_by_partition(self.open(uri)).values())
+        except TableMissing:
+            return set()
+        except (OSError, DeltaError) as error:
+            raise self._failure(uri, error) from error
+
     @staticmethod
     def _files_by_partition(table: DeltaTable) -> dict[str, str | None]:
         actions = pl.DataFrame(table.get_add_actions(flatten=True))

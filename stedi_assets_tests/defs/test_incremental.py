@@ -3,6 +3,7 @@ holds; a run reads only the files some table lacks."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -13,9 +14,12 @@ import pytest
 from deltalake import DeltaTable
 from polars.testing import assert_frame_equal
 
-from stedi_assets.cli import run_lakehouse
+from stedi_assets.cli import run_config, run_lakehouse
+from stedi_assets.definitions import defs
+from stedi_assets.defs.automation import zones_after_ingest
+from stedi_assets.defs.partitions import range_tags
 from stedi_assets.storage.lakehouse import Lakehouse, LandingZone
-from stedi_assets_tests.helpers import T2, customer, write_jsonl
+from stedi_assets_tests.helpers import T2, TINY_DAY, customer, write_jsonl
 
 ACCEL = "accelerometer"
 NEW_READINGS = [{"user": "Erin@test.com", "timestamp": T2 + 1, "x": 9.0, "y": 0.0, "z": 0.0}]
@@ -253,3 +257,118 @@ def test_a_consent_change_recomputes_every_day(tiny_landing: Path, tmp_path: Pat
         assert event.asset_materialization.metadata["days_recomputed"].value == "all", name
     users = pl.read_delta(str(_table(tmp_path, "trusted", "accelerometer_trusted")))["user"]
     assert "alice@test.com" not in users.str.to_lowercase().to_list()
+
+
+DAY_AFTER = NEXT_DAY + 86_400_000
+
+
+def _day(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date().isoformat()
+
+
+def _days_of(table: Path) -> set[str]:
+    return set(pl.read_delta(str(table))["event_day"].cast(pl.String).to_list())
+
+
+def test_a_run_over_some_days_recomputes_those_and_leaves_the_rest_for_the_next(
+    tiny_landing: Path, tmp_path: Path
+):
+    """`stedi run --partitions`: a single run over a range of days writes only those partitions; the
+    other changed days are recorded as pending and the next run (over the days it needs) does them."""
+    settings, instance = _settings(tiny_landing, tmp_path), dg.DagsterInstance.ephemeral()
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    for ms in (NEXT_DAY, DAY_AFTER):
+        write_jsonl(
+            tiny_landing / ACCEL / f"accelerometer-{ms}.json",
+            [{"user": "Erin@test.com", "timestamp": ms, "x": 5.0, "y": 0.0, "z": -1.0}],
+        )
+        write_jsonl(
+            tiny_landing / "step_trainer" / f"step_trainer-{ms}.json",
+            [{"sensorReadingTime": ms, "serialNumber": "S-E", "distanceFromObject": 240}],
+        )
+
+    summary = run_lakehouse(instance=instance, partitions=f"{_day(NEXT_DAY)}..{_day(NEXT_DAY)}", **settings)
+
+    assert summary["success"], summary["errors"]
+    for zone, name in READING_TABLES:
+        assert _days_of(_table(tmp_path, zone, name)) == {TINY_DAY, _day(NEXT_DAY)}, name
+        event = instance.get_latest_materialization_event(dg.AssetKey(name))
+        assert event.asset_materialization.partition == _day(NEXT_DAY), name
+        metadata = event.asset_materialization.metadata
+        # the trusted tables leave the other new day pending; the training table's inputs changed
+        # only on the day the run recomputed
+        pending = 0 if zone == "curated" else 1
+        assert (metadata["days_recomputed"].value, metadata["days_pending"].value) == (1, pending), name
+        assert instance.get_materialized_partitions(dg.AssetKey(name)) == {TINY_DAY, _day(NEXT_DAY)}
+
+    summary = run_lakehouse(instance=instance, **settings)  # the days it needs: the pending one
+
+    assert summary["success"], summary["errors"]
+    everything = {TINY_DAY, _day(NEXT_DAY), _day(DAY_AFTER)}
+    fresh = tmp_path / "fresh"
+    assert run_lakehouse(landing_uri=str(tiny_landing), lakehouse_uri=str(fresh))["success"]
+    for zone, name in READING_TABLES:
+        event = instance.get_latest_materialization_event(dg.AssetKey(name))
+        assert event.asset_materialization.partition == _day(DAY_AFTER), name
+        assert event.asset_materialization.metadata["days_pending"].value == 0, name
+        assert instance.get_materialized_partitions(dg.AssetKey(name)) == everything
+        incremental = pl.read_delta(str(_table(tmp_path, zone, name)))
+        assert_frame_equal(_sorted(incremental), _sorted(pl.read_delta(str(fresh / zone / name))))
+
+
+def test_a_consent_change_in_a_run_over_one_day_rebuilds_every_day(tiny_landing: Path, tmp_path: Path):
+    """Privacy first: the range a run targets does not narrow a consent change."""
+    settings = _settings(tiny_landing, tmp_path)
+    write_jsonl(
+        tiny_landing / ACCEL / "accelerometer-2.json",
+        [{"user": "Alice@test.com", "timestamp": NEXT_DAY, "x": 5.0, "y": 0.0, "z": -1.0}],
+    )
+    assert run_lakehouse(**settings)["success"]
+    assert "alice@test.com" in _users(tmp_path)
+    write_jsonl(
+        tiny_landing / "customer" / "customer-2.json", [customer("Alice A", "S-A", None, lastUpdateDate=T2)]
+    )
+    instance = dg.DagsterInstance.ephemeral()
+
+    assert run_lakehouse(instance=instance, partitions=_day(NEXT_DAY), **settings)["success"]
+
+    event = instance.get_latest_materialization_event(dg.AssetKey("accelerometer_trusted"))
+    assert event.asset_materialization.metadata["days_recomputed"].value == "all"
+    assert "alice@test.com" not in _users(tmp_path)  # on both days
+
+
+def _users(tmp_path: Path) -> list[str]:
+    users = pl.read_delta(str(_table(tmp_path, "trusted", "accelerometer_trusted")))["user"]
+    return users.str.to_lowercase().to_list()
+
+
+def test_the_sensor_runs_the_zones_over_the_days_the_scheduled_ingest_changed(
+    tiny_landing: Path, tmp_path: Path
+):
+    instance, config = dg.DagsterInstance.ephemeral(), run_config(**_settings(tiny_landing, tmp_path))
+    schedule = defs.resolve_schedule_def("stedi_daily_refresh")
+    request = schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests[0]
+    assert schedule.job_name == "stedi_ingest_job"
+    ingest = defs.resolve_job_def("stedi_ingest_job").execute_in_process(
+        run_config=config, instance=instance, tags=request.tags
+    )
+    assert ingest.success
+    ingested = {e.asset_key.to_user_string() for e in ingest.get_asset_materialization_events()}
+    assert "customer_landing" in ingested and "customer_trusted" not in ingested
+    context = dg.build_run_status_sensor_context(
+        sensor_name="stedi_zones_after_ingest",
+        dagster_event=ingest.get_run_success_event(),
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(ingest.run_id),
+    )
+
+    request = zones_after_ingest(context)
+
+    assert request.run_key == ingest.run_id
+    assert request.tags == range_tags(TINY_DAY, TINY_DAY)
+    zones = defs.resolve_job_def("stedi_zones_job").execute_in_process(
+        run_config=request.run_config, instance=instance, tags=request.tags
+    )
+    assert zones.success
+    assert pl.read_delta(str(_table(tmp_path, "curated", "machine_learning_curated"))).height == 5
+    assert instance.get_materialized_partitions(dg.AssetKey("machine_learning_curated")) == {TINY_DAY}

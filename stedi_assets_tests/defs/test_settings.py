@@ -10,9 +10,11 @@ from pydantic import ValidationError
 
 from stedi_assets.cli import run_config, run_lakehouse
 from stedi_assets.definitions import defs
+from stedi_assets.defs.partitions import range_tags
 from stedi_assets.defs.settings import StediSettings
 from stedi_assets.rules.transforms import MlJoin
 from stedi_assets.storage.resources import StediStorage
+from stedi_assets_tests.helpers import TINY_DAY
 
 
 def test_defaults_without_run_config_or_environment():
@@ -53,7 +55,8 @@ def test_run_config_reaches_every_resource(tiny_landing: Path, tmp_path: Path, m
                 "storage": {"config": {"landing_uri": str(tiny_landing), "lakehouse_uri": str(lakehouse)}},
                 "settings": {"config": {"ml_join": "same_customer"}},
             }
-        }
+        },
+        tags=range_tags(TINY_DAY, TINY_DAY),  # as the launchpad sets for a chosen range of days
     )
 
     assert result.success

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -99,7 +100,7 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_config(log_level: str = "WARNING", **settings: Any) -> dict[str, Any]:
+def run_config(log_level: str = "CRITICAL", **settings: Any) -> dict[str, Any]:
     """Run config of the lakehouse job: each setting given (not None) goes to the resource that owns it.
 
     Settings left out are filled from the STEDI_* environment when the run starts.
@@ -116,7 +117,7 @@ def run_config(log_level: str = "WARNING", **settings: Any) -> dict[str, Any]:
 def run_lakehouse(
     select: str | dg.AssetSelection = "*",
     instance: dg.DagsterInstance | None = None,
-    log_level: str = "WARNING",
+    log_level: str = "CRITICAL",
     partitions: str | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
@@ -134,10 +135,14 @@ def run_lakehouse(
     from stedi_assets.defs.incremental import refresh_range
     from stedi_assets.defs.instance import process_tags, release_dead_runs
     from stedi_assets.defs.partitions import day_range, range_tags
+    from stedi_assets.defs.settings import StediSettings
     from stedi_assets.storage.errors import StorageError
     from stedi_assets.storage.resources import StediStorage
 
     days = day_range(partitions) if partitions else None
+    given = {name: getattr(value, "value", value) for name, value in settings.items() if value is not None}
+    storage = StediStorage(**_given(STORAGE_FIELDS, given))  # InvalidSettings before any run
+    StediSettings(**{name: value for name, value in given.items() if name not in STORAGE_FIELDS})
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     keys, checks = _selected(select, defs)
@@ -153,8 +158,7 @@ def run_lakehouse(
         tags = {"stedi/launched_by": "stedi run", **process_tags()}
         if phase == "zones":
             try:
-                lakehouse = StediStorage(**_given(STORAGE_FIELDS, settings)).lakehouse
-                tags |= range_tags(*(days or refresh_range(lakehouse)))
+                tags |= range_tags(*(days or refresh_range(storage.lakehouse)))
             except StorageError as error:
                 return summarize(*results, planning_error=f"planning the days to run: {error.message}")
         result = job.get_subset(
@@ -257,7 +261,12 @@ def _step_errors(events: Sequence[dg.DagsterEvent]) -> list[str]:
             elif not failure.error.message.startswith("Exceeded max_retries"):
                 last_error[event.step_key] = _error_line(failure.error)
             failed.append(event.step_key)
-    return [f"{step}: {last_error.get(step, 'failed')}" for step in failed]
+    lines = [f"{step}: {last_error.get(step, 'failed')}" for step in failed]
+    for event in events:  # a run that failed before or outside its steps (resources, the plan)
+        error = getattr(event.event_specific_data, "error", None)
+        if error is not None and (event.is_resource_init_failure or (event.is_run_failure and not failed)):
+            lines.append(f"run: {_error_line(error)}")
+    return list(dict.fromkeys(lines))
 
 
 def _retries(events: Sequence[dg.DagsterEvent]) -> dict[str, int]:
@@ -269,18 +278,23 @@ def _retries(events: Sequence[dg.DagsterEvent]) -> dict[str, int]:
 
 
 def _error_line(error: Any) -> str:
-    while error.cause is not None and error.cls_name.startswith("Dagster"):
+    """The root error's first line: past Dagster's wrappers and the retry exception."""
+    while error.cause is not None and (
+        error.cls_name.startswith("Dagster") or error.cls_name.startswith("RetryRequested")
+    ):
         error = error.cause
-    return error.message.strip().splitlines()[0]
+    line = error.message.strip().splitlines()[0]
+    return re.sub(rf"^[\w.]+\.{re.escape(error.cls_name)}: ", f"{error.cls_name}: ", line)
 
 
 def _run(args: argparse.Namespace) -> int:
     from stedi_assets.defs.partitions import InvalidPartitions
+    from stedi_assets.storage.resources import InvalidSettings
 
     try:
         summary = run_lakehouse(
             args.select,
-            log_level="DEBUG" if args.verbose else "WARNING",
+            log_level="DEBUG" if args.verbose else "CRITICAL",
             partitions=args.partitions,
             landing_uri=args.landing,
             lakehouse_uri=args.lakehouse,
@@ -296,6 +310,9 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     except InvalidPartitions as error:
         print(f"stedi run: invalid --partitions {args.partitions!r}: {error}", file=sys.stderr)
+        return 2
+    except InvalidSettings as error:
+        print(f"stedi run: invalid settings: {error}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(summary, default=str))

@@ -206,3 +206,57 @@ def test_run_with_days_that_are_not_partitions_is_a_usage_error(tmp_path: Path, 
     assert done.stderr.startswith(f"stedi run: invalid --partitions {days!r}: {message}")
     assert done.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []  # nothing ran
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("STEDI_ML_JOIN", "bogus", "STEDI_ML_JOIN='bogus': Input should be 'seed' or 'same_customer'"),
+        (
+            "STEDI_RETENTION_HOURS",
+            "-5",
+            "STEDI_RETENTION_HOURS='-5': Input should be greater than or equal to 0",
+        ),
+        ("STEDI_MAX_REJECT_RATE", "lots", "STEDI_MAX_REJECT_RATE='lots': Input should be a valid number"),
+    ],
+)
+def test_a_bad_setting_in_the_environment_stops_the_run_before_it_starts_with_one_line(
+    tiny_landing: Path, tmp_path: Path, variable: str, value: str, message: str
+):
+    home = tmp_path / "dagster_home"
+    done = stedi(
+        "run",
+        "--landing",
+        str(tiny_landing),
+        "--lakehouse",
+        str(tmp_path / "lh"),
+        env={variable: value, "DAGSTER_HOME": str(home)},
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith(f"stedi run: invalid settings: {message}")
+    assert done.stderr.count("\n") == 1
+    assert not (tmp_path / "lh").exists()
+    assert not (home / "history").exists()  # no run was recorded
+
+
+def test_a_failing_run_prints_the_summary_and_one_line_per_failure_and_nothing_else(tmp_path: Path):
+    done = stedi("run", "--landing", str(tmp_path / "nowhere"), "--lakehouse", str(tmp_path / "lh"))
+    assert done.returncode == 1
+    assert done.stderr == ""
+    errors = [line for line in done.stdout.splitlines() if line.startswith("error: ")]
+    assert [line.split(":")[1].strip() for line in errors] == [
+        "ingest_accelerometer",
+        "ingest_customer",
+        "ingest_step_trainer",
+    ]
+    assert errors[1] == (
+        f"error: ingest_customer: Landing folder {tmp_path}/nowhere/customer does not exist. Put the "
+        f"customer JSON-lines files there, point --landing / STEDI_LANDING_URI at the landing root, or "
+        f"run `stedi generate --out {tmp_path}/nowhere` for sample data."
+    )
+    assert done.stdout.splitlines()[-1] == "run FAILED"
+
+
+def test_a_successful_run_writes_nothing_to_stderr(tiny_landing: Path, tmp_path: Path):
+    done = stedi("run", "--landing", str(tiny_landing), "--lakehouse", str(tmp_path / "lh"))
+    assert (done.returncode, done.stderr) == (0, "")

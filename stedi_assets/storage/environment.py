@@ -33,6 +33,11 @@ def settings_from_environment(
     return filled
 
 
+def from_environment(setting: str, value: object, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether `value` of a setting is what its STEDI_* variable says (to name where it came from)."""
+    return (os.environ if environ is None else environ).get(variable(setting)) == str(value)
+
+
 PSEUDONYM_KEY_VARIABLE = "STEDI_PSEUDONYM_KEY"
 
 

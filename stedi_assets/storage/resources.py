@@ -10,9 +10,14 @@ from enum import Enum
 from typing import Any
 
 import dagster as dg
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from stedi_assets.storage.environment import S3Options, settings_from_environment
+from stedi_assets.storage.environment import (
+    S3Options,
+    from_environment,
+    settings_from_environment,
+    variable,
+)
 from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.lakehouse import (
     DEFAULT_LAKEHOUSE_URI,
@@ -28,12 +33,24 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
 
+class InvalidSettings(ValueError):
+    """Settings that do not validate: one line naming each bad value and where it came from."""
+
+
 class EnvironmentDefaults(dg.ConfigurableResource):
     """A resource whose fields not set in run config come from their STEDI_* variables.
 
     Dagster passes a field's default along as if it were set, so a value equal to the default
-    also gives way to the environment.
+    also gives way to the environment. A value that does not validate raises InvalidSettings: one
+    line naming each bad value, where it came from (run config or its STEDI_* variable) and what is
+    allowed, so a run that starts with it fails with that line (a bad value is never retried).
     """
+
+    def __init__(self, **data: Any):
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            raise InvalidSettings(_problems(error)) from None
 
     @model_validator(mode="before")
     @classmethod
@@ -46,6 +63,18 @@ class EnvironmentDefaults(dg.ConfigurableResource):
             if name not in cls.model_fields or _plain(value) != _plain(cls.model_fields[name].default)
         }
         return settings_from_environment(unset, cls.model_fields)
+
+
+def _problems(error: ValidationError) -> str:
+    problems = []
+    for problem in error.errors():
+        field = str(problem["loc"][0]) if problem["loc"] else ""
+        value = problem.get("input")
+        message = problem["msg"].removeprefix("Value error, ")
+        problems.append(
+            f"{variable(field) if from_environment(field, value) else field}={value!r}: {message}"
+        )
+    return "; ".join(problems)
 
 
 class StediStorage(EnvironmentDefaults):

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from pydantic import ValidationError
 
-from stedi_assets.cli import run_config, run_lakehouse
+from stedi_assets.cli import run_config, run_lakehouse, summarize
 from stedi_assets.definitions import defs
 from stedi_assets.defs.partitions import range_tags
 from stedi_assets.defs.settings import StediSettings
 from stedi_assets.rules.transforms import MlJoin
-from stedi_assets.storage.resources import StediStorage
+from stedi_assets.storage.resources import InvalidSettings, StediStorage
 from stedi_assets_tests.helpers import TINY_DAY
 
 
@@ -41,8 +40,11 @@ def test_environment_fills_what_run_config_leaves_out(monkeypatch: pytest.Monkey
 
 def test_a_bad_environment_value_names_the_setting(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("STEDI_MAX_REJECT_RATE", "lots")
-    with pytest.raises(ValidationError, match="max_reject_rate"):
+    with pytest.raises(InvalidSettings) as raised:
         StediSettings()
+    assert str(raised.value) == (
+        "STEDI_MAX_REJECT_RATE='lots': Input should be a valid number, unable to parse string as a number"
+    )
 
 
 def test_run_config_reaches_every_resource(tiny_landing: Path, tmp_path: Path, monkeypatch):
@@ -99,3 +101,19 @@ def test_run_config_sends_each_setting_to_its_resource():
 def test_run_config_takes_enum_members_as_their_values():
     config = run_config(ml_join=MlJoin.same_customer)
     assert config["resources"]["settings"]["config"] == {"ml_join": "same_customer"}
+
+
+def test_a_bad_value_in_run_config_fails_the_run_at_its_start_with_one_line(tmp_path: Path):
+    """Launched from the launchpad: a value of the right type but out of range fails the run as its
+    resources start (before any step, never retried), and the summary says which value in one line."""
+    instance = dg.DagsterInstance.ephemeral()
+    result = defs.resolve_job_def("stedi_ingest_job").execute_in_process(
+        run_config=run_config(max_reject_rate=5.0, lakehouse_uri=str(tmp_path)),
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert not any(event.is_step_start for event in result.all_events)
+    assert summarize(result)["errors"] == [
+        "run: InvalidSettings: max_reject_rate=5.0: Input should be less than or equal to 1"
+    ]

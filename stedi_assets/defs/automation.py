@@ -1,6 +1,7 @@
 """Jobs, the schedule and the sensor: when the lakehouse refreshes without anyone pressing a button.
 
-A refresh is two runs. The ingest (erasure log, landing and quarantine tables) is unpartitioned and
+A refresh is two runs, started by the schedule every night or by `stedi_new_landing_files` when
+the landing zone changes. The ingest (erasure log, landing and quarantine tables) is unpartitioned and
 incremental by manifest. When it succeeds, `stedi_zones_after_ingest` launches the trusted and
 curated zones over the range of event days the ingest changed (refresh_range): consent first, then
 the day-partitioned reading tables, in one run, so a change of consent reaches every table at once.
@@ -8,14 +9,18 @@ the day-partitioned reading tables, in one run, so a change of consent reaches e
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import dagster as dg
 
 from stedi_assets.defs.incremental import refresh_range
 from stedi_assets.defs.partitions import range_tags
-from stedi_assets.rules.catalog import CURATED, LANDING, PRIVACY, QUARANTINE, TRUSTED
-from stedi_assets.storage.resources import StediStorage
+from stedi_assets.rules.catalog import CURATED, LANDING, PRIVACY, QUARANTINE, SOURCES, TRUSTED
+from stedi_assets.rules.erasure import ERASURE_REQUESTS
+from stedi_assets.storage.errors import StorageError
+from stedi_assets.storage.lakehouse import LandingZone
+from stedi_assets.storage.resources import InvalidSettings, StediStorage
 
 INGEST = dg.AssetSelection.groups(PRIVACY, LANDING, QUARANTINE)
 """The ingest: erasure log, landing and quarantine tables (unpartitioned, incremental by manifest)."""
@@ -54,6 +59,40 @@ def daily_refresh(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     return dg.RunRequest()
 
 
+def landing_signature(landing: LandingZone) -> str | None:
+    """A digest of every landing file's path, size, modification time and ETag: it changes exactly
+    when a file is added, changed or removed (the ingest's manifest decides by the same facts);
+    None when there is no file at all."""
+    digest, files = hashlib.sha256(), 0
+    for source in (*(source.name for source in SOURCES), ERASURE_REQUESTS):
+        for file in landing.files(source, optional=True):
+            digest.update(f"{file.uri}\0{file.size}\0{file.modified.isoformat()}\0{file.etag}\n".encode())
+            files += 1
+    return digest.hexdigest() if files else None
+
+
+@dg.sensor(
+    name="stedi_new_landing_files",
+    job=ingest_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Every minute, lists the landing zone (STEDI_LANDING_URI, a folder or an S3 prefix) and "
+    "runs the ingest when a file was added, changed or removed since the last run it requested; the "
+    "zones follow over the days that changed (stedi_zones_after_ingest). Lists only: reads no file.",
+)
+def new_landing_files(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    try:
+        signature = landing_signature(StediStorage().landing)
+    except (StorageError, InvalidSettings) as error:
+        return dg.SkipReason(f"cannot list the landing zone: {error}")
+    if signature is None:
+        return dg.SkipReason("the landing zone holds no file")
+    if signature == context.cursor:
+        return dg.SkipReason("no new, changed or removed landing file")
+    context.update_cursor(signature)
+    return dg.RunRequest(run_key=signature)
+
+
 def _storage_config(run_config: dict[str, Any]) -> dict[str, Any]:
     return dict(run_config.get("resources", {}).get("storage", {}).get("config", {}) or {})
 
@@ -78,4 +117,4 @@ def zones_after_ingest(context: dg.RunStatusSensorContext) -> dg.RunRequest:
 
 jobs = [lakehouse_job, ingest_job, zones_job]
 schedules = [daily_refresh]
-sensors = [zones_after_ingest]
+sensors = [new_landing_files, zones_after_ingest]

@@ -139,7 +139,11 @@ def test_jobs_schedule_and_sensor():
     schedule = defs.resolve_schedule_def("stedi_daily_refresh")
     assert (schedule.cron_schedule, schedule.job_name) == ("0 3 * * *", "stedi_ingest_job")
     assert [s.name for s in defs.schedules] == ["stedi_daily_refresh"]
-    assert [s.name for s in defs.sensors] == ["stedi_new_landing_files", "stedi_zones_after_ingest"]
+    assert [s.name for s in defs.sensors] == [
+        "stedi_new_landing_files",
+        "stedi_zones_after_ingest",
+        "stedi_run_failures",
+    ]
 
 
 def test_the_reading_tables_are_partitioned_by_day_and_backfilled_in_one_run():

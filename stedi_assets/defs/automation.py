@@ -18,6 +18,8 @@ from stedi_assets.defs.incremental import refresh_range
 from stedi_assets.defs.partitions import range_tags
 from stedi_assets.rules.catalog import CURATED, LANDING, PRIVACY, QUARANTINE, SOURCES, TRUSTED
 from stedi_assets.rules.erasure import ERASURE_REQUESTS
+from stedi_assets.storage.alerts import AlertNotSent, post_alert
+from stedi_assets.storage.environment import alert_webhook
 from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.lakehouse import LandingZone
 from stedi_assets.storage.resources import InvalidSettings, StediStorage
@@ -115,6 +117,34 @@ def zones_after_ingest(context: dg.RunStatusSensorContext) -> dg.RunRequest:
     )
 
 
+def failure_message(run: dg.DagsterRun, failed_steps: list[str]) -> str:
+    """What an alert says of a failed run: the job, the run id and the steps that failed (names
+    of code only: an error's text may quote data, so it stays in the run's own log)."""
+    steps = ", ".join(failed_steps) if failed_steps else "before any step ran"
+    return f"STEDI lakehouse: run {run.run_id} of {run.job_name} failed ({steps})."
+
+
+@dg.run_failure_sensor(
+    name="stedi_run_failures",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Logs every failed run of this code location and, when STEDI_ALERT_WEBHOOK is set, "
+    "posts a short message to it (job, run id, failed steps; no data, no error text).",
+)
+def run_failures(context: dg.RunFailureSensorContext) -> None:
+    records = context.instance.get_records_for_run(
+        context.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE
+    ).records
+    failed = sorted({record.event_log_entry.step_key or "" for record in records} - {""})
+    message = failure_message(context.dagster_run, failed)
+    context.log.error(message)
+    url = alert_webhook()
+    if url:
+        try:
+            post_alert(url, message)
+        except AlertNotSent as error:
+            context.log.warning(str(error))
+
+
 jobs = [lakehouse_job, ingest_job, zones_job]
 schedules = [daily_refresh]
-sensors = [new_landing_files, zones_after_ingest]
+sensors = [new_landing_files, zones_after_ingest, run_failures]

@@ -38,6 +38,14 @@ def from_environment(setting: str, value: object, environ: Mapping[str, str] | N
     return (os.environ if environ is None else environ).get(variable(setting)) == str(value)
 
 
+ALERT_WEBHOOK_VARIABLE = "STEDI_ALERT_WEBHOOK"
+
+
+def alert_webhook(environ: Mapping[str, str] | None = None) -> str | None:
+    """Where failed runs are reported (STEDI_ALERT_WEBHOOK), if anywhere."""
+    return (os.environ if environ is None else environ).get(ALERT_WEBHOOK_VARIABLE) or None
+
+
 PSEUDONYM_KEY_VARIABLE = "STEDI_PSEUDONYM_KEY"
 
 

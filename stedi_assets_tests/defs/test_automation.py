@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
 import uuid
 from pathlib import Path
+from typing import ClassVar
 
 import dagster as dg
 import pytest
 
-from stedi_assets.defs.automation import new_landing_files
-from stedi_assets_tests.helpers import T2, make_bucket, upload_tree, write_jsonl
+from stedi_assets.cli import run_config
+from stedi_assets.definitions import defs
+from stedi_assets.defs.automation import new_landing_files, run_failures
+from stedi_assets_tests.helpers import T2, customer, make_bucket, upload_tree, write_jsonl
 
 
 def _tick(
@@ -73,3 +79,49 @@ def test_the_sensor_follows_an_s3_landing_prefix(
 def test_a_landing_zone_without_files_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("STEDI_LANDING_URI", str(tmp_path / "empty"))
     assert _tick(dg.DagsterInstance.ephemeral(), None) == ([], "the landing zone holds no file", None)
+
+
+class _Webhook(http.server.BaseHTTPRequestHandler):
+    received: ClassVar[list[dict]] = []
+
+    def do_POST(self) -> None:
+        _Webhook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_failed_run_is_posted_to_the_webhook_without_personal_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    landing = tmp_path / "landing"
+    write_jsonl(landing / "customer" / "customer-1.json", [customer("Zed Z", "S-Z", T2)])
+    # a landing folder the ingest cannot read: the failure names the folder, the alert only the steps
+    monkeypatch.setenv("STEDI_LANDING_URI", str(landing))
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Webhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("STEDI_ALERT_WEBHOOK", f"http://127.0.0.1:{server.server_port}/hook")
+    instance = dg.DagsterInstance.ephemeral()
+    result = defs.resolve_job_def("stedi_ingest_job").execute_in_process(
+        run_config=run_config(lakehouse_uri=str(tmp_path / "lh")), instance=instance, raise_on_error=False
+    )
+    assert not result.success
+    context = dg.build_run_status_sensor_context(
+        sensor_name="stedi_run_failures",
+        dagster_event=result.get_run_failure_event(),
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(result.run_id),
+    ).for_run_failure()
+
+    _Webhook.received.clear()
+    run_failures(context)
+    server.shutdown()
+
+    assert _Webhook.received == [
+        {
+            "text": f"STEDI lakehouse: run {result.run_id} of stedi_ingest_job failed "
+            "(ingest_accelerometer, ingest_step_trainer)."
+        }
+    ]

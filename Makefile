@@ -34,7 +34,7 @@ test-fast: lint
 	$(BIN)/python -m pytest -q -n 2 -m "not slow and not s3 and not reference"
 
 dev: install $(DAGSTER_HOME)/dagster.yaml
-	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dg dev
 
 # The benchmark of issue 8 (not part of `make test`): stedi run against plain Polars, DuckDB and the
 # JSON parse floor at 1x, 10x and 100x the reference data. Options: make bench SCALES="1 10" REPEATS=5

@@ -12,6 +12,7 @@ import dagster as dg
 import polars as pl
 
 from stedi_assets.defs.factories import KINDS, STORAGE_RETRY, table_checks
+from stedi_assets.defs.partitions import SINGLE_RUN
 from stedi_assets.rules import erasure, parsing
 from stedi_assets.rules.catalog import CUSTOMER, ERASURE_LOG, LINE_NUMBER, QUARANTINE, SOURCE_FILE, TABLES
 from stedi_assets.rules.identity import SUBJECT_ID, pseudonym_keys
@@ -59,6 +60,7 @@ def _found_in(lakehouse: Lakehouse, erased: pl.LazyFrame, secret: bytes) -> pl.L
     description=ERASURE_LOG.description,
     metadata={**definition_metadata(ERASURE_LOG), OPTIONAL_INPUT: True},
     retry_policy=STORAGE_RETRY,
+    backfill_policy=SINGLE_RUN,
     pool=f"delta_{ERASURE_LOG.name}",
 )
 def erasure_log(storage: StediStorage) -> dg.MaterializeResult:

@@ -4,7 +4,6 @@ privacy guard, and the check factories (referential contracts and table-level co
 
 # No `from __future__ import annotations` here: Dagster reads the context annotation at runtime.
 
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,15 +32,9 @@ def table_asset(declared: Table, daily: bool = False) -> Callable[..., dg.Assets
 
     The pool `delta_<table>` lets an instance limit writers of one table to one step at a time.
     """
-    with warnings.catch_warnings():  # backfill_policy is in beta; what it does here is tested
-        warnings.simplefilter("ignore", dg.BetaWarning)
-        return _asset(declared, daily)
-
-
-def _asset(declared: Table, daily: bool) -> Callable[..., dg.AssetsDefinition]:
     return dg.asset(
         partitions_def=EVENT_DAYS if daily else None,
-        backfill_policy=SINGLE_RUN if daily else None,
+        backfill_policy=SINGLE_RUN,
         name=declared.name,
         group_name=declared.zone,
         kinds=KINDS,

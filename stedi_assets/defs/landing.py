@@ -14,6 +14,7 @@ import dagster as dg
 import polars as pl
 
 from stedi_assets.defs.factories import KINDS, STORAGE_RETRY, check_result, latest_metadata, table_checks
+from stedi_assets.defs.partitions import SINGLE_RUN
 from stedi_assets.defs.settings import StediSettings
 from stedi_assets.rules import contracts, erasure, parsing
 from stedi_assets.rules.catalog import ERASURE_LOG, SOURCE_FILE, SOURCES, Source, Table
@@ -49,6 +50,7 @@ def ingest_asset(source: Source) -> dg.AssetsDefinition:
         description=f"Reads every *.json file of the {source.name} source; lines that fail to parse "
         "are quarantined.",
         retry_policy=STORAGE_RETRY,
+        backfill_policy=SINGLE_RUN,
         pool=f"delta_{source.name}_ingest",
         ins={"erasure_log": dg.AssetIn(ERASURE_LOG.name)},
     )

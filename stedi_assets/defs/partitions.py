@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import warnings
 from collections.abc import Sequence
 
 import dagster as dg
@@ -44,7 +45,11 @@ EVENT_DAYS = dg.DailyPartitionsDefinition(
 """The partitions of the reading tables: UTC days from STEDI_FIRST_EVENT_DAY through today."""
 
 SINGLE_RUN = dg.BackfillPolicy.single_run()
-"""A backfill of any range is one run, and each reading table one commit of its days."""
+"""A backfill of any range is one run, and each reading table one commit of its days. Every asset
+has it, partitioned or not, so that `dg launch --partition-range` can run any selection as one run."""
+# `backfill_policy` is a beta parameter of @asset; what it does here is tested, so say it once, not
+# on every import of the code location
+warnings.filterwarnings("ignore", message=".*`backfill_policy`.*", category=dg.BetaWarning)
 
 
 class InvalidPartitions(ValueError):

@@ -8,7 +8,8 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from stedi_assets.rules.transforms import ConsentPolicy, MlIdentity, MlJoin
@@ -74,9 +75,19 @@ def _parser() -> argparse.ArgumentParser:
         help="first redact such values from the Dagster instance at DAGSTER_HOME (stop dagster dev first)",
     )
 
-    sql = commands.add_parser("sql", help="query the lakehouse tables with DuckDB")
+    ddl = commands.add_parser("ddl", help="print Athena CREATE EXTERNAL TABLE statements for every table")
+    ddl.add_argument("--lakehouse", help=f"lakehouse root on s3:// (default {DEFAULT_LAKEHOUSE_URI})")
+    ddl.add_argument("--database", help="Athena (Glue) database (default STEDI_GLUE_DATABASE, else stedi)")
+
+    sql = commands.add_parser("sql", help="query the lakehouse tables with DuckDB, read-only")
     sql.add_argument("query")
-    sql.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    sql.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="table (default), CSV with a header, or one JSON array of row objects",
+    )
+    sql.add_argument("--csv", dest="format", action="store_const", const="csv", help="same as --format csv")
     sql.add_argument("--lakehouse", help=f"lakehouse root (default {DEFAULT_LAKEHOUSE_URI})")
     return parser
 
@@ -89,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "audit":
         return _audit(args)
+    if args.command == "ddl":
+        return _ddl(args)
     return _sql(args)
 
 
@@ -119,6 +132,7 @@ def run_lakehouse(
     instance: dg.DagsterInstance | None = None,
     log_level: str = "CRITICAL",
     partitions: str | None = None,
+    on_phase: Callable[[str], None] = lambda _: None,
     **settings: Any,
 ) -> dict[str, Any]:
     """Runs the code location's own job in process (the selection with its checks); returns the summary.
@@ -134,7 +148,7 @@ def run_lakehouse(
     from stedi_assets.defs.automation import INGEST
     from stedi_assets.defs.incremental import refresh_range
     from stedi_assets.defs.instance import process_tags, release_dead_runs
-    from stedi_assets.defs.partitions import day_range, range_tags
+    from stedi_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, day_range, range_tags
     from stedi_assets.defs.settings import StediSettings
     from stedi_assets.storage.errors import StorageError
     from stedi_assets.storage.resources import StediStorage
@@ -161,6 +175,11 @@ def run_lakehouse(
                 tags |= range_tags(*(days or refresh_range(storage.lakehouse)))
             except StorageError as error:
                 return summarize(*results, planning_error=f"planning the days to run: {error.message}")
+        on_phase(
+            "ingesting new landing files"
+            if phase == "ingest"
+            else f"trusted and curated zones, days {tags[RANGE_START_TAG]}..{tags[RANGE_END_TAG]}"
+        )
         result = job.get_subset(
             asset_selection=in_phase, asset_check_selection=phase_checks
         ).execute_in_process(
@@ -181,15 +200,18 @@ class InvalidSelection(ValueError):
 
 
 def _selected(select: str | dg.AssetSelection, defs: dg.Definitions) -> tuple[set[dg.AssetKey], set[Any]]:
-    """The assets (with the multi-assets they need whole) and checks a selection names."""
+    """The assets of the lakehouse job (with the multi-assets they need whole) and checks a selection
+    names; the optional catalog assets are not in the job."""
     import dagster as dg
+
+    from stedi_assets.defs.automation import LAKEHOUSE
 
     graph = defs.resolve_asset_graph()
     if isinstance(select, str) and select.strip() in ("", "*"):
         select = dg.AssetSelection.all()
     try:
         selection = select if isinstance(select, dg.AssetSelection) else dg.AssetSelection.from_string(select)
-        keys = selection.required_multi_asset_neighbors().resolve(graph)
+        keys = (selection & LAKEHOUSE).required_multi_asset_neighbors().resolve(graph)
         checks = selection.resolve_checks(graph)
     except (dg.DagsterError, ValueError) as error:
         raise InvalidSelection(str(error)) from None
@@ -218,6 +240,7 @@ def summarize(*results: dg.ExecuteInProcessResult, planning_error: str | None = 
         }
         for result in results
         for event in result.get_asset_materialization_events()
+        if "table_uri" in event.materialization.metadata  # a table, not the report
     }
     checks = [
         {
@@ -292,19 +315,21 @@ def _run(args: argparse.Namespace) -> int:
     from stedi_assets.storage.resources import InvalidSettings
 
     try:
-        summary = run_lakehouse(
-            args.select,
-            log_level="DEBUG" if args.verbose else "CRITICAL",
-            partitions=args.partitions,
-            landing_uri=args.landing,
-            lakehouse_uri=args.lakehouse,
-            ml_join=args.ml_join,
-            ml_identity=args.ml_identity,
-            consent_policy=args.consent_policy,
-            retention_hours=args.retention_hours,
-            expectations_file=args.expectations,
-            max_reject_rate=args.max_reject_rate,
-        )
+        with _terminal_status("stedi run: starting") as progress:
+            summary = run_lakehouse(
+                args.select,
+                log_level="DEBUG" if args.verbose else "CRITICAL",
+                partitions=args.partitions,
+                on_phase=progress,
+                landing_uri=args.landing,
+                lakehouse_uri=args.lakehouse,
+                ml_join=args.ml_join,
+                ml_identity=args.ml_identity,
+                consent_policy=args.consent_policy,
+                retention_hours=args.retention_hours,
+                expectations_file=args.expectations,
+                max_reject_rate=args.max_reject_rate,
+            )
     except InvalidSelection as error:
         print(f"stedi run: invalid --select {args.select!r}: {error}", file=sys.stderr)
         return 2
@@ -321,10 +346,37 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if summary["success"] else 1
 
 
+ZONE_ORDER = ("privacy", "landing", "quarantine", "trusted", "curated")
+
+
+@contextmanager
+def _terminal_status(text: str) -> Iterator[Callable[[str], None]]:
+    """A spinner saying what is being done, on stderr when it is a terminal; otherwise nothing (so
+    that piped or captured output holds only the summary)."""
+    if not sys.stderr.isatty():
+        yield lambda _: None
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(text) as status:
+        yield lambda phase: status.update(f"stedi run: {phase}")
+
+
 def format_summary(summary: dict[str, Any]) -> str:
-    lines = ["table                       rows  uri"]
+    """Tables grouped by zone (landing -> trusted -> curated), then each check's result, then one
+    line per failure."""
+    from stedi_assets.rules.catalog import TABLES
+
+    def zone(name: str) -> str:
+        return TABLES[name].zone if name in TABLES else "other"
+
+    def order(name: str) -> tuple[int, str]:
+        return (ZONE_ORDER.index(zone(name)) if zone(name) in ZONE_ORDER else len(ZONE_ORDER), name)
+
+    lines = [f"{'zone':<12}{'table':<26}{'rows':>9}  uri"]
     lines += [
-        f"{name:<24}{info['rows']:>8}  {info['uri']}" for name, info in sorted(summary["tables"].items())
+        f"{zone(name):<12}{name:<26}{summary['tables'][name]['rows']:>9}  {summary['tables'][name]['uri']}"
+        for name in sorted(summary["tables"], key=order)
     ]
     lines += ["", f"{'check':<58}severity  result"]
     for check in summary["checks"]:
@@ -335,6 +387,27 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"error: {error}")
     lines.append("" if summary["success"] else "run FAILED")
     return "\n".join(lines).rstrip()
+
+
+def _ddl(args: argparse.Namespace) -> int:
+    """Refuses a local lakehouse (exit 2): Athena reads only S3, so its statements would be useless."""
+    from stedi_assets.storage.athena import DEFAULT_GLUE_DATABASE, ddl
+    from stedi_assets.storage.environment import settings_from_environment
+    from stedi_assets.storage.errors import StorageError
+    from stedi_assets.storage.lakehouse import Lakehouse
+
+    given = {"lakehouse_uri": args.lakehouse, "glue_database": args.database}
+    settings = settings_from_environment({name: value for name, value in given.items() if value}, given)
+    try:
+        statements = ddl(
+            Lakehouse(settings.get("lakehouse_uri", DEFAULT_LAKEHOUSE_URI)),
+            settings.get("glue_database", DEFAULT_GLUE_DATABASE),
+        )
+    except StorageError as error:
+        print(f"stedi ddl: {error.message}", file=sys.stderr)
+        return 2
+    print(statements)
+    return 0
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -378,29 +451,45 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _sql(args: argparse.Namespace) -> int:
+    """Exit 2, with one line on stderr, for a refused statement, a failing query or no tables.
+
+    A table that cannot be opened is left out with one line naming it; the others stay queryable.
+    """
     import duckdb
 
     from stedi_assets.storage.environment import S3Options, settings_from_environment
     from stedi_assets.storage.lakehouse import Lakehouse
-    from stedi_assets.storage.sql import connect
+    from stedi_assets.storage.sql import Refused, as_csv, as_json, connect
 
     given = {"lakehouse_uri": args.lakehouse} if args.lakehouse else {}
     root = settings_from_environment(given, ["lakehouse_uri"]).get("lakehouse_uri", DEFAULT_LAKEHOUSE_URI)
-    connection, tables = connect(Lakehouse(root, S3Options.from_environment()))
-    if not tables:
-        print(f"stedi sql: no tables under {root}; run `stedi run` first", file=sys.stderr)
+    tables = connect(Lakehouse(root, S3Options.from_environment()))
+    for name, reason in tables.unreadable.items():
+        print(f"stedi sql: {name} is unreadable and left out: {reason}", file=sys.stderr)
+    if not tables.names:
+        if not tables.unreadable:
+            print(f"stedi sql: no tables under {root}; run `stedi run` first", file=sys.stderr)
         return 2
     try:
-        relation = connection.sql(args.query)
-    except duckdb.Error as error:
-        print(f"stedi sql: {error}\ntables: {', '.join(tables)}", file=sys.stderr)
+        relation = tables.query(args.query)
+        if relation is None:
+            return 0
+        if args.format == "csv":
+            sys.stdout.write(as_csv(relation))
+        elif args.format == "json":
+            sys.stdout.write(as_json(relation))
+        else:
+            relation.show(max_rows=10_000, max_width=10_000)
+    except Refused as error:
+        print(f"stedi sql: {error}", file=sys.stderr)
         return 2
-    if relation is None:
-        return 0
-    if args.csv:
-        sys.stdout.write(relation.pl().write_csv())
-    else:
-        relation.show(max_rows=10_000, max_width=10_000)
+    except duckdb.Error as error:
+        if tables.names_unreadable(error):
+            return 2
+        line = str(error).strip().splitlines()[0]
+        hint = f" (tables: {', '.join(tables.names)})" if isinstance(error, duckdb.CatalogException) else ""
+        print(f"stedi sql: {line}{hint}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
-from stedi_assets.defs import automation, curated, erasure, landing, trusted
+from stedi_assets.defs import automation, curated, erasure, glue, landing, report, trusted
 from stedi_assets.defs.settings import StediSettings
 from stedi_assets.storage.io_manager import DeltaIOManager
 from stedi_assets.storage.resources import StediStorage
 
-ZONES = (erasure, landing, trusted, curated)
+ZONES = (erasure, landing, trusted, curated, report, glue)
 
 
 def resources() -> dict[str, dg.ConfigurableResource]:
@@ -18,6 +18,7 @@ def resources() -> dict[str, dg.ConfigurableResource]:
     storage = StediStorage.configure_at_launch()
     return {
         "settings": StediSettings.configure_at_launch(),
+        "glue": glue.GlueCatalog.configure_at_launch(),
         "storage": storage,
         "io_manager": DeltaIOManager(storage=storage),
     }

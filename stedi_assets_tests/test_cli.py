@@ -260,3 +260,6 @@ def test_a_failing_run_prints_the_summary_and_one_line_per_failure_and_nothing_e
 def test_a_successful_run_writes_nothing_to_stderr(tiny_landing: Path, tmp_path: Path):
     done = stedi("run", "--landing", str(tiny_landing), "--lakehouse", str(tmp_path / "lh"))
     assert (done.returncode, done.stderr) == (0, "")
+    # tables grouped by zone, in the order data flows
+    zones = [line.split()[0] for line in done.stdout.split("\n\n")[0].splitlines()[1:]]
+    assert zones == ["privacy"] + ["landing"] * 3 + ["quarantine"] * 3 + ["trusted"] * 3 + ["curated"] * 2

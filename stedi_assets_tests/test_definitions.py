@@ -17,6 +17,8 @@ ASSETS = {
     "machine_learning_curated": "curated",
     "erasure_log": "privacy",
 }
+REPORTS = {"curated_report": "report"}
+"""Assets that draw the tables rather than store one."""
 
 CHECKS = {
     ("erasure_log", "schema_as_declared"),
@@ -93,12 +95,37 @@ def _graph():
 def test_asset_keys_groups_and_kinds():
     graph = _graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == set(ASSETS)
-    for key in graph.get_all_asset_keys():
-        node = graph.get(key)
-        assert node.group_name == ASSETS[key.to_user_string()]
+    assert keys == set(ASSETS) | set(REPORTS) | {"glue_catalog"}
+    for name, group in ASSETS.items():
+        node = graph.get(dg.AssetKey(name))
+        assert node.group_name == group
         assert {"polars", "delta"} <= set(node.kinds)
         assert node.description
+
+
+def test_the_glue_catalog_is_optional_and_runs_after_every_table():
+    node = _graph().get(dg.AssetKey("glue_catalog"))
+    assert (node.group_name, set(node.kinds)) == ("catalog", {"glue", "athena"})
+    assert node.description
+    assert {p.to_user_string() for p in node.parent_keys} == set(ASSETS)
+    selected = {
+        job: {key.to_user_string() for key in defs.resolve_job_def(job).asset_layer.selected_asset_keys}
+        for job in ("stedi_lakehouse_job", "stedi_glue_catalog_job")
+    }
+    assert selected == {
+        "stedi_lakehouse_job": set(ASSETS) | set(REPORTS),
+        "stedi_glue_catalog_job": {"glue_catalog"},
+    }
+
+
+def test_the_report_runs_in_the_zones_run_after_the_tables_it_draws():
+    node = _graph().get(dg.AssetKey("curated_report"))
+    assert (node.group_name, set(node.kinds)) == ("report", {"polars", "matplotlib", "html"})
+    assert node.description and node.partitions_def is None
+    drawn = {name for name, group in ASSETS.items() if group in ("landing", "trusted", "curated")}
+    assert {p.to_user_string() for p in node.parent_keys} == drawn
+    zones = defs.resolve_job_def("stedi_zones_job").asset_layer.selected_asset_keys
+    assert dg.AssetKey("curated_report") in zones
 
 
 def test_lineage_between_zones():
@@ -135,7 +162,12 @@ def test_checks_and_their_blocking():
 
 
 def test_jobs_schedule_and_sensor():
-    assert [job.name for job in defs.jobs] == ["stedi_lakehouse_job", "stedi_ingest_job", "stedi_zones_job"]
+    assert [job.name for job in defs.jobs] == [
+        "stedi_lakehouse_job",
+        "stedi_ingest_job",
+        "stedi_zones_job",
+        "stedi_glue_catalog_job",
+    ]
     schedule = defs.resolve_schedule_def("stedi_daily_refresh")
     assert (schedule.cron_schedule, schedule.job_name) == ("0 3 * * *", "stedi_ingest_job")
     assert [s.name for s in defs.schedules] == ["stedi_daily_refresh"]

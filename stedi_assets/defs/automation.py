@@ -14,8 +14,10 @@ from typing import Any
 
 import dagster as dg
 
+from stedi_assets.defs.glue import CATALOG_GROUP
 from stedi_assets.defs.incremental import refresh_range
 from stedi_assets.defs.partitions import range_tags
+from stedi_assets.defs.report import REPORT_GROUP
 from stedi_assets.rules.catalog import CURATED, LANDING, PRIVACY, QUARANTINE, SOURCES, TRUSTED
 from stedi_assets.rules.erasure import ERASURE_REQUESTS
 from stedi_assets.storage.alerts import AlertNotSent, post_alert
@@ -26,12 +28,18 @@ from stedi_assets.storage.resources import InvalidSettings, StediStorage
 
 INGEST = dg.AssetSelection.groups(PRIVACY, LANDING, QUARANTINE)
 """The ingest: erasure log, landing and quarantine tables (unpartitioned, incremental by manifest)."""
-ZONES = dg.AssetSelection.groups(TRUSTED, CURATED)
-"""The trusted and curated zones: consent first, then the day-partitioned reading tables."""
+ZONES = dg.AssetSelection.groups(TRUSTED, CURATED, REPORT_GROUP)
+"""The trusted and curated zones: consent first, then the day-partitioned reading tables; then the
+report that draws them."""
+
+CATALOG = dg.AssetSelection.groups(CATALOG_GROUP)
+"""The optional Glue Data Catalog registration: run only when asked (stedi_glue_catalog_job)."""
+LAKEHOUSE = dg.AssetSelection.all() - CATALOG
+"""Every table of every zone."""
 
 lakehouse_job = dg.define_asset_job(
     "stedi_lakehouse_job",
-    selection=dg.AssetSelection.all(),
+    selection=LAKEHOUSE,
     description="Materializes every zone (landing, quarantine, trusted, curated) with its checks. The "
     "reading tables are partitioned by event day: a run targets a range of days and recomputes those "
     "whose landing readings changed.",
@@ -45,7 +53,14 @@ ingest_job = dg.define_asset_job(
 zones_job = dg.define_asset_job(
     "stedi_zones_job",
     selection=ZONES,
-    description="The trusted and curated zones with their checks, over a range of event days.",
+    description="The trusted and curated zones with their checks, over a range of event days, then "
+    "the report (curated_report).",
+)
+glue_catalog_job = dg.define_asset_job(
+    "stedi_glue_catalog_job",
+    selection=CATALOG,
+    description="Registers every lakehouse table in the Glue Data Catalog (STEDI_GLUE_DATABASE) for "
+    "Athena; only when asked, never on a schedule (a local lakehouse skips).",
 )
 
 
@@ -145,6 +160,6 @@ def run_failures(context: dg.RunFailureSensorContext) -> None:
             context.log.warning(str(error))
 
 
-jobs = [lakehouse_job, ingest_job, zones_job]
+jobs = [lakehouse_job, ingest_job, zones_job, glue_catalog_job]
 schedules = [daily_refresh]
 sensors = [new_landing_files, zones_after_ingest, run_failures]

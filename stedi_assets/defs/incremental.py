@@ -36,6 +36,9 @@ from stedi_assets.storage.lakehouse import Lakehouse
 
 BUILT_FROM = "stedi.built_from"
 """The commit property recording a reading table's inputs (JSON)."""
+DAYS_COMPUTED = "days_computed"
+"""Materialization metadata: how many event days of its inputs a write recomputed (a number, also
+when days_recomputed is "all"); 0 for no write."""
 
 
 def fingerprint(*parts: pl.DataFrame | str) -> str:
@@ -208,12 +211,13 @@ def recompute_by_day(
     extra = dict(metadata or {})
     if rebuild.nothing:  # no new version: the materialization says what the table holds
         held = held_metadata(lakehouse, lakehouse.table_uri(table.zone, table.name))
-        return dg.MaterializeResult(value=None, metadata={**held, **rebuild.metadata, **extra})
+        return dg.MaterializeResult(
+            value=None, metadata={**held, **rebuild.metadata, DAYS_COMPUTED: 0, **extra}
+        )
     driver = on_rebuilt_days(next(iter(rebuild.inputs.values())), rebuild)
-    parts = [
-        compute({name: on_days(frame, part) for name, frame in rebuild.inputs.items()})
-        for part in day_parts(driver)
-    ]
+    days = day_parts(driver)
+    parts = [compute({name: on_days(frame, part) for name, frame in rebuild.inputs.items()}) for part in days]
+    extra[DAYS_COMPUTED] = sum(len(part) for part in days)
     written = publication(parts)
     written = replace(
         written, properties=rebuild.properties(written.properties), replace_partitions=rebuild.days

@@ -29,6 +29,8 @@ LINES_READ = "lines_read"
 baseline), from its manifest."""
 LINES_ERASED = "lines_erased"
 """Materialization metadata: lines dropped because their person or device is in the erasure log."""
+FILES_ADDED = "files_added"
+"""Materialization metadata: landing files whose lines this write added (every file on a rebuild)."""
 
 
 def _out(declared: Table) -> dg.AssetOut:
@@ -47,8 +49,8 @@ def ingest_asset(source: Source) -> dg.AssetsDefinition:
     @dg.multi_asset(
         name=f"ingest_{source.name}",
         outs={landing: _out(source.landing), rejects: _out(source.rejects)},
-        description=f"Reads every *.json file of the {source.name} source; lines that fail to parse "
-        "are quarantined.",
+        description=f"Reads every *.json and *.json.gz file of the {source.name} source; lines that "
+        "fail to parse are quarantined.",
         retry_policy=STORAGE_RETRY,
         backfill_policy=SINGLE_RUN,
         pool=f"delta_{source.name}_ingest",
@@ -113,6 +115,7 @@ def ingest_asset(source: Source) -> dg.AssetsDefinition:
                 plan = plans[name]
                 after = plan.manifest(lines, n_erased if name == landing else 0, erasures)
                 metadata = {LINES_READ: after.lines, LINES_ERASED: after.erased} if name == landing else {}
+                metadata[FILES_ADDED] = len(plan.files)
                 if plan.append and not plan.files:  # nothing new: no landing byte was read for it
                     metadata |= held_metadata(lakehouse, uris[name])
                     yield dg.MaterializeResult(asset_key=name, value=None, metadata=metadata)

@@ -31,6 +31,7 @@ from stedi_assets.rules.catalog import (
     Table,
 )
 from stedi_assets.rules.identity import SUBJECT_ID
+from stedi_assets.rules.report import REPORT_PATH
 from stedi_assets.storage.errors import StorageError, TableMissing
 from stedi_assets.storage.io_manager import Publication, as_declared, publish
 from stedi_assets.storage.lakehouse import Lakehouse
@@ -138,6 +139,10 @@ def customer_trusted(
             commit_properties(settings, key),
             settings.consent_policy,
         )
+        if any(removed.values()) or changed_keys:  # its charts may show someone who just left
+            report_removed = storage.lakehouse.remove_file(REPORT_PATH)
+        else:
+            report_removed = False
     except StorageError as error:
         raise as_failure(error) from error
     publication = Publication(
@@ -153,6 +158,8 @@ def customer_trusted(
     metadata: dict[str, object] = {f"withdrawn_from/{name}": count for name, count in removed.items()}
     if changed_keys:
         metadata["pseudonym_key_changed"] = "; ".join(changed_keys)
+    if report_removed:
+        metadata["report_removed"] = REPORT_PATH
     return dg.MaterializeResult(value=publication, metadata=metadata)
 
 

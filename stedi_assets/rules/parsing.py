@@ -27,6 +27,9 @@ LINE_COLUMNS = (SOURCE_FILE, LINE_NUMBER, RAW_LINE, UTF8_VALID, INGESTED_AT)
 """The columns of numbered landing lines (raw_lines, LandingZone.lines)."""
 SLOW = "_slow"
 """Set on a line the one-pass parse leaves to the exact path (see parse_fast)."""
+UNREADABLE = "truncated or corrupt compressed data: the file cannot be read from this line on"
+"""The reason of the line that stands for the rest of a compressed file that could not be read
+(unreadable_rest: the only kind of line without a raw_line)."""
 _BOM = b"\xef\xbb\xbf"
 _JSON_KEY = r'"((?:[^"\\]|\\.)*)"\s*:'
 _STRING = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u(?:[0-9a-cA-CefEF][0-9a-fA-F]{3}|[dD][0-7][0-9a-fA-F]{2}))*"'
@@ -48,16 +51,18 @@ def flat_object(source: Source) -> str:
     return rf"^{_WS}\{{{_WS}(?:{pair}{_WS}(?:,{_WS}{pair}{_WS})*)?\}}{_WS}$"
 
 
-def raw_lines(blob: bytes, source_file: str, landed_at: datetime) -> pl.DataFrame:
-    """Splits one landing file into numbered lines, marking lines that are not valid UTF-8.
+def raw_lines(blob: bytes, source_file: str, landed_at: datetime, first_line: int = 1) -> pl.DataFrame:
+    """Splits one landing file (or a block of its whole lines starting at line `first_line`) into
+    numbered lines, marking lines that are not valid UTF-8.
 
     `landed_at` (the file's modification time) is the rows' ingestion time: stable across
     re-runs, so re-ingesting the same files gives identical tables.
 
-    A leading BOM and CRLF endings are normal input. Invalid UTF-8 only costs a per-line
-    decode of the file that contains it; the line is kept (with U+FFFD) so it can be quarantined.
+    A leading BOM (at the start of the file only) and CRLF endings are normal input. Invalid UTF-8
+    only costs a per-line decode of the file that contains it; the line is kept (with U+FFFD) so it
+    can be quarantined.
     """
-    if blob.startswith(_BOM):
+    if first_line == 1 and blob.startswith(_BOM):
         blob = blob[len(_BOM) :]
     try:
         lines = pl.Series(RAW_LINE, [blob.decode("utf-8")]).str.split("\n").explode()
@@ -69,7 +74,7 @@ def raw_lines(blob: bytes, source_file: str, landed_at: datetime) -> pl.DataFram
     frame = pl.DataFrame(
         {
             SOURCE_FILE: pl.repeat(source_file, len(lines), eager=True, dtype=pl.String),
-            LINE_NUMBER: pl.int_range(1, len(lines) + 1, eager=True, dtype=pl.Int64),
+            LINE_NUMBER: pl.int_range(first_line, first_line + len(lines), eager=True, dtype=pl.Int64),
             RAW_LINE: lines.str.strip_chars_end("\r"),
             UTF8_VALID: valid,
             INGESTED_AT: pl.repeat(landed_at, len(lines), eager=True, dtype=pl.Datetime("us", "UTC")),
@@ -78,6 +83,13 @@ def raw_lines(blob: bytes, source_file: str, landed_at: datetime) -> pl.DataFram
     if blob.endswith(b"\n"):
         frame = frame.head(-1)
     return frame
+
+
+def unreadable_rest(source_file: str, line: int, landed_at: datetime) -> pl.DataFrame:
+    """The one line that stands for the rest of a file from `line` on, when it could not be read (a
+    truncated or corrupt gzip file): it has no raw_line, and is quarantined as UNREADABLE."""
+    frame = raw_lines(b"", source_file, landed_at, line)
+    return frame.with_columns(pl.lit(None, pl.String).alias(RAW_LINE), pl.lit(False).alias(UTF8_VALID))
 
 
 def _is_utf8(piece: bytes) -> bool:
@@ -146,6 +158,7 @@ def parse_landing(lines: pl.LazyFrame, source: Source, keys: Iterable[str]) -> p
     nested = {c.name: _is_nested(normalized, spellings[c.name], pl.col(f"_text_{c.name}")) for c in columns}
     stripped = pl.col(RAW_LINE).str.strip_chars()
     structural = [
+        (pl.col(RAW_LINE).is_null(), UNREADABLE),
         (~pl.col(UTF8_VALID), "invalid UTF-8"),
         (normalized.is_null() & (stripped != "null"), "not valid JSON"),
         (~stripped.str.starts_with("{"), "not a JSON object"),

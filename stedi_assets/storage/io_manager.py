@@ -33,6 +33,9 @@ from stedi_assets.storage.metadata import (
 from stedi_assets.storage.resources import StediStorage, as_failure
 
 PREVIEW_ROWS = 5
+ROWS_WRITTEN = "rows_written"
+"""Materialization metadata: rows this write committed (the whole table, or only the rows it
+appended or the days it replaced, when dagster/row_count is the table's total); 0 for no write."""
 
 
 def _table_uri(lakehouse: Lakehouse, key: dg.AssetKey, metadata: Mapping[str, Any]) -> str:
@@ -195,6 +198,7 @@ def held_metadata(lakehouse: Lakehouse, uri: str) -> dict[str, Any]:
     """What a materialization that wrote no new version says: what the table holds (from its log)."""
     return {
         "dagster/row_count": lakehouse.rows(uri),
+        ROWS_WRITTEN: 0,
         "dagster/uri": dg.MetadataValue.path(uri),
         "table_uri": dg.MetadataValue.path(uri),
         "delta_version": lakehouse.open(uri).version(),
@@ -207,6 +211,7 @@ def table_metadata(lakehouse: Lakehouse, staged: Staged, version: int, pii: froz
     preview = lakehouse.scan_staged(staged).head(PREVIEW_ROWS).collect()
     return {
         "dagster/row_count": staged.rows,
+        ROWS_WRITTEN: staged.rows,
         "dagster/uri": dg.MetadataValue.path(staged.uri),
         "table_uri": dg.MetadataValue.path(staged.uri),
         "delta_version": version,

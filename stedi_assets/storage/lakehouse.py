@@ -6,10 +6,15 @@ manager, and `stedi sql` builds one directly. Every failure is a StorageError na
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import os
+import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +29,7 @@ from deltalake.schema import Schema
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
 from stedi_assets.rules.catalog import INGESTED_AT, LINE_NUMBER, SOURCE_FILE
-from stedi_assets.rules.parsing import RAW_LINE, UTF8_VALID, empty_raw_lines, raw_lines
+from stedi_assets.rules.parsing import RAW_LINE, UTF8_VALID, empty_raw_lines, raw_lines, unreadable_rest
 from stedi_assets.storage.environment import S3Options
 from stedi_assets.storage.errors import StorageError, TableMissing, classify
 
@@ -46,6 +51,12 @@ DEFAULT_LAKEHOUSE_URI = "lakehouse"
 DEFAULT_RETENTION_HOURS = 168
 LANDING_SETTING = "--landing / STEDI_LANDING_URI"
 LAKEHOUSE_SETTING = "--lakehouse / STEDI_LAKEHOUSE_URI"
+LANDING_SUFFIXES = (".json", ".json.gz")
+"""The landing files of a source: JSON lines, plain or gzip-compressed (as Kinesis Firehose writes)."""
+READ_BLOCK = 1 << 20
+"""Bytes read, and inflated, at a time by the Python reader of landing files."""
+SPLIT_BLOCK = 16 << 20
+"""Bytes of whole lines the Python reader splits and spills at a time: what it holds of a file."""
 
 
 def is_s3(uri: str) -> bool:
@@ -385,6 +396,52 @@ class Lakehouse:
         """Stage and commit without a verification step; the new version."""
         return self.commit(self.stage(uri, frame), properties)
 
+    def put_bytes(self, path: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """Writes a file that is not a table (a report) at `<root>/<path>`, replacing it whole: a
+        reader sees the old file or the new one, never part of one. Its URI."""
+        uri = f"{_root(self.root)}/{path.lstrip('/')}"
+        try:
+            if is_s3(uri):
+                parsed = urlparse(uri)
+                self.s3.boto3_client().put_object(
+                    Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Body=data, ContentType=content_type
+                )
+                return uri
+            target = Path(uri)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+            try:
+                partial.write_bytes(data)
+                partial.replace(target)
+            finally:
+                partial.unlink(missing_ok=True)
+        except (OSError, ClientError, BotoCoreError) as error:
+            raise self._failure(uri, error) from error
+        return uri
+
+    def remove_file(self, path: str) -> bool:
+        """Deletes a file that is not a table at `<root>/<path>`; whether there was one. A failure is
+        a StorageError: a caller removing personal data must know it is gone."""
+        uri = f"{_root(self.root)}/{path.lstrip('/')}"
+        try:
+            if is_s3(uri):
+                parsed = urlparse(uri)
+                client, key = self.s3.boto3_client(), parsed.path.lstrip("/")
+                try:
+                    client.head_object(Bucket=parsed.netloc, Key=key)
+                except ClientError as error:
+                    if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                        return False
+                    raise
+                client.delete_object(Bucket=parsed.netloc, Key=key)
+                return True
+            target = Path(uri)
+            existed = target.exists()
+            target.unlink(missing_ok=True)
+            return existed
+        except (OSError, ClientError, BotoCoreError) as error:
+            raise self._failure(uri, error) from error
+
     def _size(self, target: str) -> int:
         if not is_s3(target):
             return Path(target).stat().st_size
@@ -438,29 +495,105 @@ class LandingFile:
     """One landing file as listed: where it is, how big, when it last changed, its ETag on S3."""
 
     uri: str
+    """How tables, manifests and messages name the file: always valid UTF-8 (a local name that is not
+    has its undecodable bytes escaped, `acc\\xff.json`)."""
     size: int
     modified: datetime
     etag: str | None = None
+    local_name: str | None = None
+    """The local path to open when `uri` had to escape it (as os.fsdecode spells it)."""
 
 
 def _invalid_utf8(error: BaseException) -> bool:
     return isinstance(error, pl.exceptions.ComputeError) and "utf8" in str(error).lower().replace("-", "")
 
 
+def _escaped(path: str) -> str:
+    """A local path as valid UTF-8: the bytes of a name that do not decode are shown as `\\xNN`."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _nameless(error: BaseException) -> BaseException:
+    """An OSError without the file name it carries (which may not be valid UTF-8): the message that
+    reports it names the file by its uri."""
+    if isinstance(error, OSError) and error.filename is not None:
+        return type(error)(error.errno, error.strerror)
+    return error
+
+
+def _compression(head: bytes) -> int | None:
+    """The zlib `wbits` that inflate a file starting with `head` when its magic bytes say gzip or zlib,
+    None for plain text. Polars recognises compression the same way: by content, whatever the name."""
+    if len(head) < 4:
+        return None
+    if head.startswith(b"\x1f\x8b"):
+        return 31
+    return 15 if head[:2] in (b"\x78\x01", b"\x78\x9c", b"\x78\xda") else None
+
+
+class _Corrupt(Exception):
+    """Compressed data that stops inflating, or ends before its end."""
+
+
+def _inflated(chunks: Iterator[bytes], wbits: int) -> Iterator[bytes]:
+    """The inflated bytes of a gzip (each of its members, as gzip reads them) or zlib stream, at most
+    READ_BLOCK at a time; _Corrupt where the data is damaged or cut short."""
+    inflater = zlib.decompressobj(wbits)
+    for chunk in chunks:
+        pending = chunk
+        while pending:
+            if inflater.eof:  # another member follows
+                inflater = zlib.decompressobj(wbits)
+            before = inflater.copy()
+            try:
+                piece = inflater.decompress(pending, READ_BLOCK)
+            except zlib.error as error:
+                yield _before_damage(before, pending)
+                raise _Corrupt(str(error)) from error
+            yield piece
+            pending = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
+    yield inflater.flush()
+    if not inflater.eof:
+        raise _Corrupt("the compressed data ends early")
+
+
+def _before_damage(inflater: Any, data: bytes) -> bytes:
+    """What `inflater` inflates of `data` before the damage that makes it fail: zlib keeps nothing of
+    a call that fails, so the longest prefix of `data` that inflates is searched for (each try on a
+    copy). Its output is at most READ_BLOCK, as the failed call's would have been."""
+    good, bad = 0, len(data)
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        try:
+            inflater.copy().decompress(data[:middle], READ_BLOCK)
+        except zlib.error:
+            bad = middle
+        else:
+            good = middle
+    return inflater.decompress(data[:good], READ_BLOCK)
+
+
 @dataclass(frozen=True)
 class LandingZone:
-    """The raw JSON-lines files under `<root>/<source>/`, from a folder or an S3 prefix.
+    """The raw JSON-lines files under `<root>/<source>/`, plain or gzip-compressed, from a folder or
+    an S3 prefix.
 
-    Files are listed, then streamed by Polars line by line; no file is held whole in memory, except
-    one that is not valid UTF-8 (Polars refuses those), which is split in Python so that only its
-    bad lines are quarantined.
+    Files are listed, then streamed by Polars line by line; Polars inflates a gzip file as it reads
+    it (it recognises compression by the file's first bytes, not its name: a `.json.gz` that holds
+    plain text is read as text). No file is held whole in memory. Three kinds of file Polars cannot
+    read are read in Python instead (see _python_lines): one that is not valid UTF-8, so that only
+    its bad lines are quarantined; a compressed one that is truncated or corrupt, so that its lines
+    before the damage are kept and one quarantined line stands for the rest; and a local one whose
+    name is not valid UTF-8, which Polars cannot open. The trade-off: such a file is read once more,
+    by slower Python code, and its lines pass through a temporary Parquet file, a block of
+    SPLIT_BLOCK bytes at a time, so memory stays bounded by that block rather than the file.
     """
 
     root: str
     s3: S3Options = field(default_factory=S3Options)
 
     def files(self, source: str, optional: bool = False) -> list[LandingFile]:
-        """Every `*.json` file under <root>/<source>/, in path order.
+        """Every `*.json` and `*.json.gz` file under <root>/<source>/, in path order.
 
         A missing folder (or an empty prefix) is an error, unless the source is `optional`.
         """
@@ -472,23 +605,34 @@ class LandingZone:
                 return []
             raise
 
-    def lines(self, files: list[LandingFile], undecodable: frozenset[str] = frozenset()) -> pl.LazyFrame:
-        """The numbered lines of `files` as one lazy scan (see parsing.LINE_COLUMNS); the files named
-        in `undecodable` are read and split in Python, their invalid lines flagged."""
-        scanned = [f for f in files if f.uri not in undecodable]
+    def lines(self, files: list[LandingFile], read: Mapping[str, pl.LazyFrame] | None = None) -> pl.LazyFrame:
+        """The numbered lines of `files` as one lazy scan (see parsing.LINE_COLUMNS); the lines of the
+        files in `read` (uri -> lines read in Python, see _spilled) are taken from there."""
+        read = read or {}
+        scanned = [f for f in files if f.uri not in read]
         frames = [self._scan(scanned)] if scanned else []
-        frames += [self._whole(f) for f in files if f.uri in undecodable]
+        frames += [read[f.uri] for f in files if f.uri in read]
         return pl.concat(frames, how="vertical") if frames else empty_raw_lines().lazy()
 
     def collect(self, files: list[LandingFile], plan: Callable[[pl.LazyFrame], T]) -> T:
-        """`plan(lines of files)`, run once; if a file is not valid UTF-8, run again with such files
-        split in Python. A file that cannot be read is a StorageError naming it."""
+        """`plan(lines of files)`, run once; if Polars cannot read some files (not valid UTF-8, or
+        compressed and damaged), run again with those read in Python. A local file whose name is not
+        valid UTF-8 is always read in Python. A file that cannot be read is a StorageError naming it.
+
+        The lines read in Python are spilled to a temporary folder that lives while `plan` runs:
+        `plan` collects or sinks what it needs of them.
+        """
+        in_python = [f for f in files if f.local_name is not None]
         try:
-            return plan(self.lines(files))
+            return self._planned(files, in_python, plan)
         except (OSError, pl.exceptions.ComputeError) as error:
-            if not _invalid_utf8(error):
+            unscannable = self._unscannable([f for f in files if f.local_name is None])
+            if not unscannable:
                 raise self._failure(files, error) from error
-        return plan(self.lines(files, self._undecodable(files)))
+        try:
+            return self._planned(files, in_python + unscannable, plan)
+        except (OSError, pl.exceptions.ComputeError) as error:
+            raise self._failure(files, error) from error
 
     def read_lines(self, source: str, optional: bool = False) -> pl.DataFrame:
         """All lines of a source's files, numbered per file, in path order (small sources only)."""
@@ -529,54 +673,127 @@ class LandingZone:
             modified.gather(position).alias(INGESTED_AT),
         )
 
-    def _whole(self, file: LandingFile) -> pl.LazyFrame:
-        return raw_lines(self._read_bytes(file), file.uri, file.modified).lazy()
+    def _planned(
+        self, files: list[LandingFile], in_python: list[LandingFile], plan: Callable[[pl.LazyFrame], T]
+    ) -> T:
+        if not in_python:
+            return plan(self.lines(files))
+        with tempfile.TemporaryDirectory(prefix="stedi-landing-") as spill:
+            read = {f.uri: self._spilled(f, Path(spill) / str(n)) for n, f in enumerate(in_python)}
+            return plan(self.lines(files, read))
 
-    def _undecodable(self, files: list[LandingFile]) -> frozenset[str]:
-        """The files Polars cannot read as UTF-8, each tried on its own."""
-        found = set()
+    def _unscannable(self, files: list[LandingFile]) -> list[LandingFile]:
+        """The files Polars cannot read, each tried on its own: not valid UTF-8, or compressed and
+        failing to inflate. Any other failure is a StorageError naming the file."""
+        found = []
         for file in files:
             try:
                 self._scan([file]).select(pl.col(RAW_LINE).str.len_bytes().sum()).collect()
             except (OSError, pl.exceptions.ComputeError) as error:
-                if not _invalid_utf8(error):
+                if not _invalid_utf8(error) and _compression(self._head(file)) is None:
                     raise self._failure([file], error) from error
-                found.add(file.uri)
-        return frozenset(found)
+                found.append(file)
+        return found
+
+    def _spilled(self, file: LandingFile, folder: Path) -> pl.LazyFrame:
+        """The lines of a file read in Python (see _python_lines), written block by block into Parquet
+        files under `folder` and scanned back: memory holds one block, never the file."""
+        folder.mkdir()
+        parts = []
+        for n, block in enumerate(self._python_lines(file)):
+            parts.append(folder / f"{n}.parquet")
+            block.write_parquet(parts[-1])
+        return pl.scan_parquet(parts) if parts else empty_raw_lines().lazy()
+
+    def _python_lines(self, file: LandingFile) -> Iterator[pl.DataFrame]:
+        """A file's numbered lines, split in Python (parsing.raw_lines) SPLIT_BLOCK bytes of whole lines
+        at a time; compressed data (recognised as Polars does) is inflated as it is read.
+
+        Where compressed data is truncated or corrupt, the whole lines before the damage are kept and
+        one line (parsing.unreadable_rest, quarantined with its reason) stands for the rest of the
+        file, a partly read last line included: a damaged file costs its unreadable part, not the run.
+        """
+        pieces: list[bytes] = []
+        size, line = 0, 1
+        try:
+            for piece in self._text(file):
+                pieces.append(piece)
+                size += len(piece)
+                if size < SPLIT_BLOCK or b"\n" not in piece:
+                    continue  # a line longer than a block waits for its end
+                blob = b"".join(pieces)
+                cut = blob.rfind(b"\n") + 1
+                yield raw_lines(blob[:cut], file.uri, file.modified, line)
+                line += blob.count(b"\n", 0, cut)
+                pieces, size = [blob[cut:]], len(blob) - cut
+        except _Corrupt:
+            blob = b"".join(pieces)
+            cut = blob.rfind(b"\n") + 1
+            if cut:
+                yield raw_lines(blob[:cut], file.uri, file.modified, line)
+            yield unreadable_rest(file.uri, line + blob.count(b"\n", 0, cut), file.modified)
+            return
+        blob = b"".join(pieces)
+        if blob:
+            yield raw_lines(blob, file.uri, file.modified, line)
+
+    def _text(self, file: LandingFile) -> Iterator[bytes]:
+        """A file's bytes, inflated when its first bytes say gzip or zlib."""
+        chunks = self._chunks(file)
+        head = b""
+        for chunk in chunks:
+            head += chunk
+            if len(head) >= 4:
+                break
+        wbits = _compression(head)
+        stream = itertools.chain([head], chunks)
+        return stream if wbits is None else _inflated(stream, wbits)
+
+    def _head(self, file: LandingFile) -> bytes:
+        """The first bytes of a file, enough for its magic bytes."""
+        with contextlib.closing(self._chunks(file, 4)) as chunks:
+            return next(chunks, b"")
+
+    def _chunks(self, file: LandingFile, size: int = READ_BLOCK) -> Iterator[bytes]:
+        """A file's bytes as stored, `size` at a time; a failed read is a StorageError naming the file."""
+        try:
+            if is_s3(file.uri):
+                parsed = urlparse(file.uri)
+                client = self.s3.boto3_client()
+                body = client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
+                with contextlib.closing(body):
+                    yield from body.iter_chunks(size)
+            else:
+                with open(file.local_name or file.uri, "rb") as stream:
+                    while chunk := stream.read(size):
+                        yield chunk
+        except (OSError, ClientError, BotoCoreError) as error:
+            nameless = _nameless(error)
+            raise classify(file.uri, nameless, LANDING_SETTING, self.s3.endpoint) from nameless
 
     def _failure(self, files: list[LandingFile], error: BaseException) -> StorageError:
         named = next((f.uri for f in files if f.uri in str(error)), None)
         uri = named or (files[0].uri.rsplit("/", 1)[0] + "/" if files else self.root)
         return classify(uri, error, LANDING_SETTING, self.s3.endpoint)
 
-    def _read_bytes(self, file: LandingFile) -> bytes:
-        if not is_s3(file.uri):
-            return Path(file.uri).read_bytes()
-        parsed = urlparse(file.uri)
-        try:
-            body = self.s3.boto3_client().get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))[
-                "Body"
-            ]
-            return body.read()
-        except (ClientError, BotoCoreError) as error:
-            raise classify(file.uri, error, LANDING_SETTING, self.s3.endpoint) from error
-
     @staticmethod
     def _list_local(root: str, source: str) -> list[LandingFile]:
         folder = Path(root) / source
         if not folder.is_dir():
             raise NoSuchSource(
-                f"Landing folder {folder.absolute()} does not exist. Put the {source} JSON-lines files "
-                f"there, point {LANDING_SETTING} at the landing root, or run "
-                f"`stedi generate --out {root}` for sample data.",
+                f"Landing folder {_escaped(str(folder.absolute()))} does not exist. Put the {source} "
+                f"JSON-lines files there, point {LANDING_SETTING} at the landing root, or run "
+                f"`stedi generate --out {_escaped(root)}` for sample data.",
                 False,
             )
         listed = []
-        for path in sorted(folder.rglob("*.json")):
-            if path.is_file():
+        for path in sorted(folder.rglob("*")):
+            if path.name.endswith(LANDING_SUFFIXES) and path.is_file():
                 stat = path.stat()
+                name, uri = str(path), _escaped(str(path))
+                modified = datetime.fromtimestamp(stat.st_mtime, UTC)
                 listed.append(
-                    LandingFile(str(path), stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+                    LandingFile(uri, stat.st_size, modified, local_name=None if uri == name else name)
                 )
         return listed
 
@@ -602,5 +819,5 @@ class LandingZone:
         return [
             LandingFile(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), obj["LastModified"], obj.get("ETag"))
             for obj in sorted(listed, key=lambda o: o["Key"])
-            if obj["Key"].endswith(".json")
+            if obj["Key"].endswith(LANDING_SUFFIXES)
         ]

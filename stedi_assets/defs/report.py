@@ -1,0 +1,210 @@
+"""The report: pictures of the lakehouse for people, drawn after the tables they show.
+
+Three charts (PNG, drawn by matplotlib's Agg renderer, no display): the rows of each table from
+landing to curated (from the Delta logs, no data read), the distribution of distanceFromObject, and
+the accelerometer magnitude of up to five customers, numbered, never named. They are written as one
+standalone HTML file at <lakehouse>/report/curated_report.html; the two aggregate charts are also
+shown with the materialization (the per-person one is not: see PER_PERSON).
+"""
+
+# No `from __future__ import annotations` here: Dagster reads the context annotation at runtime.
+import base64
+import html
+import io
+from datetime import UTC, datetime
+
+import dagster as dg
+import polars as pl
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from PIL import Image
+
+from stedi_assets.defs.factories import STORAGE_RETRY
+from stedi_assets.defs.partitions import SINGLE_RUN
+from stedi_assets.rules import report
+from stedi_assets.rules.catalog import (
+    ACCELEROMETER_TRUSTED,
+    CURATED,
+    LANDING,
+    STEP_TRAINER_TRUSTED,
+    TABLES,
+    TRUSTED,
+    Table,
+)
+from stedi_assets.storage.errors import StorageError
+from stedi_assets.storage.lakehouse import Lakehouse
+from stedi_assets.storage.resources import StediStorage, as_failure, pseudonym_of
+
+REPORT_GROUP = "report"
+REPORT_PATH = report.REPORT_PATH
+DISTANCE = "distanceFromObject"
+OWNER, READ_AT = "user", "timestamp"
+"""The columns of accelerometer_trusted naming the phone's owner and when a reading was taken."""
+DPI = 100
+PALETTE = 256
+SIZE = (7.0, 3.6)
+"""Inches: 700 x 360 pixels at DPI, a few tens of KB of PNG."""
+ZONE_COLOURS = {LANDING: "#8da0cb", TRUSTED: "#66c2a5", CURATED: "#fc8d62"}
+UNITS = ((86_400_000, "days"), (3_600_000, "hours"), (60_000, "minutes"), (1_000, "seconds"))
+
+
+def _png(figure: Figure) -> bytes:
+    """The figure as a PNG of 256 colours at most (a third of the bytes of a true-colour one, the
+    same to the eye) with no text chunk."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    image = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
+    buffer = io.BytesIO()
+    image.quantize(PALETTE, method=Image.Quantize.MEDIANCUT).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _nothing(figure: Figure, title: str) -> bytes:
+    axes = figure.subplots()
+    axes.set_axis_off()
+    axes.set_title(title)
+    axes.text(0.5, 0.5, "no readings yet", ha="center", va="center")
+    return _png(figure)
+
+
+def funnel_chart(rows: dict[str, int]) -> bytes:
+    """One bar per table, landing at the top, coloured by zone, each labelled with its row count."""
+    figure = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
+    axes = figure.subplots()
+    names = list(reversed(rows))
+    bars = axes.barh(names, [rows[n] for n in names], color=[ZONE_COLOURS[TABLES[n].zone] for n in names])
+    axes.bar_label(bars, labels=[f"{rows[n]:,}" for n in names], padding=3, fontsize=8)
+    axes.set_xscale(
+        "symlog", linthresh=1, linscale=0.3
+    )  # logarithmic, and an empty table still has its place
+    top = max([*rows.values(), 1])
+    axes.set_xticks([10**power for power in range(len(str(top)) + 1)])
+    axes.set_xlim(0, top * 8)
+    axes.set_xlabel("rows (logarithmic scale)")
+    axes.set_title("Rows per table, landing → trusted → curated")
+    figure.legend(
+        handles=[Patch(color=c, label=z) for z, c in ZONE_COLOURS.items()], loc="outside right upper"
+    )
+    return _png(figure)
+
+
+def histogram_chart(bins: pl.DataFrame, readings: int) -> bytes:
+    figure = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
+    title = f"{DISTANCE} in {STEP_TRAINER_TRUSTED.name} ({readings:,} readings)"
+    if bins.is_empty():
+        return _nothing(figure, title)
+    axes = figure.subplots()
+    starts = bins[report.START].to_numpy()
+    axes.bar(starts, bins[report.COUNT].to_numpy(), width=bins[report.END].to_numpy() - starts, align="edge")
+    axes.set_xlabel(DISTANCE)
+    axes.set_ylabel("readings")
+    axes.set_title(title)
+    return _png(figure)
+
+
+def magnitude_chart(series: pl.DataFrame) -> bytes:
+    """A line per sampled customer, labelled only by its number, over the time since its first
+    reading (never the time it was taken)."""
+    figure = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
+    title = "Accelerometer magnitude √(x² + y² + z²) of sampled customers"
+    if series.is_empty():
+        return _nothing(figure, title)
+    longest = int(series[report.ELAPSED].max() or 0)
+    unit, name = next((ms, n) for ms, n in UNITS if longest >= 2 * ms or ms == UNITS[-1][0])
+    axes = figure.subplots()
+    for (customer,), part in series.group_by(report.CUSTOMER, maintain_order=True):
+        axes.plot(
+            part[report.ELAPSED].to_numpy() / unit,
+            part[report.MAGNITUDE].to_numpy(),
+            marker=".",
+            linewidth=1,
+            label=f"customer {customer}",
+        )
+    axes.set_xlabel(f"{name} since the customer's first reading (bucket means)")
+    axes.set_ylabel("magnitude")
+    axes.set_title(title)
+    axes.legend(fontsize=8)
+    return _png(figure)
+
+
+def _uri(lakehouse: Lakehouse, table: Table) -> str:
+    return lakehouse.table_uri(table.zone, table.name)
+
+
+def _page(charts: dict[str, tuple[str, bytes]], rows: dict[str, int], made: str) -> str:
+    """A standalone HTML page: every image inline, nothing fetched."""
+    figures = "".join(
+        f'<h2>{html.escape(title)}</h2>\n<img alt="{html.escape(title)}" '
+        f'src="data:image/png;base64,{base64.b64encode(png).decode()}">\n'
+        for title, png in charts.values()
+    )
+    table = "".join(f"<tr><td>{html.escape(n)}</td><td>{r:,}</td></tr>" for n, r in rows.items())
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>STEDI lakehouse report</title>"
+        "<style>body{font-family:sans-serif;max-width:48rem;margin:2rem auto}"
+        "td{padding:0 1rem}td+td{text-align:right}img{max-width:100%}</style></head><body>\n"
+        f"<h1>STEDI lakehouse report</h1>\n<p>Made {html.escape(made)}.</p>\n{figures}"
+        f"<h2>Row counts</h2>\n<table>{table}</table>\n</body></html>\n"
+    )
+
+
+PER_PERSON = frozenset({"accelerometer_magnitude"})
+"""Charts drawn from individual people's readings: only in the HTML file in the lakehouse, which
+the next zones run (the one that carries out a withdrawal or an erasure) redraws without them. The
+Dagster instance keeps every materialization's metadata for good, so they never go there."""
+
+
+@dg.asset(
+    group_name=REPORT_GROUP,
+    kinds={"polars", "matplotlib", "html"},
+    deps=[t.name for t in report.FUNNEL],
+    retry_policy=STORAGE_RETRY,
+    backfill_policy=SINGLE_RUN,
+    pool="report_curated_report",
+)
+def curated_report(context: dg.AssetExecutionContext, storage: StediStorage) -> dg.MaterializeResult:
+    """Pictures of the lakehouse: rows per table from landing to curated, the distribution of
+    distanceFromObject, the accelerometer magnitude of up to five customers (numbered, never named);
+    one HTML file at <lakehouse>/report/curated_report.html, and the aggregate charts here."""
+    lakehouse, secret = storage.lakehouse, pseudonym_of(storage).secret
+    steps, phones = _uri(lakehouse, STEP_TRAINER_TRUSTED), _uri(lakehouse, ACCELEROMETER_TRUSTED)
+    try:
+        rows = {t.name: lakehouse.rows(_uri(lakehouse, t)) for t in report.FUNNEL}
+        bins = lakehouse.reading(steps, report.histogram(lakehouse.scan(steps), DISTANCE))
+        readings = lakehouse.scan(phones)
+        people = report.sampled_people(readings, OWNER, secret)
+        series = lakehouse.reading(phones, report.magnitude_series(readings, people, OWNER, READ_AT))
+        distances = int(bins[report.COUNT].sum())
+        charts = {
+            "funnel": ("Rows per table, landing to curated", funnel_chart(rows)),
+            "distance_histogram": (
+                f"{DISTANCE} in {STEP_TRAINER_TRUSTED.name}",
+                histogram_chart(bins, distances),
+            ),
+            "accelerometer_magnitude": (
+                "Accelerometer magnitude of sampled customers",
+                magnitude_chart(series),
+            ),
+        }
+        made = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC by run {context.run.run_id}"
+        uri = lakehouse.put_bytes(REPORT_PATH, _page(charts, rows, made).encode(), "text/html; charset=utf-8")
+    except StorageError as error:
+        raise as_failure(error) from error
+    images = {  # aggregates only: the instance keeps every materialization's metadata for good
+        name: dg.MetadataValue.md(f"![{name}](data:image/png;base64,{base64.b64encode(png).decode()})")
+        for name, (_, png) in charts.items()
+        if name not in PER_PERSON
+    }
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/uri": dg.MetadataValue.path(uri),
+            "report_uri": dg.MetadataValue.path(uri),
+            **images,
+            **{f"rows/{name}": count for name, count in rows.items()},
+            "step_trainer_readings": distances,
+            "customers_sampled": series[report.CUSTOMER].n_unique(),
+            "image_bytes": sum(len(png) for _, png in charts.values()),
+        }
+    )

@@ -1,0 +1,238 @@
+"""The report in real runs: drawn in the zones run after the tables, written into the lakehouse
+(a folder or a bucket), its numbers the tables' own, and no one named anywhere in it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import struct
+import uuid
+import warnings
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import dagster as dg
+import polars as pl
+import pytest
+
+from stedi_assets.cli import run_lakehouse
+from stedi_assets.defs.report import REPORT_PATH, funnel_chart, histogram_chart, magnitude_chart
+from stedi_assets.generate import generate_landing
+from stedi_assets.rules import report
+from stedi_assets.storage.environment import S3Options
+from stedi_assets.storage.lakehouse import Lakehouse
+from stedi_assets_tests.helpers import T2, customer, make_bucket, upload_tree, write_jsonl
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IMAGE = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
+
+
+def _pngs(text: str) -> list[bytes]:
+    return [base64.b64decode(encoded) for encoded in IMAGE.findall(text)]
+
+
+def _png_text(png: bytes) -> list[str]:
+    """Every text chunk of a PNG (tEXt, zTXt, iTXt), decoded."""
+    texts, at = [], len(PNG_SIGNATURE)
+    while at < len(png):
+        (length,), kind = struct.unpack(">I", png[at : at + 4]), png[at + 4 : at + 8]
+        data = png[at + 8 : at + 8 + length]
+        if kind == b"tEXt":
+            texts.append(data.decode("latin-1"))
+        elif kind == b"zTXt":
+            keyword, _, packed = data.partition(b"\0")
+            texts.append(keyword.decode("latin-1") + zlib.decompress(packed[1:]).decode("latin-1"))
+        elif kind == b"iTXt":
+            texts.append(data.decode("utf-8", "replace"))
+        at += 12 + length
+    return texts
+
+
+def _people(landing: Path) -> set[str]:
+    """Every email, phone owner and customer name the landing files hold."""
+    found = set()
+    for path in landing.rglob("*.json"):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            found |= {row[k].strip() for k in ("email", "user", "customerName") if row.get(k)}
+    return found
+
+
+def _metadata(instance: dg.DagsterInstance, name: str) -> tuple[str, dict[str, Any]]:
+    event = instance.get_latest_materialization_event(dg.AssetKey(name))
+    assert event is not None and event.asset_materialization is not None, name
+    return event.run_id, {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def _assert_names_no_one(html: str, metadata: dict[str, Any], people: set[str]) -> None:
+    chunks = [text for png in _pngs(html) for text in _png_text(png)]
+    assert chunks == []  # the images carry no text chunk at all
+    shown = json.dumps(metadata, default=str).lower()
+    for value in people:
+        assert value.lower() not in html.lower(), value
+        assert value.lower() not in shown, value
+
+
+def _assert_report(html: str, metadata: dict[str, Any], lakehouse: Lakehouse) -> None:
+    pngs = _pngs(html)
+    assert len(pngs) == 3
+    for png in pngs:
+        assert png.startswith(PNG_SIGNATURE) and 0 < len(png) < 60_000
+    shown = [_pngs(metadata[name]) for name in ("funnel", "distance_histogram")]
+    assert shown == [[png] for png in pngs[:2]]  # the UI shows the aggregate images of the file
+    # people's own readings never reach the Dagster instance, which keeps metadata for good
+    assert "accelerometer_magnitude" not in metadata
+    for table in report.FUNNEL:
+        uri = lakehouse.table_uri(table.zone, table.name)
+        rows = lakehouse.reading(uri, lakehouse.scan(uri)).height
+        assert metadata[f"rows/{table.name}"] == lakehouse.rows(uri) == rows, table.name
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, dict, dg.DagsterInstance]]:
+    """30 generated customers through both runs of `stedi run`, with an instance to read back."""
+    root = tmp_path_factory.mktemp("report")
+    generate_landing(root / "landing", customers=30)
+    instance = dg.DagsterInstance.ephemeral()
+    # a module fixture is set up before the conftest's per-test environment: the same, said here
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("STEDI_") or n == "AWS_ENDPOINT_URL"]:
+            patch.delenv(name)
+        patch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.getbasetemp() / "config"))
+        summary = run_lakehouse(
+            instance=instance, landing_uri=str(root / "landing"), lakehouse_uri=str(root / "lakehouse")
+        )
+        yield root / "landing", root / "lakehouse", summary, instance
+
+
+def test_the_report_is_drawn_in_the_zones_run_from_the_tables(built):
+    _, lakehouse, summary, instance = built
+    assert summary["success"], summary["errors"]
+    run_id, metadata = _metadata(instance, "curated_report")
+
+    assert run_id == summary["run_ids"][-1]  # the trusted and curated zones' run, after the tables
+    assert "curated_report" not in summary["tables"]
+    path = lakehouse / REPORT_PATH
+    assert metadata["report_uri"] == metadata["dagster/uri"] == str(path.absolute())
+    assert path.is_file() and not list(path.parent.glob(".*partial"))
+    html = path.read_text()
+    assert html.startswith("<!doctype html>") and "http" not in html  # standalone: nothing fetched
+    _assert_report(html, metadata, Lakehouse(str(lakehouse)))
+    funnel = [t.name for t in report.FUNNEL]
+    assert {n: metadata[f"rows/{n}"] for n in funnel} == {n: summary["tables"][n]["rows"] for n in funnel}
+    assert metadata["customers_sampled"] == report.SAMPLE
+    assert metadata["step_trainer_readings"] == metadata["rows/step_trainer_trusted"]
+
+
+def test_the_report_names_no_one(built):
+    landing, lakehouse, _, instance = built
+    people = _people(landing)
+    assert any("@" in p for p in people) and any(" " in p for p in people)
+
+    _assert_names_no_one(
+        (lakehouse / REPORT_PATH).read_text(), _metadata(instance, "curated_report")[1], people
+    )
+
+
+def test_every_materialization_records_its_counts_as_numbers(built):
+    """The UI plots numeric metadata across runs: every count is a number, not text."""
+    _, lakehouse, summary, instance = built
+    expected = {
+        "dagster/row_count",
+        "rows_written",
+        "delta_version",
+    }
+    for name in summary["tables"]:
+        _, metadata = _metadata(instance, name)
+        numbers = {k for k, v in metadata.items() if isinstance(v, int) and not isinstance(v, bool)}
+        wanted = expected | ({"lines_read", "lines_erased"} if name.endswith("_landing") else set())
+        wanted |= {"files_added"} if name.endswith(("_landing", "_rejects")) else set()
+        wanted |= {"days_computed", "days_pending"} if "days_recomputed" in metadata else set()
+        assert wanted <= numbers, name
+        assert metadata["rows_written"] == metadata["dagster/row_count"], name  # every table written whole
+    _, accelerometer = _metadata(instance, "accelerometer_trusted")
+    _, readings = _metadata(instance, "accelerometer_landing")
+    days = Lakehouse(str(lakehouse)).partition_values(readings["table_uri"])
+    assert (accelerometer["days_recomputed"], accelerometer["days_computed"]) == ("all", len(days))
+    _, landing = _metadata(instance, "accelerometer_landing")
+    assert landing["files_added"] == 3
+
+
+def test_the_charts_draw_empty_tables():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pngs = [
+            funnel_chart({t.name: 0 for t in report.FUNNEL}),
+            histogram_chart(
+                pl.DataFrame(schema={"start": pl.Float64, "end": pl.Float64, "count": pl.Int64}), 0
+            ),
+            magnitude_chart(
+                pl.DataFrame(schema={"customer": pl.Int64, "elapsed_ms": pl.Int64, "magnitude": pl.Float64})
+            ),
+        ]
+    assert all(png.startswith(PNG_SIGNATURE) for png in pngs)
+
+
+def test_put_bytes_replaces_a_file_whole(lakehouse: Lakehouse):
+    first = lakehouse.put_bytes("report/x.html", b"<p>one</p>", "text/html")
+    second = lakehouse.put_bytes("report/x.html", b"<p>two</p>", "text/html")
+
+    assert first == second == f"{lakehouse.table_uri('report', 'x.html')}"
+    if second.startswith("s3://"):
+        bucket, key = second.removeprefix("s3://").split("/", 1)
+        got = boto3.client("s3").get_object(Bucket=bucket, Key=key)
+        assert (got["Body"].read(), got["ContentType"]) == (b"<p>two</p>", "text/html")
+    else:
+        assert Path(second).read_bytes() == b"<p>two</p>"
+        assert [p.name for p in Path(second).parent.iterdir()] == ["x.html"]
+
+
+@pytest.mark.s3
+def test_the_report_lands_in_an_s3_lakehouse(s3_env: str, tiny_landing: Path):
+    bucket = f"report-{uuid.uuid4().hex[:12]}"
+    make_bucket(bucket)
+    upload_tree(tiny_landing, bucket, "landing")
+    instance = dg.DagsterInstance.ephemeral()
+
+    summary = run_lakehouse(
+        instance=instance, landing_uri=f"s3://{bucket}/landing", lakehouse_uri=f"s3://{bucket}/lh"
+    )
+
+    assert summary["success"], summary["errors"]
+    _, metadata = _metadata(instance, "curated_report")
+    assert metadata["report_uri"] == f"s3://{bucket}/lh/{REPORT_PATH}"
+    got = boto3.client("s3").get_object(Bucket=bucket, Key=f"lh/{REPORT_PATH}")
+    assert got["ContentType"] == "text/html; charset=utf-8"
+    html = got["Body"].read().decode()
+    _assert_report(html, metadata, Lakehouse(f"s3://{bucket}/lh", S3Options.from_environment()))
+    _assert_names_no_one(html, metadata, _people(tiny_landing))
+    assert metadata["customers_sampled"] == 2  # Alice and Erin: the consenting customers with readings
+
+
+def test_a_withdrawal_removes_the_report_before_the_consent_decision_is_published(
+    tiny_landing: Path, tmp_path: Path
+):
+    """The report's magnitude chart is drawn from people's readings: when customer_trusted removes
+    anyone, the file goes with them, even if the run stops before the report is redrawn."""
+    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(tmp_path / "lakehouse")}
+    assert run_lakehouse(**settings)["success"]
+    page = tmp_path / "lakehouse" / REPORT_PATH
+    assert page.exists()
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_lakehouse("key:customer_trusted", instance=instance, **settings)["success"]
+    assert page.exists()  # no one left: the report stays
+
+    write_jsonl(
+        tiny_landing / "customer" / "customer-2.json", [customer("Alice A", "S-A", None, lastUpdateDate=T2)]
+    )
+    consent = "key:customer_landing or key:customer_trusted"  # the ingest and the decision, no report
+    assert run_lakehouse(consent, instance=instance, **settings)["success"]
+
+    assert not page.exists()
+    event = instance.get_latest_materialization_event(dg.AssetKey("customer_trusted"))
+    assert event.asset_materialization.metadata["report_removed"].value == REPORT_PATH

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo lint test test-fast dev bench clean
+.PHONY: install browser demo lint test test-fast dev bench clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,16 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 install: $(BIN)/.installed
+
+# The browser tests drive Debian's `chromium` (Playwright's own download is not used). Installed when
+# missing and apt-get can run as root or through sudo without a password; otherwise they skip.
+APT_GET = $(if $(filter 0,$(shell id -u)),,sudo -n) env DEBIAN_FRONTEND=noninteractive apt-get -qq
+browser:
+	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 \
+		|| { [ "$$(id -u)" != 0 ] && ! sudo -n true 2>/dev/null; } \
+		|| { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends \
+			chromium fonts-liberation fonts-dejavu-core >/dev/null; } \
+		|| echo "make: could not install chromium with apt-get: the browser tests will skip"
 
 $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
@@ -26,7 +36,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest
 
 # The inner loop: no S3 or web servers, no reference data, no slow tests, on two workers (about 75 s).

@@ -1,26 +1,49 @@
-"""`dagster dev` from the repo root serves the code location: every asset, check and run."""
+"""`dagster dev` from the repo root serves the code location: every asset, check and run, the UI's
+Materialize button (its GraphQL mutation) and, in headless Chromium, the asset graph and checks.
+
+The browser tests skip where no Chromium can be driven (`make test` installs Debian's `chromium`
+where it can); with STEDI_REQUIRE_BROWSER=1, as `.ci/run` sets, they fail instead. Their
+screenshots are kept in `$TMPDIR/stedi-ui-screenshots/` (outside pytest's temporary folders, which
+later runs delete); docs/images/asset-graph.png is a copy of `asset-graph.png`.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
+import dagster as dg
+import polars as pl
 import pytest
 
 from stedi_assets.definitions import defs
+from stedi_assets.defs.automation import lakehouse_job
+from stedi_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
 from stedi_assets_tests.helpers import free_port
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
+
+REQUIRE_BROWSER_ENV = "STEDI_REQUIRE_BROWSER"
+REQUIRE_BROWSER = os.environ.get(REQUIRE_BROWSER_ENV) == "1"
+"""Read when the module is collected: the autouse fixture of conftest removes STEDI_* from each test."""
 
 QUERY = """
 {
@@ -34,12 +57,21 @@ QUERY = """
 """
 
 
-def graphql(url: str, query: str) -> dict:
+class GraphQLError(RuntimeError):
+    """The web server answered with GraphQL errors."""
+
+
+def graphql(url: str, query: str, variables: dict[str, Any] | None = None) -> dict:
     request = urllib.request.Request(
-        url, data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
+        url,
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())["data"]
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = json.loads(response.read())
+    if body.get("errors"):
+        raise GraphQLError("; ".join(error["message"] for error in body["errors"]))
+    return body["data"]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +79,8 @@ def recorded_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A `stedi run` recorded in a fresh DAGSTER_HOME, as `make demo` does."""
     root = tmp_path_factory.mktemp("dev")
     home = root / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")  # as `make demo`: no telemetry
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEDI_")} | {"DAGSTER_HOME": str(home)}
     subprocess.run(
         [BIN / "stedi", "generate", "--out", root / "landing", "--customers", "30"], check=True, env=env
@@ -66,15 +100,24 @@ def recorded_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def dagster_dev(recorded_run: tuple[Path, str]) -> Iterator[str]:
     home, _ = recorded_run
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STEDI_")} | {"DAGSTER_HOME": str(home)}
-    server = subprocess.Popen(
-        [BIN / "dagster", "dev", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    # The sensor that watches the landing zone lists an empty folder, never the working tree's default
+    # (it would start runs of its own); runs launched here say where their data is in run config.
+    (home.parent / "empty").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEDI_")} | {
+        "DAGSTER_HOME": str(home),
+        "STEDI_LANDING_URI": str(home.parent / "empty"),
+        "STEDI_LAKEHOUSE_URI": str(home.parent / "empty" / "lakehouse"),
+    }
+    log = home.parent / "dagster_dev.log"
+    with log.open("wb") as output:
+        server = subprocess.Popen(
+            [BIN / "dagster", "dev", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}/graphql"
     try:
         deadline = time.monotonic() + 120
@@ -82,10 +125,11 @@ def dagster_dev(recorded_run: tuple[Path, str]) -> Iterator[str]:
             try:
                 if graphql(url, "{ assetNodes { id } }")["assetNodes"]:
                     break
-            except (OSError, KeyError, TypeError):
+            except (OSError, KeyError, TypeError, GraphQLError):
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("dagster dev did not serve the code location within 120 s")
+                tail = log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"dagster dev did not serve the code location within 120 s:\n{tail}")
             time.sleep(1)
         yield url
     finally:
@@ -94,6 +138,7 @@ def dagster_dev(recorded_run: tuple[Path, str]) -> Iterator[str]:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
 
 
 def test_ui_serves_every_asset_and_check(dagster_dev: str):
@@ -116,3 +161,254 @@ def test_ui_shows_the_run_recorded_by_stedi_run(dagster_dev: str, recorded_run: 
     _, run_id = recorded_run
     runs = graphql(dagster_dev, QUERY)["runsOrError"]["results"]
     assert {"runId": run_id, "status": "SUCCESS", "jobName": "stedi_lakehouse_job"} in runs
+
+
+LAUNCH = """
+mutation Launch($executionParams: ExecutionParams!) {
+  launchPipelineExecution(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on Error { message }
+  }
+}
+"""
+RUN = """
+query Run($runId: ID!) {
+  runOrError(runId: $runId) { __typename ... on Run { status tags { key value } } }
+}
+"""
+JOB_ASSETS = """
+{
+  repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } }
+  assetNodes { assetKey { path } groupName jobNames }
+}
+"""
+CHECK_RESULTS = """
+query Checks($assetKeys: [AssetKeyInput!]) {
+  assetNodes(assetKeys: $assetKeys) {
+    assetKey { path }
+    assetChecksOrError {
+      __typename
+      ... on AssetChecks {
+        checks { name executionForLatestMaterialization { runId status evaluation { severity success } } }
+      }
+    }
+  }
+}
+"""
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+RUN_TIMEOUT = 300
+
+
+@dataclass(frozen=True)
+class UiRun:
+    run_id: str
+    status: str
+    days: tuple[str, str]
+    assets: list[dict[str, Any]]
+    """The served asset nodes of the job: assetKey ({path}) and groupName."""
+    lakehouse: Path
+
+
+def run_tags(url: str, run_id: str) -> dict[str, str]:
+    run = graphql(url, RUN, {"runId": run_id})["runOrError"]
+    return {tag["key"]: tag["value"] for tag in run["tags"]}
+
+
+@pytest.fixture(scope="module")
+def ui_run(dagster_dev: str, recorded_run: tuple[Path, str]) -> UiRun:
+    """Every asset of stedi_lakehouse_job materialized as the UI's Materialize button launches it: the
+    launchPipelineExecution mutation with the job, its assets, the storage in run config and the
+    partition-range tags, here the days `stedi run` targeted, into a lakehouse of its own."""
+    home, recorded_run_id = recorded_run
+    recorded = run_tags(dagster_dev, recorded_run_id)
+    days = recorded[RANGE_START_TAG], recorded[RANGE_END_TAG]
+    served = graphql(dagster_dev, JOB_ASSETS)
+    (repository,) = served["repositoriesOrError"]["nodes"]
+    assets = [node for node in served["assetNodes"] if lakehouse_job.name in node["jobNames"]]
+    lakehouse = home.parent / "ui_lakehouse"
+    storage = {"landing_uri": str(home.parent / "landing"), "lakehouse_uri": str(lakehouse)}
+    params = {
+        "selector": {
+            "repositoryLocationName": repository["location"]["name"],
+            "repositoryName": repository["name"],
+            "pipelineName": lakehouse_job.name,
+            "assetSelection": [node["assetKey"] for node in assets],
+        },
+        "runConfigData": {"resources": {"storage": {"config": storage}}},
+        "executionMetadata": {
+            "tags": [{"key": RANGE_START_TAG, "value": days[0]}, {"key": RANGE_END_TAG, "value": days[1]}]
+        },
+    }
+    launched = graphql(dagster_dev, LAUNCH, {"executionParams": params})["launchPipelineExecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while (status := graphql(dagster_dev, RUN, {"runId": run_id})["runOrError"]["status"]) not in FINISHED:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"run {run_id} launched through GraphQL is still {status} after {RUN_TIMEOUT} s"
+            )
+        time.sleep(1)
+    return UiRun(run_id, status, days, assets, lakehouse)
+
+
+def check_results(url: str, run: UiRun) -> dict[tuple[str, str], dict[str, Any] | None]:
+    """(asset, check) -> the check's execution for the asset's latest materialization, as the UI reads it."""
+    nodes = graphql(url, CHECK_RESULTS, {"assetKeys": [node["assetKey"] for node in run.assets]})[
+        "assetNodes"
+    ]
+    return {
+        ("/".join(node["assetKey"]["path"]), check["name"]): check["executionForLatestMaterialization"]
+        for node in nodes
+        for check in node["assetChecksOrError"]["checks"]
+    }
+
+
+def test_materialize_from_the_ui_runs_every_asset_and_check(dagster_dev: str, ui_run: UiRun, recorded_run):
+    """The Materialize button's mutation runs the job over the range of days; every check of every asset
+    reports a result from that run, every ERROR check passed, and the training table it wrote has the
+    rows `stedi run` wrote."""
+    assert ui_run.status == "SUCCESS", f"run {ui_run.run_id} over {ui_run.days} ended {ui_run.status}"
+    tags = run_tags(dagster_dev, ui_run.run_id)
+    assert (tags[RANGE_START_TAG], tags[RANGE_END_TAG]) == ui_run.days
+    graph = defs.resolve_asset_graph()
+    keys = {dg.AssetKey(node["assetKey"]["path"]) for node in ui_run.assets}
+    assert keys == set(lakehouse_job.selection.resolve(graph))
+    results = check_results(dagster_dev, ui_run)
+    assert set(results) == {
+        (key.asset_key.to_user_string(), key.name) for key in graph.asset_check_keys if key.asset_key in keys
+    }
+    assert {check for asset, check in results if asset == "machine_learning_curated"} == {
+        key.name for key in graph.asset_check_keys if key.asset_key == dg.AssetKey("machine_learning_curated")
+    }
+    without_result = sorted(
+        key for key, execution in results.items() if not execution or execution["runId"] != ui_run.run_id
+    )
+    assert without_result == []
+    evaluations = {key: execution["evaluation"] for key, execution in results.items() if execution}
+    assert all(evaluations.values())
+    errors = {
+        key: evaluation["success"]
+        for key, evaluation in evaluations.items()
+        if evaluation["severity"] == "ERROR"
+    }
+    assert errors and sorted(key for key, passed in errors.items() if not passed) == []
+
+    home, _ = recorded_run
+    table = Path("curated", "machine_learning_curated")
+    written = pl.read_delta(str(ui_run.lakehouse / table)).height
+    assert written == pl.read_delta(str(home.parent / "lakehouse" / table)).height > 0
+
+
+UI_PREFERENCES = {"communityNux": "1", "dagster-nav-collapsed": True, "asset-graph-direction": "vertical"}
+"""What a user would have chosen once (kept in the browser's local storage): the newsletter prompt
+dismissed, the navigation collapsed, the asset graph laid out top to bottom."""
+VIEWPORT = {"width": 2000, "height": 1600}
+SCALE = 0.7
+"""A large page drawn at 0.7: the graph fits at a zoom where each node shows its name and checks,
+in a screenshot of README size."""
+UI_TIMEOUT_MS = 60_000
+
+
+def no_browser(reason: str) -> NoReturn:
+    if REQUIRE_BROWSER:
+        pytest.fail(f"{reason}; {REQUIRE_BROWSER_ENV}=1 requires the browser tests to run")
+    pytest.skip(f"{reason} (`make test` installs Debian's chromium when run as root)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium driven by Playwright: Debian's `chromium` where installed, else a browser
+    Playwright downloaded itself."""
+    try:
+        from playwright.sync_api import Error, sync_playwright
+    except ImportError:
+        no_browser("the playwright package is not installed (it is in the dev extras)")
+    with sync_playwright() as playwright:
+        try:
+            chromium = playwright.chromium.launch(executable_path=shutil.which("chromium"))
+        except Error as error:
+            no_browser(f"no Chromium to drive: {str(error).strip().splitlines()[0]}")
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots() -> Path:
+    folder = Path(tempfile.gettempdir()) / "stedi-ui-screenshots"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=SCALE)
+    context.add_init_script(
+        "".join(
+            f"localStorage.setItem({json.dumps(k)}, {json.dumps(json.dumps(v))});"
+            for k, v in UI_PREFERENCES.items()
+        )
+    )
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def shown(name: str, lines: set[str]) -> bool:
+    """Whether a graph node shows the asset: its name, or the UI's shortening of it when the graph is
+    zoomed out too far for whole names (`accelerom…_trusted`)."""
+    shortened = (line.partition("…") for line in lines if "…" in line)
+    return name in lines or any(
+        head and name.startswith(head) and name.endswith(tail) for head, _, tail in shortened
+    )
+
+
+def test_ui_draws_the_asset_graph(page: Page, dagster_dev: str, ui_run: UiRun, screenshots: Path):
+    """The lineage of the job's groups, expanded: a node for every asset of the job, once the UI has
+    loaded what each node shows (latest materialization, checks)."""
+    groups = sorted({node["groupName"] for node in ui_run.assets})
+    names = sorted("/".join(node["assetKey"]["path"]) for node in ui_run.assets)
+    selection = " or ".join(f'group:"{group}"' for group in groups)
+    expanded = ",".join(f"global@global:{group}" for group in groups)  # the UI's id of an open group
+    path = f"/asset-groups~{urllib.parse.quote(selection)}/?{urllib.parse.urlencode({'expanded': expanded})}"
+    page.goto(dagster_dev.removesuffix("/graphql") + path)
+
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    while True:
+        text = page.inner_text("body")
+        lines = {line.strip() for line in text.splitlines()}
+        missing = [name for name in [*groups, *names] if not shown(name, lines)]
+        if not missing and "Loading" not in text:
+            break
+        assert time.monotonic() < deadline, f"the asset graph does not show {missing}"
+        page.wait_for_timeout(500)
+    page.wait_for_timeout(1000)  # the zoom to fit is animated
+    graph = page.locator("svg[class*=svgContainer]")  # the canvas beside the list of groups
+    (graph if graph.count() == 1 else page).screenshot(path=screenshots / "asset-graph.png")
+
+
+def test_ui_shows_the_checks_of_the_training_table(
+    page: Page, dagster_dev: str, ui_run: UiRun, screenshots: Path
+):
+    """machine_learning_curated's Checks tab lists every check with the result the API reports."""
+    from playwright.sync_api import expect
+
+    asset = dg.AssetKey("machine_learning_curated")
+    names = sorted(key.name for key in defs.resolve_asset_graph().asset_check_keys if key.asset_key == asset)
+    succeeded = [
+        check
+        for (key, check), execution in check_results(dagster_dev, ui_run).items()
+        if key == asset.to_user_string() and (execution or {}).get("status") == "SUCCEEDED"
+    ]
+    page.goto(dagster_dev.removesuffix("/graphql") + f"/assets/{asset.to_user_string()}?view=checks")
+    expect(page.get_by_text(f"Checks ({len(names)})", exact=True)).to_be_visible()
+    for name in names:
+        expect(page.get_by_text(name, exact=True).first).to_be_visible()
+    expect(page.get_by_text("Succeeded", exact=True)).to_have_count(len(succeeded))
+    page.screenshot(path=screenshots / "machine-learning-curated-checks.png")

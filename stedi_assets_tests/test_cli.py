@@ -31,6 +31,11 @@ def stedi(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     )
 
 
+def stedi_run(landing: Path, lakehouse: Path, *args: str, env: dict[str, str] | None = None):
+    """`stedi run` of a landing folder into a lakehouse folder."""
+    return stedi("run", "--landing", str(landing), "--lakehouse", str(lakehouse), *args, env=env)
+
+
 @pytest.fixture(scope="module")
 def reference_run(reference_landing: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     lakehouse = tmp_path_factory.mktemp("reference") / "lakehouse"
@@ -161,15 +166,7 @@ def test_run_records_to_dagster_home(tiny_landing: Path, tmp_path: Path):
     from dagster._core.instance.ref import InstanceRef
 
     home = tmp_path / "dagster_home"
-    done = stedi(
-        "run",
-        "--landing",
-        str(tiny_landing),
-        "--lakehouse",
-        str(tmp_path / "lh"),
-        "--json",
-        env={"DAGSTER_HOME": str(home)},
-    )
+    done = stedi_run(tiny_landing, tmp_path / "lh", "--json", env={"DAGSTER_HOME": str(home)})
     assert done.returncode == 0, done.stderr[-2000:]
     run_id = json.loads(done.stdout)["run_id"]
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
@@ -224,14 +221,7 @@ def test_a_bad_setting_in_the_environment_stops_the_run_before_it_starts_with_on
     tiny_landing: Path, tmp_path: Path, variable: str, value: str, message: str
 ):
     home = tmp_path / "dagster_home"
-    done = stedi(
-        "run",
-        "--landing",
-        str(tiny_landing),
-        "--lakehouse",
-        str(tmp_path / "lh"),
-        env={variable: value, "DAGSTER_HOME": str(home)},
-    )
+    done = stedi_run(tiny_landing, tmp_path / "lh", env={variable: value, "DAGSTER_HOME": str(home)})
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.startswith(f"stedi run: invalid settings: {message}")
     assert done.stderr.count("\n") == 1
@@ -240,7 +230,7 @@ def test_a_bad_setting_in_the_environment_stops_the_run_before_it_starts_with_on
 
 
 def test_a_failing_run_prints_the_summary_and_one_line_per_failure_and_nothing_else(tmp_path: Path):
-    done = stedi("run", "--landing", str(tmp_path / "nowhere"), "--lakehouse", str(tmp_path / "lh"))
+    done = stedi_run(tmp_path / "nowhere", tmp_path / "lh")
     assert done.returncode == 1
     assert done.stderr == ""
     errors = [line for line in done.stdout.splitlines() if line.startswith("error: ")]
@@ -258,7 +248,7 @@ def test_a_failing_run_prints_the_summary_and_one_line_per_failure_and_nothing_e
 
 
 def test_a_successful_run_writes_nothing_to_stderr(tiny_landing: Path, tmp_path: Path):
-    done = stedi("run", "--landing", str(tiny_landing), "--lakehouse", str(tmp_path / "lh"))
+    done = stedi_run(tiny_landing, tmp_path / "lh")
     assert (done.returncode, done.stderr) == (0, "")
     # tables grouped by zone, in the order data flows
     zones = [line.split()[0] for line in done.stdout.split("\n\n")[0].splitlines()[1:]]

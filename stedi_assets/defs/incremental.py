@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import dagster as dg
 import polars as pl
 
-from stedi_assets.defs.partitions import EVENT_DAYS
+from stedi_assets.defs.partitions import EVENT_DAYS, in_window
 from stedi_assets.rules.catalog import (
     ACCELEROMETER,
     ACCELEROMETER_TRUSTED,
@@ -140,8 +140,10 @@ def plan_rebuild(
         return Rebuild(None, frames, record())
     if targeted is None:
         return Rebuild(sorted(due), frames, record())
-    left = due - set(targeted)
-    return Rebuild(sorted(due & set(targeted)), frames, record(left), len(left))
+    # days outside the partitions' window belong to no Dagster partition: every run does its share
+    chosen = {day for day in due if day in set(targeted) or not in_window(day)}
+    left = due - chosen
+    return Rebuild(sorted(chosen), frames, record(left), len(left))
 
 
 READING_INPUTS: tuple[tuple[Table, dict[str, Table]], ...] = (
@@ -164,9 +166,10 @@ LANDING_READINGS = (ACCELEROMETER.landing, STEP_TRAINER.landing)
 
 def refresh_range(lakehouse: Lakehouse) -> tuple[str, str]:
     """The day range a run of the trusted and curated zones must target after an ingest: from the
-    first to the last day any reading table has to recompute (every day with readings when one was
-    never built or its history is gone; the newest day when none has to, so consent changes still
-    run). Days outside the partitions' window make it the whole window, which covers them."""
+    first to the last day of the partitions' window any reading table has to recompute (every day
+    with readings when one was never built or its history is gone; the newest day when none has
+    to, so consent changes still run). Days outside the window (a device clock in 1970) are done by
+    any run, so they never widen the range: each day in a range costs Dagster bookkeeping."""
     due: set[str] | None = set()
     for declared, inputs in READING_INPUTS:
         changed = _days_changed(lakehouse, _built_from(lakehouse, declared), inputs)
@@ -175,14 +178,12 @@ def refresh_range(lakehouse: Lakehouse) -> tuple[str, str]:
         day
         for table in LANDING_READINGS
         for day in lakehouse.partition_values(lakehouse.table_uri(table.zone, table.name))
-        if day is not None
+        if day is not None and in_window(day)
     }
-    days = (present if due is None else due) or set(sorted(present)[-1:])
-    first, last = str(EVENT_DAYS.get_first_partition_key()), str(EVENT_DAYS.get_last_partition_key())
+    days = {day for day in (present if due is None else due) if in_window(day)} or set(sorted(present)[-1:])
     if not days:
+        last = str(EVENT_DAYS.get_last_partition_key())
         return last, last
-    if min(days) < first or max(days) > last:
-        return first, last
     return min(days), max(days)
 
 

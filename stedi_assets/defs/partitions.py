@@ -8,8 +8,8 @@ input partitions changed since it was built. Backfills of a range run as one run
 (`BackfillPolicy.single_run()`), so a range is one commit per table, not one per day.
 
 The window starts at STEDI_FIRST_EVENT_DAY (default 2022-01-01) and ends today (UTC), so the day
-that is filling up is a partition. A run over the whole window also covers readings dated
-outside it (a device clock in 1970); a run over part of it covers only its days.
+that is filling up is a partition. Readings dated outside it (a device clock in 1970) belong to no
+partition: every run recomputes those of their days that changed.
 """
 
 from __future__ import annotations
@@ -84,6 +84,12 @@ def range_tags(start: str | None = None, end: str | None = None) -> dict[str, st
         RANGE_START_TAG: start or str(first),
         RANGE_END_TAG: end or str(last),
     }
+
+
+def in_window(day: str) -> bool:
+    """Whether a day (YYYY-MM-DD) is one of the partitions today."""
+    first, last = EVENT_DAYS.get_first_partition_key(), EVENT_DAYS.get_last_partition_key()
+    return first is not None and last is not None and first <= day <= last
 
 
 def targeted_days(context: dg.AssetExecutionContext) -> Sequence[str] | None:

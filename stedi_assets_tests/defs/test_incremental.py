@@ -17,7 +17,7 @@ from polars.testing import assert_frame_equal
 from stedi_assets.cli import run_config, run_lakehouse
 from stedi_assets.definitions import defs
 from stedi_assets.defs.automation import zones_after_ingest
-from stedi_assets.defs.partitions import range_tags
+from stedi_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags
 from stedi_assets.storage.lakehouse import Lakehouse, LandingZone
 from stedi_assets_tests.helpers import T2, TINY_DAY, customer, write_jsonl
 
@@ -372,3 +372,32 @@ def test_the_sensor_runs_the_zones_over_the_days_the_scheduled_ingest_changed(
     assert zones.success
     assert pl.read_delta(str(_table(tmp_path, "curated", "machine_learning_curated"))).height == 5
     assert instance.get_materialized_partitions(dg.AssetKey("machine_learning_curated")) == {TINY_DAY}
+
+
+def test_a_reading_dated_outside_the_partitions_is_done_by_any_run_and_never_widens_its_range(
+    tiny_landing: Path, tmp_path: Path
+):
+    """A device clock at 1970 belongs to no partition: the run over the days that changed does it,
+    and the range stays those days (each day in a range costs Dagster bookkeeping)."""
+    settings, instance = _settings(tiny_landing, tmp_path), dg.DagsterInstance.ephemeral()
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    write_jsonl(
+        tiny_landing / ACCEL / "accelerometer-1970.json",
+        [
+            {"user": "Erin@test.com", "timestamp": 1_000, "x": 1.0, "y": 0.0, "z": 0.0},
+            {"user": "Erin@test.com", "timestamp": NEXT_DAY, "x": 2.0, "y": 0.0, "z": 0.0},
+        ],
+    )
+
+    summary = run_lakehouse(instance=instance, **settings)
+
+    assert summary["success"], summary["errors"]
+    run = instance.get_run_by_id(summary["run_id"])
+    assert (run.tags[RANGE_START_TAG], run.tags[RANGE_END_TAG]) == (_day(NEXT_DAY), _day(NEXT_DAY))
+    assert _days_of(_table(tmp_path, "trusted", "accelerometer_trusted")) == {
+        "1970-01-01",
+        TINY_DAY,
+        _day(NEXT_DAY),
+    }
+    event = instance.get_latest_materialization_event(dg.AssetKey("accelerometer_trusted"))
+    assert event.asset_materialization.metadata["days_recomputed"].value == 2

@@ -26,7 +26,7 @@ browser:
 
 $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
-	cp -n deploy/dagster.yaml $@
+	cp -n stedi_assets/dagster.yaml $@
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/stedi generate --out data/landing

@@ -10,6 +10,8 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from importlib.resources import files
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stedi_assets.rules.transforms import ConsentPolicy, MlIdentity, MlJoin
@@ -221,13 +223,18 @@ def _selected(select: str | dg.AssetSelection, defs: dg.Definitions) -> tuple[se
 
 
 def _instance() -> dg.DagsterInstance:
-    """The instance at DAGSTER_HOME (created if missing) so runs show in `dagster dev`; else ephemeral."""
+    """The instance at DAGSTER_HOME so runs show in `dagster dev`; else ephemeral. A new one (no
+    dagster.yaml) gets the project's instance settings: pool limits, run monitoring, no telemetry
+    (and no first-use banner on the terminal)."""
     import dagster as dg
 
     home = os.environ.get("DAGSTER_HOME")
     if not home:
         return dg.DagsterInstance.ephemeral()
     os.makedirs(home, exist_ok=True)
+    settings = Path(home) / "dagster.yaml"
+    if not settings.exists():
+        settings.write_bytes((files("stedi_assets") / "dagster.yaml").read_bytes())
     return dg.DagsterInstance.get()
 
 
@@ -439,9 +446,9 @@ def _audit(args: argparse.Namespace) -> int:
             f"Dagster instance: run {f.run_id} {f.event_type} holds a value of {f.subject_id[:16]}"
             for f in instance_findings(instance, who)
         ]
-    for subject, files in sorted(who.raw_files.items()):
+    for subject, raw_files in sorted(who.raw_files.items()):
         print(
-            f"erased {subject[:16]} still has lines in {', '.join(files)}: erasing raw landing files is "
+            f"erased {subject[:16]} still has lines in {', '.join(raw_files)}: erasing raw landing files is "
             "their owner's step"
         )
     where = f"{storage.lakehouse_uri}" + (f" and the Dagster instance at {home}" if home else "")

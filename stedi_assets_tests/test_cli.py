@@ -17,6 +17,7 @@ from stedi_assets_tests.helpers import (
 )
 
 STEDI = str(Path(sys.executable).parent / "stedi")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def stedi(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -248,8 +249,10 @@ def test_a_failing_run_prints_the_summary_and_one_line_per_failure_and_nothing_e
 
 
 def test_a_successful_run_writes_nothing_to_stderr(tiny_landing: Path, tmp_path: Path):
-    done = stedi_run(tiny_landing, tmp_path / "lh")
+    home = tmp_path / "new_dagster_home"  # a new instance: no first-use banner either
+    done = stedi_run(tiny_landing, tmp_path / "lh", env={"DAGSTER_HOME": str(home)})
     assert (done.returncode, done.stderr) == (0, "")
+    assert (home / "dagster.yaml").read_text() == (REPO / "stedi_assets" / "dagster.yaml").read_text()
     # tables grouped by zone, in the order data flows
     zones = [line.split()[0] for line in done.stdout.split("\n\n")[0].splitlines()[1:]]
     assert zones == ["privacy"] + ["landing"] * 3 + ["quarantine"] * 3 + ["trusted"] * 3 + ["curated"] * 2

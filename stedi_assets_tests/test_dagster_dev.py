@@ -80,7 +80,7 @@ def recorded_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("dev")
     home = root / "dagster_home"
     home.mkdir()
-    shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")  # as `make demo`: no telemetry
+    shutil.copy(REPO / "stedi_assets" / "dagster.yaml", home / "dagster.yaml")  # as `make demo`: no telemetry
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEDI_")} | {"DAGSTER_HOME": str(home)}
     subprocess.run(
         [BIN / "stedi", "generate", "--out", root / "landing", "--customers", "30"], check=True, env=env

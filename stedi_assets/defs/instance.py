@@ -77,7 +77,8 @@ def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     """Marks failed the unfinished runs of dead `stedi run` processes on this host and frees every pool
     slot (claimed or queued) they hold; returns their run ids.
 
-    Runs without the process tags (launched by `dagster dev`) are left to its daemon (deploy/dagster.yaml).
+    Runs without the process tags (launched by `dagster dev`) are left to its daemon (its run
+    monitoring: stedi_assets/dagster.yaml).
     """
     storage = instance.event_log_storage
     on_this_host = {HOST_TAG: socket.gethostname()}

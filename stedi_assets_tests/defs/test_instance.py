@@ -71,7 +71,7 @@ def kill_while_holding_a_slot(process: subprocess.Popen, instance: dg.DagsterIns
 def test_run_after_a_killed_run_completes_and_releases_it(generated_landing: Path, tmp_path: Path):
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "stedi_assets" / "dagster.yaml", home / "dagster.yaml")
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("STEDI_")}
     env = inherited | {"DAGSTER_HOME": str(home)}
     run = [STEDI, "run", "--landing", str(generated_landing), "--lakehouse", str(tmp_path / "lh"), "--json"]

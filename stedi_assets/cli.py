@@ -110,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from stedi_assets.generate import generate_landing
 
-    counts = generate_landing(args.out, customers=args.customers, seed=args.seed)
+    with _terminal_status("stedi generate", f"writing {args.customers} customers' landing files"):
+        counts = generate_landing(args.out, customers=args.customers, seed=args.seed)
     print(f"wrote {', '.join(f'{n} {source}' for source, n in counts.items())} lines under {args.out}")
     return 0
 
@@ -322,7 +323,7 @@ def _run(args: argparse.Namespace) -> int:
     from stedi_assets.storage.resources import InvalidSettings
 
     try:
-        with _terminal_status("stedi run: starting") as progress:
+        with _terminal_status("stedi run", "starting") as progress:
             summary = run_lakehouse(
                 args.select,
                 log_level="DEBUG" if args.verbose else "CRITICAL",
@@ -357,7 +358,7 @@ ZONE_ORDER = ("privacy", "landing", "quarantine", "trusted", "curated")
 
 
 @contextmanager
-def _terminal_status(text: str) -> Iterator[Callable[[str], None]]:
+def _terminal_status(command: str, text: str) -> Iterator[Callable[[str], None]]:
     """A spinner saying what is being done, on stderr when it is a terminal; otherwise nothing (so
     that piped or captured output holds only the summary)."""
     if not sys.stderr.isatty():
@@ -365,8 +366,8 @@ def _terminal_status(text: str) -> Iterator[Callable[[str], None]]:
         return
     from rich.console import Console
 
-    with Console(stderr=True).status(text) as status:
-        yield lambda phase: status.update(f"stedi run: {phase}")
+    with Console(stderr=True).status(f"{command}: {text}") as status:
+        yield lambda phase: status.update(f"{command}: {phase}")
 
 
 def format_summary(summary: dict[str, Any]) -> str:

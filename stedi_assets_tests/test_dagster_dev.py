@@ -21,6 +21,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -412,3 +413,66 @@ def test_ui_shows_the_checks_of_the_training_table(
         expect(page.get_by_text(name, exact=True).first).to_be_visible()
     expect(page.get_by_text("Succeeded", exact=True)).to_have_count(len(succeeded))
     page.screenshot(path=screenshots / "machine-learning-curated-checks.png")
+
+
+BACKFILL = """
+mutation Backfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}
+"""
+BACKFILL_STATUS = """
+query Backfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status runs { runId status tags { key value } } }
+  }
+}
+"""
+BACKFILL_DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+
+def test_a_backfill_from_the_ui_of_a_range_of_days_is_one_run_for_the_days(dagster_dev: str, ui_run: UiRun):
+    """The UI's backfill dialog (launchPartitionBackfill, run by the daemon of `dagster dev`): the days
+    of the partitioned tables are one run over the range (BackfillPolicy.single_run()), not one run
+    per day. The daemon splits the graph into waves where partitioned and unpartitioned assets
+    alternate; customer_trusted withdraws anyone it no longer allows from every table before it
+    publishes, so a consent change holds across the waves too."""
+    first = ui_run.days[0]
+    second = (date.fromisoformat(first) + timedelta(days=1)).isoformat()
+    storage = {
+        "landing_uri": str(ui_run.lakehouse.parent / "landing"),
+        "lakehouse_uri": str(ui_run.lakehouse),
+    }
+    params = {
+        "assetSelection": [node["assetKey"] for node in ui_run.assets],
+        "partitionNames": [first, second],
+        "runConfigData": {"resources": {"storage": {"config": storage}}},
+    }
+    launched = graphql(dagster_dev, BACKFILL, {"params": params})["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while True:
+        backfill = graphql(dagster_dev, BACKFILL_STATUS, {"id": launched["backfillId"]})[
+            "partitionBackfillOrError"
+        ]
+        runs = backfill["runs"]
+        if backfill["status"] in BACKFILL_DONE and all(run["status"] in FINISHED for run in runs):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"backfill {launched['backfillId']} is still {backfill['status']}")
+        time.sleep(2)
+
+    assert backfill["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), backfill
+    assert all(run["status"] == "SUCCESS" for run in runs)
+    tags = [{tag["key"]: tag["value"] for tag in run["tags"]} for run in runs]
+    # the daemon runs the assets in dependency order, one run per wave: the ingest, customer_trusted,
+    # accelerometer_trusted over the range, customer_curated, then the step trainer and training
+    # tables over the range; each partitioned wave is one run over both days, never a run per day
+    ranges = [(t[RANGE_START_TAG], t[RANGE_END_TAG]) for t in tags if RANGE_START_TAG in t]
+    assert ranges == [(first, second)] * 2
+    assert len(runs) == 5
+    assert not any("dagster/partition" in t for t in tags)

@@ -12,7 +12,6 @@ from stedi_assets.defs.factories import (
     table_checks,
 )
 from stedi_assets.defs.incremental import fingerprint, recompute_by_day
-from stedi_assets.defs.partitions import targeted_days
 from stedi_assets.defs.settings import StediSettings, commit_properties
 from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import (
@@ -83,6 +82,7 @@ def machine_learning_curated(
     ml_join, ml_identity = settings.ml_join, settings.ml_identity
     # equal timestamps share a day, so each part pairs readings of the same days
     return recompute_by_day(
+        context,
         storage.lakehouse,
         MACHINE_LEARNING_CURATED,
         fingerprint(curated, ml_join.value, ml_identity.value, key.key_id),
@@ -94,19 +94,14 @@ def machine_learning_curated(
             ml_join,
             ml_identity,
         ),
-        lambda parts: Publication(
-            parts,
-            "consent",
-            lambda staged: USERS_ARE_CURATED_CUSTOMERS.verdict(staged, customer_curated, key.secret),
-            commit_properties(settings, key),
-        ),
+        lambda staged: USERS_ARE_CURATED_CUSTOMERS.verdict(staged, customer_curated, key.secret),
+        commit_properties(settings, key),
         {
             "ml_join": ml_join.value,
             "ml_identity": ml_identity.value,
             "pseudonym_key_id": key.key_id,
             "pseudonym_key": key.origin,
         },
-        targeted_days(context),
     )
 
 

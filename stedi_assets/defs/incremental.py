@@ -14,12 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import dagster as dg
 import polars as pl
 
-from stedi_assets.defs.partitions import EVENT_DAYS, in_window
+from stedi_assets.defs.partitions import EVENT_DAYS, in_window, targeted_days
 from stedi_assets.rules.catalog import (
     ACCELEROMETER,
     ACCELEROMETER_TRUSTED,
@@ -31,6 +31,7 @@ from stedi_assets.rules.catalog import (
     day_parts,
     on_days,
 )
+from stedi_assets.rules.contracts import Verdict
 from stedi_assets.storage.io_manager import Publication, held_metadata
 from stedi_assets.storage.lakehouse import Lakehouse
 
@@ -195,20 +196,21 @@ def on_rebuilt_days(frame: pl.LazyFrame, rebuild: Rebuild) -> pl.LazyFrame:
 
 
 def recompute_by_day(
+    context: dg.AssetExecutionContext,
     lakehouse: Lakehouse,
     table: Table,
     digest: str,
     compute: Callable[[dict[str, pl.LazyFrame]], pl.LazyFrame],
-    publication: Callable[[list[pl.LazyFrame]], Publication],
+    verify: Callable[[pl.LazyFrame], Verdict],
+    properties: Mapping[str, str],
     metadata: Mapping[str, object] | None = None,
-    targeted: Sequence[str] | None = None,
 ) -> dg.MaterializeResult:
-    """A reading table's write: the days to recompute of those `targeted` (plan_rebuild; None: every
-    day) from its inputs (READING_INPUTS), `compute` applied to each part
-    of them (a few days of every input at a time, parts taken from the first input: memory bounded
-    by a part), published as `publication` of those parts replacing just those days; no write when
-    no input day changed."""
-    rebuild = plan_rebuild(lakehouse, table, inputs_of(table), digest, targeted)
+    """A reading table's write: of the days the run targets (targeted_days), those to recompute
+    (plan_rebuild) from its inputs (READING_INPUTS), `compute` applied to each part of them (a few
+    days of every input at a time, parts taken from the first input: memory bounded by a part),
+    published under the consent contract `verify` replacing just those days; no write when no input
+    day changed."""
+    rebuild = plan_rebuild(lakehouse, table, inputs_of(table), digest, targeted_days(context))
     extra = dict(metadata or {})
     if rebuild.nothing:  # no new version: the materialization says what the table holds
         held = held_metadata(lakehouse, lakehouse.table_uri(table.zone, table.name))
@@ -219,8 +221,7 @@ def recompute_by_day(
     days = day_parts(driver)
     parts = [compute({name: on_days(frame, part) for name, frame in rebuild.inputs.items()}) for part in days]
     extra[DAYS_COMPUTED] = sum(len(part) for part in days)
-    written = publication(parts)
-    written = replace(
-        written, properties=rebuild.properties(written.properties), replace_partitions=rebuild.days
+    written = Publication(
+        parts, "consent", verify, rebuild.properties(properties), replace_partitions=rebuild.days
     )
     return dg.MaterializeResult(value=written, metadata={**rebuild.metadata, **extra})

@@ -19,7 +19,6 @@ from stedi_assets.defs.factories import (
     table_checks,
 )
 from stedi_assets.defs.incremental import fingerprint, recompute_by_day
-from stedi_assets.defs.partitions import targeted_days
 from stedi_assets.defs.settings import StediSettings, commit_properties
 from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import (
@@ -176,19 +175,15 @@ def accelerometer_trusted(
     the consent decision changed."""
     consenting, policy = customer_trusted.collect(), settings.consent_policy
     return recompute_by_day(
+        context,
         storage.lakehouse,
         ACCELEROMETER_TRUSTED,
         fingerprint(consenting, policy.value),
         lambda part: transforms.accelerometer_trusted(
             part["accelerometer_landing"], consenting.lazy(), policy
         ),
-        lambda parts: Publication(
-            parts,
-            "consent",
-            lambda staged: USERS_ARE_TRUSTED_CUSTOMERS.verdict(staged, customer_trusted),
-            commit_properties(settings, pseudonym_of(storage)),
-        ),
-        targeted=targeted_days(context),
+        lambda staged: USERS_ARE_TRUSTED_CUSTOMERS.verdict(staged, customer_trusted),
+        commit_properties(settings, pseudonym_of(storage)),
     )
 
 
@@ -209,17 +204,13 @@ def step_trainer_trusted(
         customer_curated, customer_landing, customer_rejects, settings.consent_policy
     ).collect()
     return recompute_by_day(
+        context,
         storage.lakehouse,
         STEP_TRAINER_TRUSTED,
         fingerprint(devices, settings.consent_policy.value),
         lambda part: transforms.readings_of_devices(part["step_trainer_landing"], devices.lazy()),
-        lambda parts: Publication(
-            parts,
-            "consent",
-            lambda staged: SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(staged, customer_curated),
-            commit_properties(settings, pseudonym_of(storage)),
-        ),
-        targeted=targeted_days(context),
+        lambda staged: SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(staged, customer_curated),
+        commit_properties(settings, pseudonym_of(storage)),
     )
 
 

@@ -411,6 +411,7 @@ def test_ui_shows_the_checks_of_the_training_table(
     expect(page.get_by_text(f"Checks ({len(names)})", exact=True)).to_be_visible()
     for name in names:
         expect(page.get_by_text(name, exact=True).first).to_be_visible()
+    assert succeeded, "the run launched through the UI has no succeeded check to show"
     expect(page.get_by_text("Succeeded", exact=True)).to_have_count(len(succeeded))
     page.screenshot(path=screenshots / "machine-learning-curated-checks.png")
 
@@ -439,8 +440,7 @@ def test_a_backfill_from_the_ui_of_a_range_of_days_is_one_run_for_the_days(dagst
     """The UI's backfill dialog (launchPartitionBackfill, run by the daemon of `dagster dev`): the days
     of the partitioned tables are one run over the range (BackfillPolicy.single_run()), not one run
     per day. The daemon splits the graph into waves where partitioned and unpartitioned assets
-    alternate; customer_trusted withdraws anyone it no longer allows from every table before it
-    publishes, so a consent change holds across the waves too."""
+    alternate."""
     first = ui_run.days[0]
     second = (date.fromisoformat(first) + timedelta(days=1)).isoformat()
     storage = {

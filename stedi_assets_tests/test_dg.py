@@ -7,10 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster
 import polars as pl
 import pytest
+from dagster._core.instance.ref import InstanceRef
 
-from stedi_assets_tests.helpers import TINY_DAY
+from stedi_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
+from stedi_assets_tests.helpers import T2, TINY_DAY, write_jsonl
+
+NEXT_DAY = T2 + 86_400_000
 
 REPO = Path(__file__).resolve().parents[1]
 DG = Path(sys.executable).parent / "dg"
@@ -32,16 +37,25 @@ def test_dg_checks_the_definitions(tmp_path: Path):
 
 
 def test_dg_launches_the_lakehouse_over_a_range_of_days_in_one_run(tiny_landing: Path, tmp_path: Path):
-    lakehouse = tmp_path / "lakehouse"
+    write_jsonl(
+        tiny_landing / "accelerometer" / "accelerometer-2.json",
+        [{"user": "Erin@test.com", "timestamp": NEXT_DAY, "x": 1.0, "y": 0.0, "z": 0.0}],
+    )
+    lakehouse, home = tmp_path / "lakehouse", tmp_path / "home"
+    home.mkdir()
     env = {
-        "DAGSTER_HOME": str(tmp_path / "home"),
+        "DAGSTER_HOME": str(home),
         "STEDI_LANDING_URI": str(tiny_landing),
         "STEDI_LAKEHOUSE_URI": str(lakehouse),
     }
-    (tmp_path / "home").mkdir()
-    done = dg(
-        "launch", "--job", "stedi_lakehouse_job", "--partition-range", f"{TINY_DAY}...{TINY_DAY}", env=env
-    )
+    days = (TINY_DAY, "2022-06-19")
+    done = dg("launch", "--job", "stedi_lakehouse_job", "--partition-range", "...".join(days), env=env)
     assert done.returncode == 0, done.stderr[-2000:]
+    with dagster.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        (run,) = instance.get_runs()
+        assert run.is_success
+        assert (run.tags[RANGE_START_TAG], run.tags[RANGE_END_TAG]) == days
+        assert instance.get_materialized_partitions(dagster.AssetKey("accelerometer_trusted")) == set(days)
+    trusted = pl.read_delta(str(lakehouse / "trusted" / "accelerometer_trusted"))
+    assert sorted(trusted["event_day"].cast(pl.String).unique()) == list(days)
     assert pl.read_delta(str(lakehouse / "curated" / "machine_learning_curated")).height == 5
-    assert pl.read_delta(str(lakehouse / "trusted" / "customer_trusted")).height == 3

@@ -121,6 +121,10 @@ def test_a_changed_file_replaces_its_own_rows(tiny_landing: Path, tmp_path: Path
     changed.write_text("".join(kept))
     with changed.open("a") as lines:
         lines.write(json.dumps(NEW_READINGS[0]) + "\n")
+    # the corrected file has the old one's size: its later modification time is what tells them apart
+    # (set explicitly, so coarse file system timestamps cannot hide it)
+    landed = changed.stat().st_mtime_ns + 2_000_000_000
+    os.utime(changed, ns=(landed, landed))
 
     summary = run_lakehouse(**settings)
 

@@ -89,10 +89,13 @@ def json_string(raw: pl.Expr, key: str) -> pl.Expr:
     """The value of the first `"key": "..."` pair in a raw line, JSON escapes decoded (`\\u0040` is @)."""
     content = raw.str.extract(_STRING_PAIR.format(key=key), 1)
     # What JSON forbids in a string and would make the decoding raise (failing the run for one bad
-    # line): control characters, and escaped UTF-16 surrogates (a lone one cannot be decoded; a
-    # pair is dropped too). An escaped backslash is matched first, so `\\ud800` stays text.
+    # line): control characters, and lone escaped UTF-16 surrogates. An escaped backslash and a
+    # valid surrogate pair (an emoji written as `\\ud83d\\ude00`) are matched first and kept, so the
+    # value decodes to what the line's own JSON parse gives: an erasure request names the person
+    # its email names, never the same email with a character dropped.
     decodable = content.str.replace_all(r"[\x00-\x1f]", "").str.replace_all(
-        r"(\\\\)|\\u[dD][89a-fA-F][0-9a-fA-F]{2}", "$1"
+        r"(\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2})|\\u[dD][89a-fA-F][0-9a-fA-F]{2}",
+        "$1",
     )
     # not pl.format: on a multi-chunk column the streaming engine panics in it (polars 2.1)
     return (pl.lit('"') + decodable + pl.lit('"')).str.json_decode(pl.String)

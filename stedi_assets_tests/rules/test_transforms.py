@@ -342,11 +342,13 @@ def test_what_json_forbids_in_a_quarantined_value_is_no_crash() -> None:
         '{"email": "a\x01b@x.com", "serialNumber": "s1"',
         '{"email": "c\\ud800d@x.com", "serialNumber": "s2"',
         '{"email": "e\\\\ud800@x.com", "serialNumber": "s3"',  # an escaped backslash, then text
+        '{"email": "f\\ud83d\\ude00g@x.com", "serialNumber": "s4"',  # a valid pair: an emoji
     )
     assert transforms.recovered_customer_claims(rejects).collect().select("email").to_series().to_list() == [
         "ab@x.com",
         "cd@x.com",
         "e\\ud800@x.com",
+        "f\U0001f600g@x.com",  # the person the line names, as the line's own JSON parse gives it
     ]
 
 

@@ -148,7 +148,7 @@ def run_lakehouse(
     import dagster as dg
 
     from stedi_assets.definitions import defs
-    from stedi_assets.defs.automation import INGEST
+    from stedi_assets.defs.automation import INGEST, zones_follow
     from stedi_assets.defs.incremental import refresh_range
     from stedi_assets.defs.instance import process_tags, release_dead_runs
     from stedi_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, day_range, range_tags
@@ -189,7 +189,8 @@ def run_lakehouse(
             run_config=run_config(log_level, **settings), instance=instance, raise_on_error=False, tags=tags
         )
         results.append(result)
-        if not result.success:
+        failed = {event.step_key for event in result.all_events if event.is_step_failure}
+        if not result.success and not (phase == "ingest" and failed and zones_follow(failed)):
             break
     return summarize(*results)
 

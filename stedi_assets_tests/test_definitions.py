@@ -177,6 +177,7 @@ def test_jobs_schedule_and_sensor():
     assert [s.name for s in defs.sensors] == [
         "stedi_new_landing_files",
         "stedi_zones_after_ingest",
+        "stedi_zones_after_failed_ingest",
         "stedi_run_failures",
     ]
 

@@ -107,11 +107,32 @@ def new_landing_files(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg
     if signature == context.cursor:
         return dg.SkipReason("no new, changed or removed landing file")
     context.update_cursor(signature)
-    return dg.RunRequest(run_key=signature)
+    # no run key: the cursor already asks once per change, and a landing zone that returns to an
+    # earlier state (a file added, then removed) must be ingested again, which a reused key forbids
+    return dg.RunRequest()
 
 
 def _storage_config(run_config: dict[str, Any]) -> dict[str, Any]:
     return dict(run_config.get("resources", {}).get("storage", {}).get("config", {}) or {})
+
+
+CONSENT_STEPS = frozenset({"ingest_customer", "erasure_log"})
+"""The ingest steps the consent decision is made from. When they succeeded, the zones run even if
+another source failed: a withdrawal must not wait for a broken accelerometer or step trainer file."""
+
+
+def zones_follow(failed_steps: set[str]) -> bool:
+    """Whether the zones run after an ingest whose `failed_steps` failed (privacy first: a consent
+    decision made from what was ingested is carried out, whatever else failed)."""
+    return failed_steps.isdisjoint(CONSENT_STEPS)
+
+
+def _zones_request(context: dg.RunStatusSensorContext) -> dg.RunRequest:
+    run_config = dict(context.dagster_run.run_config)
+    start, end = refresh_range(StediStorage(**_storage_config(run_config)).lakehouse)
+    return dg.RunRequest(
+        run_key=context.dagster_run.run_id, run_config=run_config, tags=range_tags(start, end)
+    )
 
 
 @dg.run_status_sensor(
@@ -125,11 +146,27 @@ def _storage_config(run_config: dict[str, Any]) -> dict[str, Any]:
     "ingest's storage and settings.",
 )
 def zones_after_ingest(context: dg.RunStatusSensorContext) -> dg.RunRequest:
-    run_config = dict(context.dagster_run.run_config)
-    start, end = refresh_range(StediStorage(**_storage_config(run_config)).lakehouse)
-    return dg.RunRequest(
-        run_key=context.dagster_run.run_id, run_config=run_config, tags=range_tags(start, end)
-    )
+    return _zones_request(context)
+
+
+@dg.run_status_sensor(
+    name="stedi_zones_after_failed_ingest",
+    run_status=dg.DagsterRunStatus.FAILURE,
+    monitored_jobs=[ingest_job],
+    request_job=zones_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After an ingest that failed in a sensor source but ingested the customers and the "
+    "erasure requests, runs the zones anyway: a withdrawal never waits for a broken reading file.",
+)
+def zones_after_failed_ingest(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
+    if not zones_follow(failed_steps(context.instance, context.dagster_run.run_id)):
+        return dg.SkipReason("the customers or the erasure requests were not ingested")
+    return _zones_request(context)
+
+
+def failed_steps(instance: dg.DagsterInstance, run_id: str) -> set[str]:
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records
+    return {record.event_log_entry.step_key or "" for record in records} - {""}
 
 
 def failure_message(run: dg.DagsterRun, failed_steps: list[str]) -> str:
@@ -146,10 +183,7 @@ def failure_message(run: dg.DagsterRun, failed_steps: list[str]) -> str:
     "posts a short message to it (job, run id, failed steps; no data, no error text).",
 )
 def run_failures(context: dg.RunFailureSensorContext) -> None:
-    records = context.instance.get_records_for_run(
-        context.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE
-    ).records
-    failed = sorted({record.event_log_entry.step_key or "" for record in records} - {""})
+    failed = sorted(failed_steps(context.instance, context.dagster_run.run_id))
     message = failure_message(context.dagster_run, failed)
     context.log.error(message)
     url = alert_webhook()
@@ -162,4 +196,4 @@ def run_failures(context: dg.RunFailureSensorContext) -> None:
 
 jobs = [lakehouse_job, ingest_job, zones_job, glue_catalog_job]
 schedules = [daily_refresh]
-sensors = [new_landing_files, zones_after_ingest, run_failures]
+sensors = [new_landing_files, zones_after_ingest, zones_after_failed_ingest, run_failures]

@@ -14,7 +14,7 @@ import pytest
 
 from stedi_assets.cli import run_config
 from stedi_assets.definitions import defs
-from stedi_assets.defs.automation import new_landing_files, run_failures
+from stedi_assets.defs.automation import new_landing_files, run_failures, zones_after_failed_ingest
 from stedi_assets_tests.helpers import T2, customer, make_bucket, upload_tree, write_jsonl
 
 
@@ -35,7 +35,7 @@ def _ticks_follow_the_landing_zone(add_file, change_file) -> None:
 
     add_file()
     requests, _, after_add = _tick(instance, cursor)
-    assert len(requests) == 1 and after_add != cursor and requests[0].run_key == after_add
+    assert len(requests) == 1 and after_add != cursor and requests[0].run_key is None
     assert _tick(instance, after_add)[0] == []
 
     change_file()
@@ -125,3 +125,32 @@ def test_a_failed_run_is_posted_to_the_webhook_without_personal_data(
             "(ingest_accelerometer, ingest_step_trainer)."
         }
     ]
+
+
+@pytest.mark.parametrize(("broken", "follows"), [("step_trainer", True), ("customer", False)])
+def test_the_zones_follow_a_failed_ingest_only_when_the_customers_were_ingested(
+    tiny_landing: Path, tmp_path: Path, broken: str, follows: bool
+):
+    for path in (tiny_landing / broken).iterdir():
+        path.unlink()
+    (tiny_landing / broken).rmdir()
+    instance = dg.DagsterInstance.ephemeral()
+    config = run_config(landing_uri=str(tiny_landing), lakehouse_uri=str(tmp_path / "lh"))
+    ingest = defs.resolve_job_def("stedi_ingest_job").execute_in_process(
+        run_config=config, instance=instance, raise_on_error=False
+    )
+    assert not ingest.success
+    context = dg.build_run_status_sensor_context(
+        sensor_name="stedi_zones_after_failed_ingest",
+        dagster_event=ingest.get_run_failure_event(),
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(ingest.run_id),
+    )
+
+    request = zones_after_failed_ingest(context)
+
+    if follows:
+        assert isinstance(request, dg.RunRequest) and request.run_key == ingest.run_id
+        assert request.run_config == config
+    else:
+        assert request == dg.SkipReason("the customers or the erasure requests were not ingested")

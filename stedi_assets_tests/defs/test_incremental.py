@@ -405,3 +405,26 @@ def test_a_reading_dated_outside_the_partitions_is_done_by_any_run_and_never_wid
     }
     event = instance.get_latest_materialization_event(dg.AssetKey("accelerometer_trusted"))
     assert event.asset_materialization.metadata["days_recomputed"].value == 2
+
+
+def test_a_withdrawal_is_carried_out_when_another_source_fails_to_ingest(tiny_landing: Path, tmp_path: Path):
+    """Privacy first: the zones run after an ingest that failed in a reading source, as long as the
+    customers and the erasure requests were ingested; a withdrawal never waits for a broken file."""
+    settings = _settings(tiny_landing, tmp_path)
+    assert run_lakehouse(**settings)["success"]
+    assert "alice@test.com" in _users(tmp_path)
+    write_jsonl(
+        tiny_landing / "customer" / "customer-2.json", [customer("Alice A", "S-A", None, lastUpdateDate=T2)]
+    )
+    for path in (tiny_landing / "step_trainer").iterdir():  # the step trainer source is gone
+        path.unlink()
+    (tiny_landing / "step_trainer").rmdir()
+
+    summary = run_lakehouse(**settings)
+
+    assert not summary["success"]
+    assert [error.split(":")[0] for error in summary["errors"]] == ["ingest_step_trainer"]
+    assert len(summary["run_ids"]) == 2  # the zones ran
+    assert "alice@test.com" not in _users(tmp_path)
+    training = pl.read_delta(str(_table(tmp_path, "curated", "machine_learning_curated")))
+    assert training.height > 0 and "S-A" not in training["serialNumber"].to_list()

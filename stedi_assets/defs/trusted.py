@@ -74,10 +74,11 @@ def withdraw_downstream(
     key: PseudonymKey,
     properties: dict[str, str],
     policy: transforms.ConsentPolicy = transforms.ConsentPolicy.any_time,
-) -> tuple[dict[str, int], list[str]]:
+) -> tuple[dict[str, int], list[str], bool]:
     """Removes everyone the consent decision `decided` does not allow from every existing downstream
-    table; how many identities (people or devices) lost rows in each table, and the tables whose subject_ids
-    were made under another pseudonym key (all their rows leave: no one's consent can be matched).
+    table; how many identities (people or devices) lost rows in each table, the tables whose subject_ids
+    were made under another pseudonym key (all their rows leave: no one's consent can be matched),
+    and whether the report file was removed (before the first table loses anyone).
 
     This runs before customer_trusted publishes, so whatever fails later in the run (a bad file, a
     full disk, a kill), no trusted or curated table holds a row the published decision disallows.
@@ -88,6 +89,7 @@ def withdraw_downstream(
     )
     removed = {}
     changed_keys: list[str] = []
+    report_removed, report_handled = False, False
     for declared in DOWNSTREAM_OF_CONSENT:
         uri = lakehouse.table_uri(declared.zone, declared.name)
         try:
@@ -101,6 +103,10 @@ def withdraw_downstream(
                 # its subject_ids cannot be matched to anyone's consent: none of its rows can stay
                 changed_keys.append(f"{declared.name} (made with key {made_with}, now {key.key_id})")
         count = lakehouse.reading(uri, decision.outside(current, declared).select(pl.len())).item()
+        if count and not report_handled:
+            # the report's charts may show someone who is leaving: it goes first, so a retry after
+            # any failure below still finds someone to remove and removes it
+            report_removed, report_handled = lakehouse.remove_file(REPORT_PATH), True
         if count:
             kept = decision.within(current, declared)
 
@@ -112,7 +118,9 @@ def withdraw_downstream(
             rewrite = Publication(kept, "consent", verify, properties, no_history=True)
             publish(lakehouse, uri, as_declared(rewrite, definition_metadata(declared)))
         removed[declared.name] = count
-    return removed, changed_keys
+    if changed_keys and not report_handled:
+        report_removed = lakehouse.remove_file(REPORT_PATH)
+    return removed, changed_keys, report_removed
 
 
 @table_asset(CUSTOMER_TRUSTED)
@@ -129,7 +137,7 @@ def customer_trusted(
     key = pseudonym_of(storage)
     decided = transforms.customer_trusted(customer_landing, customer_rejects).collect().lazy()
     try:
-        removed, changed_keys = withdraw_downstream(
+        removed, changed_keys, report_removed = withdraw_downstream(
             storage.lakehouse,
             decided,
             customer_landing,
@@ -138,10 +146,6 @@ def customer_trusted(
             commit_properties(settings, key),
             settings.consent_policy,
         )
-        if any(removed.values()) or changed_keys:  # its charts may show someone who just left
-            report_removed = storage.lakehouse.remove_file(REPORT_PATH)
-        else:
-            report_removed = False
     except StorageError as error:
         raise as_failure(error) from error
     publication = Publication(

@@ -25,6 +25,7 @@ from stedi_assets.defs.report import REPORT_PATH, funnel_chart, histogram_chart,
 from stedi_assets.generate import generate_landing
 from stedi_assets.rules import report
 from stedi_assets.storage.environment import S3Options
+from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets_tests.helpers import T2, customer, make_bucket, upload_tree, write_jsonl
 
@@ -237,3 +238,31 @@ def test_a_withdrawal_removes_the_report_even_when_it_is_not_redrawn(tiny_landin
     assert not page.exists()
     event = instance.get_latest_materialization_event(dg.AssetKey("customer_trusted"))
     assert event.asset_materialization.metadata["report_removed"].value == REPORT_PATH
+
+
+def test_a_failed_report_removal_is_retried_until_the_report_is_gone(
+    tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The report goes before any table loses the person, so the step's retry after a transient
+    failure to delete it still has someone to remove, and removes it."""
+    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(tmp_path / "lakehouse")}
+    assert run_lakehouse(**settings)["success"]
+    page = tmp_path / "lakehouse" / REPORT_PATH
+    write_jsonl(
+        tiny_landing / "customer" / "customer-2.json", [customer("Alice A", "S-A", None, lastUpdateDate=T2)]
+    )
+    remove_file, calls = Lakehouse.remove_file, []
+
+    def flaky(self: Lakehouse, path: str) -> bool:
+        calls.append(path)
+        if len(calls) == 1:
+            raise StorageError("Storage error on the report: throttled", transient=True)
+        return remove_file(self, path)
+
+    monkeypatch.setattr(Lakehouse, "remove_file", flaky)
+
+    summary = run_lakehouse("key:customer_landing or key:customer_trusted", **settings)
+
+    assert summary["success"], summary["errors"]
+    assert summary["retries"] == {"customer_trusted": 1}
+    assert not page.exists()

@@ -32,8 +32,10 @@ from stedi_assets.rules.catalog import (
     on_days,
 )
 from stedi_assets.rules.contracts import Verdict
+from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.io_manager import Publication, held_metadata
 from stedi_assets.storage.lakehouse import Lakehouse
+from stedi_assets.storage.resources import as_failure
 
 BUILT_FROM = "stedi.built_from"
 """The commit property recording a reading table's inputs (JSON)."""
@@ -210,7 +212,10 @@ def recompute_by_day(
     days of every input at a time, parts taken from the first input: memory bounded by a part),
     published under the consent contract `verify` replacing just those days; no write when no input
     day changed."""
-    rebuild = plan_rebuild(lakehouse, table, inputs_of(table), digest, targeted_days(context))
+    try:
+        rebuild = plan_rebuild(lakehouse, table, inputs_of(table), digest, targeted_days(context))
+    except StorageError as error:  # only a transient one is retried, as every other write's
+        raise as_failure(error) from error
     extra = dict(metadata or {})
     if rebuild.nothing:  # no new version: the materialization says what the table holds
         held = held_metadata(lakehouse, lakehouse.table_uri(table.zone, table.name))

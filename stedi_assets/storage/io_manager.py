@@ -83,8 +83,36 @@ def removed_identities(previous: pl.LazyFrame, staged: pl.LazyFrame, columns: tu
     return pl.concat(gone).select(pl.len()).collect().item() if gone else 0
 
 
-def publish(lakehouse: Lakehouse, uri: str, publication: Publication) -> tuple[Staged, int]:
+def same_rows(left: pl.LazyFrame, right: pl.LazyFrame) -> bool:
+    """Whether two frames hold the same rows (in any order) under the same schema."""
+    if left.collect_schema() != right.collect_schema():
+        return False
+    hashes = [
+        frame.select(pl.struct(pl.all()).hash().sort()).collect().to_series() for frame in (left, right)
+    ]
+    return hashes[0].equals(hashes[1])
+
+
+def _same_as_read(lakehouse: Lakehouse, uri: str, staged: Staged, publication: Publication) -> bool:
+    """A whole-table rewrite holding exactly the rows of the version it read, under the same commit
+    properties: committing it would only make a new version, and every reader of the table (the
+    reading tables' day planning, the checks' scope) would take it for a change."""
+    if publication.append or publication.replace_partitions is not None or publication.no_history:
+        return False
+    if staged.read_version is None or lakehouse.open(uri).version() != staged.read_version:
+        return False
+    latest = lakehouse.latest_write(uri)
+    if any(str(latest.get(key)) != str(value) for key, value in publication.properties.items()):
+        return False
+    if lakehouse.rows(uri) != staged.rows:
+        return False
+    return same_rows(lakehouse.scan(uri, staged.read_version), lakehouse.scan_staged(staged))
+
+
+def publish(lakehouse: Lakehouse, uri: str, publication: Publication) -> tuple[Staged | None, int]:
     """Stage, verify, commit, then expire history; the staged write and the committed version.
+
+    A whole-table rewrite identical to the version it read is not committed (None, that version).
 
     When the contract is broken the staged files are deleted and nothing is committed: a
     dg.Failure that is not retried (recomputing gives the same table), with a masked sample.
@@ -107,6 +135,14 @@ def publish(lakehouse: Lakehouse, uri: str, publication: Publication) -> tuple[S
                 metadata=verdict_metadata(verdict, publication.secret),
                 allow_retries=False,
             )
+    try:
+        unchanged = _same_as_read(lakehouse, uri, staged, publication)
+    except BaseException:
+        lakehouse.discard(staged)
+        raise
+    if unchanged:
+        lakehouse.discard(staged)
+        return None, int(staged.read_version or 0)
     removed = publication.no_history
     if not removed and not publication.append and publication.identities and staged.read_version is not None:
         try:
@@ -171,6 +207,9 @@ class DeltaIOManager(dg.ConfigurableIOManager):
         uri = _table_uri(lakehouse, context.asset_key, metadata)
         try:
             staged, version = publish(lakehouse, uri, publication)
+            if staged is None:  # nothing changed: no new version
+                context.add_output_metadata(held_metadata(lakehouse, uri))
+                return
             metadata = table_metadata(lakehouse, staged, version, pii)
             if publication.append or publication.replace_partitions is not None:
                 # the table holds more than this write: its count from the log

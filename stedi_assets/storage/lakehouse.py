@@ -311,17 +311,18 @@ class Lakehouse:
     def latest_write_property(self, uri: str, key: str) -> str | None:
         """A property recorded by the newest commit that wrote data (maintenance commits, such as a
         vacuum's, are skipped); None when that commit has none, or there is no table."""
+        value = self.latest_write(uri).get(key)
+        return None if value is None else str(value)
+
+    def latest_write(self, uri: str) -> dict[str, Any]:
+        """The newest commit that wrote data, as its history entry (empty: none, or no table)."""
         try:
             history = self.open(uri).history(HISTORY_LOOKBACK)
         except TableMissing:
-            return None
+            return {}
         except (OSError, DeltaError) as error:
             raise self._failure(uri, error) from error
-        for entry in history:  # newest first
-            if entry.get("operation") not in MAINTENANCE:
-                value = entry.get(key)
-                return None if value is None else str(value)
-        return None
+        return next((entry for entry in history if entry.get("operation") not in MAINTENANCE), {})
 
     def changed_partitions(self, uri: str, since: int) -> set[str | None] | None:
         """The partition values whose data files differ between version `since` and the latest, from

@@ -215,6 +215,7 @@ def _versions_holding(lakehouse: Lakehouse, zone: str, name: str, column: str, v
 def test_a_withdrawal_leaves_no_retained_version_holding_the_person(tiny_landing: Path, lakehouse: Lakehouse):
     settings = _settings(tiny_landing, lakehouse, ml_identity="email")
     assert run_lakehouse(**settings)["success"]
+    write_jsonl(tiny_landing / "customer" / "customer-2.json", [customer("Frank F", "S-F", T1)])
     assert run_lakehouse(**settings)["success"]  # nothing removed: the earlier version stays readable
     customer_trusted = ("trusted", "customer_trusted")
     assert _versions_holding(lakehouse, *customer_trusted, "email", "alice@test.com") == [0, 1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import polars as pl
 
+from stedi_assets.defs.check_scope import examined
 from stedi_assets.defs.factories import (
     check_result,
     membership_check,
@@ -111,8 +112,10 @@ def machine_learning_curated(
     description="Every training row has a Step Trainer side and an accelerometer side taken at the "
     "same time.",
 )
-def rows_have_both_sides(machine_learning_curated: pl.LazyFrame) -> dg.AssetCheckResult:
-    return check_result(contracts.both_sides_present(machine_learning_curated))
+def rows_have_both_sides(context, storage: StediStorage) -> dg.AssetCheckResult:  # context: see above
+    """Of the days changed since it last passed (check_scope)."""
+    seen = examined(context, storage.lakehouse, MACHINE_LEARNING_CURATED.name)
+    return check_result(contracts.both_sides_present(seen.frame), examined=seen)
 
 
 @dg.asset_check(

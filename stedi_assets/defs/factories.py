@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-import polars as pl
 
+from stedi_assets.defs.check_scope import Examined, examined
 from stedi_assets.defs.partitions import EVENT_DAYS, SINGLE_RUN
 from stedi_assets.defs.settings import StediSettings
 from stedi_assets.rules import contracts
@@ -45,19 +45,24 @@ def table_asset(declared: Table, daily: bool = False) -> Callable[..., dg.Assets
     )
 
 
-def check_result(verdict: contracts.Verdict, secret: bytes | None = None, **key: Any) -> dg.AssetCheckResult:
-    """A verdict as a check result; with the pseudonym key, its sample names people by keyed hash."""
+def check_result(
+    verdict: contracts.Verdict, secret: bytes | None = None, examined: Examined | None = None, **key: Any
+) -> dg.AssetCheckResult:
+    """A verdict as a check result; with the pseudonym key, its sample names people by keyed hash;
+    with what it examined, the days it examined and, when it passed, the versions it saw."""
+    scope = examined.metadata(verdict.passed) if examined else {}
     return dg.AssetCheckResult(
         passed=verdict.passed,
         severity=SEVERITY[verdict.severity],
-        metadata=verdict_metadata(verdict, secret),
+        metadata={**verdict_metadata(verdict, secret), **scope},
         description=verdict.summary,
         **key,
     )
 
 
 def membership_check(membership: contracts.Membership) -> dg.AssetChecksDefinition:
-    """A blocking referential check: the join contract behind a trusted or curated table."""
+    """A blocking referential check: the join contract behind a trusted or curated table (of a
+    day-partitioned table, the days changed since it last passed, see check_scope)."""
 
     @dg.multi_asset_check(
         name=f"{membership.table}_{membership.name}",
@@ -70,15 +75,17 @@ def membership_check(membership: contracts.Membership) -> dg.AssetChecksDefiniti
                 additional_deps=[membership.parent],
             )
         ],
-        ins={"subject": dg.AssetIn(membership.table), "parent": dg.AssetIn(membership.parent)},
     )
     def referential(
-        storage: StediStorage, subject: pl.LazyFrame, parent: pl.LazyFrame
+        context: dg.AssetCheckExecutionContext, storage: StediStorage
     ) -> Iterator[dg.AssetCheckResult]:
         secret = pseudonym_of(storage).secret
+        seen = examined(context, storage.lakehouse, membership.table, [membership.parent])
+        parent = seen.parents[membership.parent]
         yield check_result(
-            membership.verdict(subject, parent, secret if membership.pseudonymous else None),
+            membership.verdict(seen.frame, parent, secret if membership.pseudonymous else None),
             secret,
+            seen,
             asset_key=membership.table,
             check_name=membership.name,
         )
@@ -97,7 +104,7 @@ def latest_metadata(instance: dg.DagsterInstance, table: str, key: str) -> Any:
 class TableCheck:
     name: str
     description: str
-    evaluate: Callable[[pl.LazyFrame, StediSettings, dg.DagsterInstance], contracts.Verdict]
+    evaluate: Callable[[Examined, StediSettings, dg.DagsterInstance], contracts.Verdict]
     blocking: bool = False
     depends_on: str | None = None
 
@@ -111,16 +118,15 @@ def table_contracts(declared: Table) -> list[TableCheck]:
     """
     name, subset_of, key = declared.name, declared.subset_of, declared.key
 
-    def row_count(frame: pl.LazyFrame, settings: StediSettings, instance: dg.DagsterInstance):
+    def row_count(seen: Examined, settings: StediSettings, instance: dg.DagsterInstance):
         within = latest_metadata(instance, subset_of, "dagster/row_count") if subset_of else None
-        observed = frame.select(pl.len()).collect().item()
-        return contracts.row_count(observed, within, settings.expected_row_count(name), subset_of or "")
+        return contracts.row_count(seen.rows, within, settings.expected_row_count(name), subset_of or "")
 
     found = [
         TableCheck(
             "schema_as_declared",
             "Columns and dtypes are exactly as declared.",
-            lambda frame, *_: contracts.schema_matches(dict(frame.collect_schema()), declared),
+            lambda seen, *_: contracts.schema_matches(dict(seen.frame.collect_schema()), declared),
         )
     ]
     if declared.zone in (LANDING, TRUSTED, CURATED):
@@ -132,7 +138,7 @@ def table_contracts(declared: Table) -> list[TableCheck]:
             TableCheck(
                 "no_duplicate_rows",
                 "No row is an exact duplicate of another.",
-                lambda frame, *_: contracts.no_duplicate_rows(frame, declared.partition_by),
+                lambda seen, *_: contracts.no_duplicate_rows(seen.frame, declared.partition_by),
             )
         )
     if key:
@@ -140,7 +146,7 @@ def table_contracts(declared: Table) -> list[TableCheck]:
             TableCheck(
                 f"unique_by_{key}",
                 f"One row per {key} (canonical identity: NFKC, no format characters, case-folded, trimmed).",
-                lambda frame, *_: contracts.unique_identity(frame, key),
+                lambda seen, *_: contracts.unique_identity(seen.frame, key),
             )
         )
     if declared.sensor_only:
@@ -148,7 +154,7 @@ def table_contracts(declared: Table) -> list[TableCheck]:
             TableCheck(
                 "no_profile_columns",
                 "No customer profile column (name, phone, birthday, registration or consent dates).",
-                lambda frame, *_: contracts.no_profile_columns(frame.collect_schema().names()),
+                lambda seen, *_: contracts.no_profile_columns(seen.frame.collect_schema().names()),
                 blocking=True,
             )
         )
@@ -156,7 +162,9 @@ def table_contracts(declared: Table) -> list[TableCheck]:
 
 
 def table_checks(declared: Table) -> dg.AssetChecksDefinition:
-    """The table's contracts as one check step; each contract is its own query of the table."""
+    """The table's contracts as one check step: the row count from the table's log, the schema from
+    its metadata, the rest each a query of the rows to examine (of a day-partitioned table, the days
+    changed since the step last passed, see check_scope)."""
     name, checks = declared.name, table_contracts(declared)
 
     @dg.multi_asset_check(
@@ -171,17 +179,14 @@ def table_checks(declared: Table) -> dg.AssetChecksDefinition:
             )
             for check in checks
         ],
-        ins={"subject": dg.AssetIn(name)},
     )
     def contracts_of_table(
-        context: dg.AssetCheckExecutionContext,
-        settings: StediSettings,
-        storage: StediStorage,
-        subject: pl.LazyFrame,
+        context: dg.AssetCheckExecutionContext, settings: StediSettings, storage: StediStorage
     ) -> Iterator[dg.AssetCheckResult]:
         secret = pseudonym_of(storage).secret
+        seen = examined(context, storage.lakehouse, name)
         for check in checks:
-            verdict = check.evaluate(subject, settings, context.instance)
-            yield check_result(verdict, secret, asset_key=name, check_name=check.name)
+            verdict = check.evaluate(seen, settings, context.instance)
+            yield check_result(verdict, secret, seen, asset_key=name, check_name=check.name)
 
     return contracts_of_table

@@ -1,0 +1,121 @@
+"""Checks of the day-partitioned tables examine the days changed since they last passed, and the
+whole table whenever that would not prove the contract for every row (check_scope)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from stedi_assets.cli import JOB, run_config, run_lakehouse
+from stedi_assets.definitions import defs
+from stedi_assets.defs.partitions import range_tags
+from stedi_assets_tests.helpers import T1, TINY_DAY, write_jsonl
+
+NEXT_DAY = "2022-06-19"
+MEMBERSHIP = ("accelerometer_trusted", "users_are_trusted_customers")
+CONTRACTS = ("accelerometer_trusted", "no_duplicate_rows")
+
+
+@pytest.fixture
+def instance() -> Any:
+    """One instance for every run of a test: where a check finds its last passing evaluation."""
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def _settings(landing: Path, tmp_path: Path) -> dict[str, Any]:
+    return {"landing_uri": str(landing), "lakehouse_uri": str(tmp_path / "lakehouse")}
+
+
+def _latest(instance: dg.DagsterInstance, asset: str, check: str) -> tuple[bool, Any]:
+    """Whether the newest evaluation of a check passed, and how many days it examined."""
+    key = dg.AssetCheckKey(dg.AssetKey(asset), check)
+    record = instance.event_log_storage.get_asset_check_execution_history(key, limit=1)[0]
+    evaluation = record.event.dagster_event.event_specific_data
+    return evaluation.passed, evaluation.metadata["days_checked"].value
+
+
+def _add_next_day_reading(landing: Path) -> None:
+    write_jsonl(
+        landing / "accelerometer" / "accelerometer-2.json",
+        [{"user": "Erin@test.com", "timestamp": T1 + 86_400_000, "x": 7.0, "y": 0.0, "z": 0.0}],
+    )
+
+
+def _run_check(instance: dg.DagsterInstance, settings: dict[str, Any], asset: str, check: str) -> None:
+    """Runs one check alone, as the UI's "Execute" of a check does."""
+    key = dg.AssetCheckKey(dg.AssetKey(asset), check)
+    job = defs.resolve_job_def(JOB).get_subset(asset_selection=set(), asset_check_selection={key})
+    job.execute_in_process(
+        run_config=run_config(**settings),
+        instance=instance,
+        raise_on_error=False,
+        tags=range_tags(TINY_DAY, NEXT_DAY),
+    )
+
+
+def test_checks_examine_only_the_days_changed_since_they_last_passed(
+    tiny_landing: Path, tmp_path: Path, instance: dg.DagsterInstance
+):
+    settings = _settings(tiny_landing, tmp_path)
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    assert _latest(instance, *MEMBERSHIP) == (True, "all")
+    assert _latest(instance, *CONTRACTS) == (True, "all")
+
+    _add_next_day_reading(tiny_landing)
+    summary = run_lakehouse(instance=instance, **settings)
+
+    assert summary["success"], summary["errors"]
+    assert _latest(instance, *MEMBERSHIP) == (True, 1)
+    assert _latest(instance, *CONTRACTS) == (True, 1)
+    assert _latest(instance, "machine_learning_curated", "rows_have_both_sides") == (True, 0)
+
+
+def test_a_parent_changed_without_a_rewrite_of_the_table_makes_the_check_examine_every_day(
+    tiny_landing: Path, tmp_path: Path, instance: dg.DagsterInstance
+):
+    """Alice leaves customer_trusted behind the pipeline's back: her readings, on a day no write
+    touched since the check passed, are now orphans, and only a check of every day sees them."""
+    settings = _settings(tiny_landing, tmp_path)
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    customers = str(tmp_path / "lakehouse" / "trusted" / "customer_trusted")
+    without_alice = pl.read_delta(customers).filter(pl.col("email") != "Alice@test.com")
+    without_alice.write_delta(customers, mode="overwrite")
+
+    _run_check(instance, settings, *MEMBERSHIP)
+
+    assert _latest(instance, *MEMBERSHIP) == (False, "all")
+
+
+def test_a_write_to_an_old_day_outside_the_pipeline_is_examined(
+    tiny_landing: Path, tmp_path: Path, instance: dg.DagsterInstance
+):
+    """The days to examine come from the table's log, not from what the pipeline meant to write."""
+    settings = _settings(tiny_landing, tmp_path)
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    readings = str(tmp_path / "lakehouse" / "trusted" / "accelerometer_trusted")
+    stray = pl.read_delta(readings).head(1).with_columns(user=pl.lit("Bob@test.com"))
+    stray.write_delta(readings, mode="append")
+
+    _run_check(instance, settings, *MEMBERSHIP)
+
+    assert _latest(instance, *MEMBERSHIP) == (False, 1)
+
+
+def test_a_lakehouse_made_anew_at_the_same_place_is_examined_whole(
+    tiny_landing: Path, tmp_path: Path, instance: dg.DagsterInstance
+):
+    """Same URI, same version numbers, other rows: the Delta table's id tells the two apart."""
+    settings = _settings(tiny_landing, tmp_path)
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    shutil.rmtree(tmp_path / "lakehouse")
+
+    assert run_lakehouse(instance=instance, **settings)["success"]
+
+    assert _latest(instance, *MEMBERSHIP) == (True, "all")
+    assert _latest(instance, *CONTRACTS) == (True, "all")

@@ -140,8 +140,9 @@ def publish(lakehouse: Lakehouse, uri: str, publication: Publication) -> tuple[S
     except BaseException:
         lakehouse.discard(staged)
         raise
-    if unchanged:
+    if unchanged:  # older versions still expire on time
         lakehouse.discard(staged)
+        lakehouse.expire(uri)
         return None, int(staged.read_version or 0)
     removed = publication.no_history
     if not removed and not publication.append and publication.identities and staged.read_version is not None:

@@ -7,13 +7,18 @@ proves the contract for the whole table again. Anything else (no passing evaluat
 parent that changed, a table created anew, history that can no longer be read, another release of
 this package) examines the whole table: a check never proves less than it claims.
 
-Each passing evaluation records what it saw (VERIFIED: each table's URI, Delta table id and
-version) in its metadata, where the next evaluation of the same check finds it.
+Each passing evaluation records what it saw (each table's URI, Delta table id and version) in the
+lakehouse itself, at `verified/<table>/<check>.json`, so the record lives and dies with the tables it
+speaks of, whichever Dagster instance ran the check (an ephemeral one included). Any passing record
+is a sound starting point, however old: the days changed since it are examined. So the record is
+written on a best-effort basis; one lost costs the next evaluation a whole-table examination.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import date
 from importlib.metadata import PackageNotFoundError, version
@@ -21,14 +26,15 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from stedi_assets.rules.catalog import on_days
+from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.metadata import PARTITION_BY, ZONE
 
 VERIFIED = "verified"
-"""Check metadata: what a passing evaluation examined (JSON: release, and per table URI, id, version)."""
+"""Check metadata, and the lakehouse folder of the records: what a passing evaluation saw (JSON:
+the release, and each table's URI, id and version)."""
 DAYS_CHECKED = "days_checked"
 """Check metadata: how many event days it examined ("all": the whole table)."""
 
@@ -51,11 +57,23 @@ class Examined:
     parents: dict[str, pl.LazyFrame]
     days: list[date | None] | None
     seen: dict[str, Any]
+    lakehouse: Lakehouse
+    subject: str
 
     def metadata(self, passed: bool) -> dict[str, Any]:
-        """What the evaluation records: the days it examined and, when it passed, what it saw."""
+        """What the evaluation reports: the days it examined and, when it passed, what it saw."""
         checked = {DAYS_CHECKED: "all" if self.days is None else len(self.days)}
         return {**checked, VERIFIED: dg.MetadataValue.json(self.seen)} if passed else checked
+
+    def remember(self, check: str, passed: bool) -> None:
+        """After a passing evaluation of `check`: records what it saw, for the next one (best effort)."""
+        if passed:
+            with suppress(StorageError):
+                self.lakehouse.put_bytes(_record_path(self.subject, check), json.dumps(self.seen).encode())
+
+
+def _record_path(subject: str, check: str) -> str:
+    return f"{VERIFIED}/{subject}/{check}.json"
 
 
 def examined(
@@ -77,8 +95,8 @@ def examined(
     frames = {name: lakehouse.scan_opened(uri, table) for name, (uri, table) in opened.items()}
     days = None
     if graph.get(dg.AssetKey(subject)).metadata.get(PARTITION_BY):
-        earlier = [_last_verified(context.instance, key) for key in context.selected_asset_check_keys]
-        days = _changed_days(lakehouse, subject, seen, earlier)
+        checks = [key.name for key in context.selected_asset_check_keys]
+        days = _changed_days(lakehouse, subject, seen, [_record(lakehouse, subject, c) for c in checks])
     frame = frames.pop(subject)
     return Examined(
         frame if days is None else on_days(frame, days),
@@ -86,17 +104,18 @@ def examined(
         frames,
         days,
         seen,
+        lakehouse,
+        subject,
     )
 
 
-def _last_verified(instance: dg.DagsterInstance, key: dg.AssetCheckKey) -> dict | None:
-    """What the newest passing evaluation of `key` recorded it saw; None when it recorded nothing."""
-    records = instance.event_log_storage.get_asset_check_execution_history(
-        key, limit=1, status={AssetCheckExecutionRecordStatus.SUCCEEDED}
-    )
-    data = records[0].event.dagster_event.event_specific_data if records and records[0].event else None
-    value = getattr(data, "metadata", {}).get(VERIFIED)
-    return value.value if value is not None and isinstance(value.value, dict) else None
+def _record(lakehouse: Lakehouse, subject: str, check: str) -> dict | None:
+    """What the newest passing evaluation of `check` recorded it saw; None when nothing readable."""
+    try:
+        found = json.loads(lakehouse.get_bytes(_record_path(subject, check)) or b"null")
+    except (StorageError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _changed_days(
@@ -111,7 +130,10 @@ def _changed_days(
         if any(then[name] != now[name] for name in now if name not in ("release", subject)):
             return None
         before, current = then[subject], now[subject]
-        if (before.get("uri"), before.get("id")) != (current["uri"], current["id"]):
+        if not isinstance(before, dict) or (before.get("uri"), before.get("id")) != (
+            current["uri"],
+            current["id"],
+        ):
             return None
         if not isinstance(before.get("version"), int) or before["version"] > current["version"]:
             return None

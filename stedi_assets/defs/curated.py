@@ -115,7 +115,9 @@ def machine_learning_curated(
 def rows_have_both_sides(context, storage: StediStorage) -> dg.AssetCheckResult:  # context: see above
     """Of the days changed since it last passed (check_scope)."""
     seen = examined(context, storage.lakehouse, MACHINE_LEARNING_CURATED.name)
-    return check_result(contracts.both_sides_present(seen.frame), examined=seen)
+    verdict = contracts.both_sides_present(seen.frame)
+    seen.remember("rows_have_both_sides", verdict.passed)
+    return check_result(verdict, examined=seen)
 
 
 @dg.asset_check(

@@ -82,8 +82,10 @@ def membership_check(membership: contracts.Membership) -> dg.AssetChecksDefiniti
         secret = pseudonym_of(storage).secret
         seen = examined(context, storage.lakehouse, membership.table, [membership.parent])
         parent = seen.parents[membership.parent]
+        verdict = membership.verdict(seen.frame, parent, secret if membership.pseudonymous else None)
+        seen.remember(membership.name, verdict.passed)
         yield check_result(
-            membership.verdict(seen.frame, parent, secret if membership.pseudonymous else None),
+            verdict,
             secret,
             seen,
             asset_key=membership.table,
@@ -187,6 +189,7 @@ def table_checks(declared: Table) -> dg.AssetChecksDefinition:
         seen = examined(context, storage.lakehouse, name)
         for check in checks:
             verdict = check.evaluate(seen, settings, context.instance)
+            seen.remember(check.name, verdict.passed)
             yield check_result(verdict, secret, seen, asset_key=name, check_name=check.name)
 
     return contracts_of_table

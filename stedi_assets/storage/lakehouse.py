@@ -420,6 +420,26 @@ class Lakehouse:
             raise self._failure(uri, error) from error
         return uri
 
+    def get_bytes(self, path: str) -> bytes | None:
+        """A file that is not a table at `<root>/<path>`; None when there is none."""
+        uri = f"{_root(self.root)}/{path.lstrip('/')}"
+        try:
+            if is_s3(uri):
+                parsed = urlparse(uri)
+                try:
+                    found = self.s3.boto3_client().get_object(
+                        Bucket=parsed.netloc, Key=parsed.path.lstrip("/")
+                    )
+                except ClientError as error:
+                    if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                        return None
+                    raise
+                return found["Body"].read()
+            target = Path(uri)
+            return target.read_bytes() if target.exists() else None
+        except (OSError, ClientError, BotoCoreError) as error:
+            raise self._failure(uri, error) from error
+
     def remove_file(self, path: str) -> bool:
         """Deletes a file that is not a table at `<root>/<path>`; whether there was one. A failure is
         a StorageError: a caller removing personal data must know it is gone."""

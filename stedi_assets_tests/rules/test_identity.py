@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import sys
 import unicodedata
 
 import polars as pl
@@ -11,7 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stedi_assets.rules import transforms
-from stedi_assets.rules.identity import KEY, SUBJECT_ID, canonical, keys, pseudonym, with_key, with_pseudonym
+from stedi_assets.rules.identity import (
+    KEY,
+    SUBJECT_ID,
+    _unicode_tables,
+    canonical,
+    keys,
+    pseudonym,
+    with_key,
+    with_pseudonym,
+)
 from stedi_assets.rules.transforms import MlIdentity, MlJoin
 from stedi_assets_tests.frames import rows_frame
 
@@ -47,6 +57,21 @@ def test_casefold_goes_beyond_lower_case():
         "οδοσ@x.gr",
         None,
     ]
+
+
+def test_the_unicode_tables_are_those_of_a_scan_of_every_code_point():
+    """The tables are found a block at a time; a character-by-character scan finds the same."""
+    folds, whitespace = {}, []
+    for point in range(sys.maxunicode + 1):
+        if 0xD800 <= point <= 0xDFFF:
+            continue
+        char = chr(point)
+        if char.lower() == char and char.casefold() != char:
+            folds[char] = char.casefold()
+        if char.isspace():
+            whitespace.append(char)
+    assert _unicode_tables() == (folds, "".join(whitespace))
+    assert folds["ß"] == "ss" and "\u3000" in whitespace
 
 
 # Polars' Unicode tables are newer than Python 3.11's (14.0): the forms agree on every character

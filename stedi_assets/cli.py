@@ -241,7 +241,10 @@ def _instance() -> dg.DagsterInstance:
 
 
 def summarize(*results: dg.ExecuteInProcessResult, planning_error: str | None = None) -> dict[str, Any]:
-    """What the runs did, in order: tables, check results, one line per failure, retries."""
+    """What the runs did, in order: tables, check results, warnings for whoever runs them, one line
+    per failure, retries."""
+    from stedi_assets.storage.metadata import WARNING
+
     tables = {
         event.asset_key.to_user_string(): {
             "rows": event.materialization.metadata["dagster/row_count"].value,
@@ -262,6 +265,12 @@ def summarize(*results: dg.ExecuteInProcessResult, planning_error: str | None = 
         for result in results
         for evaluation in result.get_asset_check_evaluations()
     ]
+    warnings = [
+        f"{event.asset_key.to_user_string()}: {event.materialization.metadata[WARNING].value}"
+        for result in results
+        for event in result.get_asset_materialization_events()
+        if WARNING in event.materialization.metadata
+    ]
     events = [event for result in results for event in result.all_events]
     errors = _step_errors(events) + ([planning_error] if planning_error else [])
     error_checks_passed = all(c["passed"] for c in checks if c["severity"] == "ERROR")
@@ -271,6 +280,7 @@ def summarize(*results: dg.ExecuteInProcessResult, planning_error: str | None = 
         "run_ids": [result.run_id for result in results],
         "tables": tables,
         "checks": checks,
+        "warnings": warnings,
         "errors": errors,
         "retries": _retries(events),
     }
@@ -392,6 +402,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         outcome = "pass" if check["passed"] else ("warn" if check["severity"] == "WARN" else "FAIL")
         label = f"{check['asset']}.{check['name']}"
         lines.append(f"{label:<58}{check['severity']:<10}{outcome}  {check['summary'] or ''}")
+    lines += [f"warning: {warning}" for warning in summary.get("warnings", [])]
     for error in summary["errors"]:
         lines.append(f"error: {error}")
     lines.append("" if summary["success"] else "run FAILED")

@@ -34,7 +34,7 @@ from stedi_assets.rules.report import REPORT_PATH
 from stedi_assets.storage.errors import StorageError, TableMissing
 from stedi_assets.storage.io_manager import Publication, as_declared, publish
 from stedi_assets.storage.lakehouse import Lakehouse
-from stedi_assets.storage.metadata import definition_metadata
+from stedi_assets.storage.metadata import WARNING, definition_metadata
 from stedi_assets.storage.pseudonym import PseudonymKey
 from stedi_assets.storage.resources import StediStorage, as_failure, pseudonym_of
 
@@ -154,13 +154,14 @@ def customer_trusted(
         lambda staged: contracts.consenting_only(staged, customer_landing, customer_rejects),
         commit_properties(settings, key),
     )
-    for table in changed_keys:
-        context.log.warning(
-            f"The pseudonym key changed: emptied {table}; set STEDI_PSEUDONYM_KEY to the old key to keep it."
-        )
     metadata: dict[str, object] = {f"withdrawn_from/{name}": count for name, count in removed.items()}
     if changed_keys:
         metadata["pseudonym_key_changed"] = "; ".join(changed_keys)
+        metadata[WARNING] = (
+            f"The pseudonym key changed: emptied {metadata['pseudonym_key_changed']}; set "
+            "STEDI_PSEUDONYM_KEY to the old key to keep them."
+        )
+        context.log.warning(metadata[WARNING])
     if report_removed:
         metadata["report_removed"] = REPORT_PATH
     return dg.MaterializeResult(value=publication, metadata=metadata)

@@ -20,6 +20,8 @@ IDENTITIES = "stedi/identities"
 """Definition metadata: columns identifying whom a row is about (when one leaves, history goes too)."""
 PARTITION_BY = "stedi/partition_by"
 """Definition metadata: the columns the asset's Delta table is partitioned by (the event day)."""
+WARNING = "stedi/warning"
+"""Materialization metadata: a sentence for whoever runs the lakehouse (`stedi run` prints it)."""
 MASK = "[redacted]"
 CELL_CHARACTERS = 60
 """Longer cells are cut: a reason or value must not carry a whole line into Dagster's event log."""

@@ -12,7 +12,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from stedi_assets.cli import run_lakehouse
+from stedi_assets.cli import format_summary, run_lakehouse
 from stedi_assets.rules import transforms
 from stedi_assets.rules.identity import pseudonym
 from stedi_assets.storage.lakehouse import Lakehouse
@@ -250,9 +250,14 @@ def test_a_changed_pseudonym_key_leaves_no_unverifiable_training_row(
 
     monkeypatch.setenv("STEDI_PSEUDONYM_KEY", "second key")
     instance = dg.DagsterInstance.ephemeral()
-    assert run_lakehouse(dg.AssetSelection.assets("customer_trusted"), instance=instance, **settings)[
-        "success"
-    ]
+    changed_run = run_lakehouse(dg.AssetSelection.assets("customer_trusted"), instance=instance, **settings)
+    assert changed_run["success"]
+    # said where `stedi run` says things (its Dagster log is silent by default), naming no key
+    assert len(changed_run["warnings"]) == 1
+    assert changed_run["warnings"][0].startswith("customer_trusted: The pseudonym key changed: emptied ")
+    assert "STEDI_PSEUDONYM_KEY" in changed_run["warnings"][0]
+    assert "warning: customer_trusted: The pseudonym key changed" in format_summary(changed_run)
+    assert "first key" not in changed_run["warnings"][0] and "second key" not in changed_run["warnings"][0]
 
     assert read_table(lakehouse, *ml).height == 0
     event = instance.get_latest_materialization_event(dg.AssetKey("customer_trusted"))

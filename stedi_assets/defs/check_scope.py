@@ -26,6 +26,7 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
+from deltalake import DeltaTable
 
 from stedi_assets.rules.catalog import on_days
 from stedi_assets.storage.errors import StorageError
@@ -39,7 +40,7 @@ DAYS_CHECKED = "days_checked"
 """Check metadata: how many event days it examined ("all": the whole table)."""
 
 
-def _release() -> str:
+def release() -> str:
     try:
         return version("stedi-lakehouse")
     except PackageNotFoundError:
@@ -66,14 +67,32 @@ class Examined:
         return {**checked, VERIFIED: dg.MetadataValue.json(self.seen)} if passed else checked
 
     def remember(self, check: str, passed: bool) -> None:
-        """After a passing evaluation of `check`: records what it saw, for the next one (best effort)."""
+        """After a passing evaluation of `check`: records what it saw, for the next one."""
         if passed:
-            with suppress(StorageError):
-                self.lakehouse.put_bytes(_record_path(self.subject, check), json.dumps(self.seen).encode())
+            remember(self.lakehouse, self.subject, check, self.seen)
 
 
 def _record_path(subject: str, check: str) -> str:
     return f"{VERIFIED}/{subject}/{check}.json"
+
+
+def remember(lakehouse: Lakehouse, subject: str, check: str, seen: Mapping[str, Any]) -> None:
+    """Records that `check` held on `subject` in the state `seen` (best effort, see the module)."""
+    with suppress(StorageError):
+        lakehouse.put_bytes(_record_path(subject, check), json.dumps(seen).encode())
+
+
+def state(uri: str, table: DeltaTable) -> dict[str, Any]:
+    """What a record says of one table: where it is, which Delta table it is, at which version."""
+    return {"uri": uri, "id": table.metadata().id, "version": table.version()}
+
+
+def days_to_examine(
+    lakehouse: Lakehouse, subject: str, check: str, seen: Mapping[str, Any]
+) -> list[date | None] | None:
+    """The days of `subject` that `check`, about to run in the state `seen` (the release and each
+    table's state, or any other value it depends on), must examine; None: the whole table."""
+    return _changed_days(lakehouse, subject, seen, [_record(lakehouse, subject, check)])
 
 
 def examined(
@@ -85,13 +104,13 @@ def examined(
     """The days of table `subject` the step's checks must examine (see the module), with the parents'
     current versions. Each table is opened once, and scanned at the version recorded."""
     graph = context.op_execution_context.job_def.asset_layer.asset_graph
-    opened, seen = {}, {"release": _release()}
+    opened, seen = {}, {"release": release()}
     for name in (subject, *parents):
         metadata = graph.get(dg.AssetKey(name)).metadata
         uri = lakehouse.table_uri(str(metadata[ZONE]), name)
         table = lakehouse.open(uri)
         opened[name] = (uri, table)
-        seen[name] = {"uri": uri, "id": table.metadata().id, "version": table.version()}
+        seen[name] = state(uri, table)
     frames = {name: lakehouse.scan_opened(uri, table) for name, (uri, table) in opened.items()}
     days = None
     if graph.get(dg.AssetKey(subject)).metadata.get(PARTITION_BY):

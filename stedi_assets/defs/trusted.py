@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import dagster as dg
 import polars as pl
 
+from stedi_assets.defs.check_scope import days_to_examine, release, remember, state
 from stedi_assets.defs.factories import (
     check_result,
     membership_check,
@@ -28,6 +29,7 @@ from stedi_assets.rules.catalog import (
     MACHINE_LEARNING_CURATED,
     STEP_TRAINER_TRUSTED,
     Table,
+    on_days,
 )
 from stedi_assets.rules.identity import SUBJECT_ID
 from stedi_assets.rules.report import REPORT_PATH
@@ -64,6 +66,8 @@ DOWNSTREAM_OF_CONSENT = (
 )
 """Every table a consent decision reaches; each is rewritten without the people it no longer allows
 before the decision itself (customer_trusted) is published."""
+SWEEP = "consent_sweep"
+"""The record (check_scope) of the newest sweep that left a downstream table holding no one else."""
 
 
 def withdraw_downstream(
@@ -74,20 +78,28 @@ def withdraw_downstream(
     key: PseudonymKey,
     properties: dict[str, str],
     policy: transforms.ConsentPolicy = transforms.ConsentPolicy.any_time,
-) -> tuple[dict[str, int], list[str], bool]:
+) -> tuple[dict[str, int], list[str], bool, dict[str, int | str]]:
     """Removes everyone the consent decision `decided` does not allow from every existing downstream
     table; how many identities (people or devices) lost rows in each table, the tables whose subject_ids
     were made under another pseudonym key (all their rows leave: no one's consent can be matched),
-    and whether the report file was removed (before the first table loses anyone).
+    whether the report file was removed (before the first table loses anyone), and how many days of
+    each table were examined ("all": the whole table).
 
     This runs before customer_trusted publishes, so whatever fails later in the run (a bad file, a
     full disk, a kill), no trusted or curated table holds a row the published decision disallows.
     A table is rewritten only when someone must leave it, stage -> verify -> commit like any write.
+
+    Like a check (check_scope), the sweep of a day-partitioned table examines only the days changed
+    since a sweep under the same decision (a digest of who and which devices it allows, and since
+    when) last left it holding no one else; any other decision, or no record, examines every day.
     """
     decision = transforms.ConsentDecision.of(
         decided, customer_landing, customer_rejects, key.secret, policy=policy
     )
-    removed = {}
+    allowed = fingerprint(
+        decision.consenting.collect(), decision.subjects.collect(), decision.attributable.collect()
+    )
+    removed, examined = {}, {}
     changed_keys: list[str] = []
     report_removed, report_handled = False, False
     for declared in DOWNSTREAM_OF_CONSENT:
@@ -97,12 +109,17 @@ def withdraw_downstream(
         except TableMissing:
             continue
         current = lakehouse.scan_opened(uri, table)
+        seen = {"release": release(), "decision": allowed, declared.name: state(uri, table)}
+        days = days_to_examine(lakehouse, declared.name, SWEEP, seen) if declared.partition_by else None
         if declared.person == SUBJECT_ID:
             made_with = table.history(1)[0].get("stedi.pseudonym_key_id")
             if made_with not in (None, key.key_id):
                 # its subject_ids cannot be matched to anyone's consent: none of its rows can stay
                 changed_keys.append(f"{declared.name} (made with key {made_with}, now {key.key_id})")
-        count = lakehouse.reading(uri, decision.outside(current, declared).select(pl.len())).item()
+                days = None
+        examined[declared.name] = "all" if days is None else len(days)
+        in_days = current if days is None else on_days(current, days)
+        count = lakehouse.reading(uri, decision.outside(in_days, declared).select(pl.len())).item()
         if count and not report_handled:
             # the report's charts may show someone who is leaving: it goes first, so a retry after
             # any failure below still finds someone to remove and removes it
@@ -117,10 +134,12 @@ def withdraw_downstream(
 
             rewrite = Publication(kept, "consent", verify, properties, no_history=True)
             publish(lakehouse, uri, as_declared(rewrite, definition_metadata(declared)))
+            seen[declared.name] = state(uri, lakehouse.open(uri))  # verified on its staged files
+        remember(lakehouse, declared.name, SWEEP, seen)
         removed[declared.name] = count
     if changed_keys and not report_handled:
         report_removed = lakehouse.remove_file(REPORT_PATH)
-    return removed, changed_keys, report_removed
+    return removed, changed_keys, report_removed, examined
 
 
 @table_asset(CUSTOMER_TRUSTED)
@@ -137,7 +156,7 @@ def customer_trusted(
     key = pseudonym_of(storage)
     decided = transforms.customer_trusted(customer_landing, customer_rejects).collect().lazy()
     try:
-        removed, changed_keys, report_removed = withdraw_downstream(
+        removed, changed_keys, report_removed, examined = withdraw_downstream(
             storage.lakehouse,
             decided,
             customer_landing,
@@ -155,6 +174,7 @@ def customer_trusted(
         commit_properties(settings, key),
     )
     metadata: dict[str, object] = {f"withdrawn_from/{name}": count for name, count in removed.items()}
+    metadata |= {f"days_swept/{name}": days for name, days in examined.items()}
     if changed_keys:
         metadata["pseudonym_key_changed"] = "; ".join(changed_keys)
         metadata[WARNING] = (

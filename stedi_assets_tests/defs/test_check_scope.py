@@ -14,7 +14,7 @@ import pytest
 from stedi_assets.cli import JOB, run_config, run_lakehouse
 from stedi_assets.definitions import defs
 from stedi_assets.defs.partitions import range_tags
-from stedi_assets_tests.helpers import T1, TINY_DAY, write_jsonl
+from stedi_assets_tests.helpers import T1, T2, TINY_DAY, customer, write_jsonl
 
 NEXT_DAY = "2022-06-19"
 MEMBERSHIP = ("accelerometer_trusted", "users_are_trusted_customers")
@@ -120,3 +120,45 @@ def test_a_lakehouse_made_anew_at_the_same_place_is_examined_whole(
 
     assert _latest(instance, *MEMBERSHIP) == (True, "all")
     assert _latest(instance, *CONTRACTS) == (True, "all")
+
+
+def _swept(instance: dg.DagsterInstance, table: str) -> Any:
+    """How many days of `table` the latest consent sweep (customer_trusted) examined."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("customer_trusted"))
+    return event.asset_materialization.metadata[f"days_swept/{table}"].value
+
+
+def _users(tmp_path: Path) -> set[str]:
+    readings = pl.read_delta(str(tmp_path / "lakehouse" / "trusted" / "accelerometer_trusted"))
+    return set(readings["user"].str.to_lowercase())
+
+
+def test_the_consent_sweep_examines_the_days_changed_since_it_last_found_no_one_else(
+    tiny_landing: Path, tmp_path: Path, instance: dg.DagsterInstance
+):
+    settings = _settings(tiny_landing, tmp_path)
+    assert run_lakehouse(instance=instance, **settings)["success"]  # nothing downstream to sweep yet
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    assert _swept(instance, "accelerometer_trusted") == "all"  # no record yet
+    # Bob, who never consented, is slipped into the table behind the pipeline's back
+    readings = str(tmp_path / "lakehouse" / "trusted" / "accelerometer_trusted")
+    pl.read_delta(readings).head(1).with_columns(user=pl.lit("Bob@test.com")).write_delta(
+        readings, mode="append"
+    )
+    assert "bob@test.com" in _users(tmp_path)
+
+    summary = run_lakehouse(instance=instance, **settings)
+
+    assert summary["success"], summary["errors"]
+    assert _swept(instance, "accelerometer_trusted") == 1  # the one day that changed, where he is
+    assert "bob@test.com" not in _users(tmp_path)
+    event = instance.get_latest_materialization_event(dg.AssetKey("customer_trusted"))
+    assert event.asset_materialization.metadata["withdrawn_from/accelerometer_trusted"].value == 1
+
+    # another decision (Alice withdraws) examines every day again
+    write_jsonl(
+        tiny_landing / "customer" / "customer-2.json", [customer("Alice A", "S-A", None, lastUpdateDate=T2)]
+    )
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    assert _swept(instance, "accelerometer_trusted") == "all"
+    assert _users(tmp_path) == {"erin@test.com"}

@@ -17,9 +17,9 @@ written on a best-effort basis; one lost costs the next evaluation a whole-table
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -28,6 +28,7 @@ import dagster as dg
 import polars as pl
 from deltalake import DeltaTable
 
+from stedi_assets.rules import contracts
 from stedi_assets.rules.catalog import on_days
 from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.lakehouse import Lakehouse
@@ -36,6 +37,8 @@ from stedi_assets.storage.metadata import PARTITION_BY, ZONE
 VERIFIED = "verified"
 """Check metadata, and the lakehouse folder of the records: what a passing evaluation saw (JSON:
 the release, and each table's URI, id and version)."""
+COUNT = "count"
+"""In a count check's record: the whole table's count in the state recorded."""
 DAYS_CHECKED = "days_checked"
 """Check metadata: how many event days it examined ("all": the whole table)."""
 
@@ -53,6 +56,8 @@ class Examined:
 
     frame: pl.LazyFrame
     """The subject table's rows in `days` (all of them when `days` is None)."""
+    whole: pl.LazyFrame
+    """All of the subject table's rows (at the same version)."""
     rows: int
     """The subject table's whole row count, from its log."""
     parents: dict[str, pl.LazyFrame]
@@ -95,16 +100,46 @@ def days_to_examine(
     return _changed_days(lakehouse, subject, seen, [_record(lakehouse, subject, check)])
 
 
+def counted(
+    lakehouse: Lakehouse,
+    seen: Examined,
+    check: str,
+    offending: Callable[[pl.LazyFrame], pl.LazyFrame],
+    what: str,
+    severity: contracts.Severity = contracts.Severity.WARN,
+) -> contracts.Verdict:
+    """A count check (a warning: how many rows are `offending`) over the whole table, examining only
+    the days changed since its last evaluation: that evaluation's count (recorded with what it saw,
+    whatever the outcome), less those days' count as they were then, plus their count now."""
+    now = contracts.no_offending_rows(offending(seen.frame), what, severity)
+    verdict = now
+    if seen.days is not None:
+        before = _record(lakehouse, seen.subject, check) or {}
+        try:
+            then_frame = lakehouse.scan(seen.seen[seen.subject]["uri"], int(before[seen.subject]["version"]))
+            then = contracts.no_offending_rows(offending(on_days(then_frame, seen.days)), what).observed
+            verdict = contracts.recounted(now, int(then or 0), int(before[COUNT]), what)
+        except (StorageError, KeyError, TypeError, ValueError):  # no count to start from: every day
+            return counted(
+                lakehouse, replace(seen, frame=seen.whole, days=None), check, offending, what, severity
+            )
+    remember(lakehouse, seen.subject, check, {**seen.seen, COUNT: verdict.observed})
+    return verdict
+
+
 def examined(
     context: dg.AssetCheckExecutionContext,
     lakehouse: Lakehouse,
     subject: str,
     parents: Sequence[str] = (),
+    depends_on: Mapping[str, str] | None = None,
 ) -> Examined:
     """The days of table `subject` the step's checks must examine (see the module), with the parents'
-    current versions. Each table is opened once, and scanned at the version recorded."""
+    current versions. Each table is opened once, and scanned at the version recorded. `depends_on`:
+    anything else the contract's answer depends on (the pseudonym key's id); another value examines
+    every day."""
     graph = context.op_execution_context.job_def.asset_layer.asset_graph
-    opened, seen = {}, {"release": release()}
+    opened, seen = {}, {"release": release(), **(depends_on or {})}
     for name in (subject, *parents):
         metadata = graph.get(dg.AssetKey(name)).metadata
         uri = lakehouse.table_uri(str(metadata[ZONE]), name)
@@ -119,6 +154,7 @@ def examined(
     frame = frames.pop(subject)
     return Examined(
         frame if days is None else on_days(frame, days),
+        frame,
         lakehouse.rows(opened[subject][0]),
         frames,
         days,
@@ -143,7 +179,8 @@ def _changed_days(
     """The days of `subject` changed since every one of the `earlier` passing evaluations, or None
     when one of them cannot vouch for the rest (see the module)."""
     days: set[date | None] = set()
-    for then in earlier:
+    for record in earlier:
+        then = None if record is None else {key: value for key, value in record.items() if key != COUNT}
         if then is None or set(then) != set(now) or then["release"] != now["release"]:
             return None
         if any(then[name] != now[name] for name in now if name not in ("release", subject)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import polars as pl
 
-from stedi_assets.defs.check_scope import examined
+from stedi_assets.defs.check_scope import counted, examined
 from stedi_assets.defs.factories import (
     check_result,
     membership_check,
@@ -122,15 +122,30 @@ def rows_have_both_sides(context, storage: StediStorage) -> dg.AssetCheckResult:
 
 @dg.asset_check(
     asset=machine_learning_curated,
-    additional_ins={"customer_curated": dg.AssetIn("customer_curated")},
+    additional_deps=["customer_curated"],
     description="Training rows pairing one customer's Step Trainer with another customer's phone "
     "(timestamp-only join). Warns when any; set ml_join=same_customer to remove them.",
 )
-def cross_customer_pairs(
-    storage: StediStorage, machine_learning_curated: pl.LazyFrame, customer_curated: pl.LazyFrame
-) -> dg.AssetCheckResult:
-    secret = pseudonym_of(storage).secret
-    return check_result(contracts.cross_customer(machine_learning_curated, customer_curated, secret))
+def cross_customer_pairs(context, storage: StediStorage) -> dg.AssetCheckResult:  # context: see above
+    """Counted over the whole table from the days changed since its last evaluation (check_scope)."""
+    key = pseudonym_of(storage)
+    secret = key.secret
+    seen = examined(
+        context,
+        storage.lakehouse,
+        MACHINE_LEARNING_CURATED.name,
+        [CUSTOMER_CURATED.name],
+        {"pseudonym_key": key.key_id},
+    )
+    owners = seen.parents[CUSTOMER_CURATED.name]
+    verdict = counted(
+        storage.lakehouse,
+        seen,
+        "cross_customer_pairs",
+        lambda frame: transforms.cross_customer_pairs(frame, owners, secret),
+        contracts.CROSS_CUSTOMER,
+    )
+    return check_result(verdict, secret, seen)
 
 
 curated_assets = [customer_curated, machine_learning_curated]

@@ -79,8 +79,10 @@ def membership_check(membership: contracts.Membership) -> dg.AssetChecksDefiniti
     def referential(
         context: dg.AssetCheckExecutionContext, storage: StediStorage
     ) -> Iterator[dg.AssetCheckResult]:
-        secret = pseudonym_of(storage).secret
-        seen = examined(context, storage.lakehouse, membership.table, [membership.parent])
+        key = pseudonym_of(storage)
+        secret = key.secret
+        depends_on = {"pseudonym_key": key.key_id} if membership.pseudonymous else None
+        seen = examined(context, storage.lakehouse, membership.table, [membership.parent], depends_on)
         parent = seen.parents[membership.parent]
         verdict = membership.verdict(seen.frame, parent, secret if membership.pseudonymous else None)
         seen.remember(membership.name, verdict.passed)

@@ -137,15 +137,26 @@ def both_sides_present(machine_learning_curated: pl.LazyFrame) -> Verdict:
     )
 
 
+CROSS_CUSTOMER = "rows pair one customer's Step Trainer with another customer's phone"
+
+
 def cross_customer(
     machine_learning_curated: pl.LazyFrame, customer_curated: pl.LazyFrame, secret: bytes
 ) -> Verdict:
     """Drift, not a break: the seed join pairs readings of different customers taken at the same time."""
     return no_offending_rows(
         cross_customer_pairs(machine_learning_curated, customer_curated, secret),
-        "rows pair one customer's Step Trainer with another customer's phone",
+        CROSS_CUSTOMER,
         Severity.WARN,
     )
+
+
+def recounted(examined: Verdict, then: int, recorded: int, what: str) -> Verdict:
+    """A count over a whole table from a count over some of its days: `recorded` (the whole table's,
+    some time ago), less `then` (those days' rows then), plus what `examined` found in them now. Its
+    sample is the examined days'."""
+    total = recorded - then + int(examined.observed or 0)
+    return Verdict(total == 0, f"{total} {what}", total, 0, examined.offending, examined.severity)
 
 
 def customers_held(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame, secret: bytes) -> Verdict:

@@ -162,3 +162,70 @@ def test_the_consent_sweep_examines_the_days_changed_since_it_last_found_no_one_
     assert run_lakehouse(instance=instance, **settings)["success"]
     assert _swept(instance, "accelerometer_trusted") == "all"
     assert _users(tmp_path) == {"erin@test.com"}
+
+
+def _observed(instance: dg.DagsterInstance, asset: str, check: str) -> Any:
+    key = dg.AssetCheckKey(dg.AssetKey(asset), check)
+    record = instance.event_log_storage.get_asset_check_execution_history(key, limit=1)[0]
+    return record.event.dagster_event.event_specific_data.metadata["observed"].value
+
+
+CROSS = ("machine_learning_curated", "cross_customer_pairs")
+
+
+def test_cross_customer_pairs_are_counted_over_the_whole_table_from_the_days_that_changed(
+    tiny_landing: Path, tmp_path: Path, instance: dg.DagsterInstance
+):
+    settings = _settings(tiny_landing, tmp_path)
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    first = _observed(instance, *CROSS)
+    # at T2 Alice's and Erin's trainers and phones all read: each phone pairs with the other's trainer
+    assert first == 2 and _latest(instance, *CROSS) == (False, "all")
+    # a new day: Alice's trainer, and both phones at that very time (one more cross pair)
+    day = T1 + 86_400_000
+    write_jsonl(
+        tiny_landing / "step_trainer" / "step_trainer-2.json",
+        [{"sensorReadingTime": day, "serialNumber": "S-A", "distanceFromObject": 250}],
+    )
+    write_jsonl(
+        tiny_landing / "accelerometer" / "accelerometer-2.json",
+        [
+            {"user": user, "timestamp": day, "x": 1.0, "y": 0.0, "z": 0.0}
+            for user in ("Alice@test.com", "Erin@test.com")
+        ],
+    )
+
+    assert run_lakehouse(instance=instance, **settings)["success"]
+
+    assert _latest(instance, *CROSS) == (False, 1)
+    assert _observed(instance, *CROSS) == first + 1
+    # the same count as examining every day
+    shutil.rmtree(tmp_path / "lakehouse" / "verified")
+    _run_check(instance, settings, *CROSS)
+    assert _latest(instance, *CROSS) == (False, "all")
+    assert _observed(instance, *CROSS) == first + 1
+    # a day that had pairs changes: its old count (2) leaves the total, its new one (3) comes in
+    write_jsonl(
+        tiny_landing / "step_trainer" / "step_trainer-3.json",
+        [{"sensorReadingTime": T1, "serialNumber": "S-E", "distanceFromObject": 240}],
+    )
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    assert _latest(instance, *CROSS) == (False, 1)
+    assert _observed(instance, *CROSS) == first + 2
+
+
+def test_another_pseudonym_key_makes_a_keyed_hash_check_examine_every_day(
+    tiny_landing: Path, tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+):
+    """subject_ids made under the old key match no curated customer under the new one: a check run
+    before the table is rebuilt must say so, although no day of the table changed."""
+    settings = _settings(tiny_landing, tmp_path)
+    monkeypatch.setenv("STEDI_PSEUDONYM_KEY", "first key")
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    users = ("machine_learning_curated", "users_are_curated_customers")
+    assert _latest(instance, *users) == (True, "all")
+
+    monkeypatch.setenv("STEDI_PSEUDONYM_KEY", "second key")
+    _run_check(instance, settings, *users)
+
+    assert _latest(instance, *users) == (False, "all")

@@ -429,3 +429,19 @@ def test_reject_rate_warns_up_to_the_limit_and_is_an_error_above_it(
 ) -> None:
     verdict = contracts.reject_rate(read, rejected, max_rate)
     assert (verdict.passed, verdict.severity) == (False, severity), verdict.summary
+
+
+def test_recounted_replaces_the_examined_days_old_count_with_their_new_one() -> None:
+    sample = pl.DataFrame({"n": [1]})
+    examined = contracts.Verdict(False, "3 things", 3, 0, sample, Severity.WARN)
+    verdict = contracts.recounted(examined, then=2, recorded=10, what="things")
+    assert (verdict.passed, verdict.observed, verdict.summary, verdict.severity) == (
+        False,
+        11,
+        "11 things",
+        Severity.WARN,
+    )
+    assert verdict.offending.equals(sample)
+    assert contracts.recounted(
+        contracts.Verdict(True, "0 things", 0), then=4, recorded=4, what="things"
+    ).passed

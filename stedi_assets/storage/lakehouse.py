@@ -626,12 +626,18 @@ class LandingZone:
                 return []
             raise
 
-    def lines(self, files: list[LandingFile], read: Mapping[str, pl.LazyFrame] | None = None) -> pl.LazyFrame:
+    def lines(
+        self,
+        files: list[LandingFile],
+        read: Mapping[str, pl.LazyFrame] | None = None,
+        copies: Mapping[str, str] | None = None,
+    ) -> pl.LazyFrame:
         """The numbered lines of `files` as one lazy scan (see parsing.LINE_COLUMNS); the lines of the
-        files in `read` (uri -> lines read in Python, see _spilled) are taken from there."""
+        files in `read` (uri -> lines read in Python, see _spilled) are taken from there, and the
+        files in `copies` (uri -> local path of a copy) are read from their copy."""
         read = read or {}
         scanned = [f for f in files if f.uri not in read]
-        frames = [self._scan(scanned)] if scanned else []
+        frames = [self._scan(scanned, copies)] if scanned else []
         frames += [read[f.uri] for f in files if f.uri in read]
         return pl.concat(frames, how="vertical") if frames else empty_raw_lines().lazy()
 
@@ -662,31 +668,34 @@ class LandingZone:
     def _options(self) -> dict[str, str] | None:
         return self.s3.delta_options() if is_s3(self.root) else None
 
-    def _scan(self, files: list[LandingFile]) -> pl.LazyFrame:
-        """One streaming scan of many files (one scan per file would cost ~10 ms each to run).
+    def _scan(self, files: list[LandingFile], copies: Mapping[str, str] | None = None) -> pl.LazyFrame:
+        """One streaming scan of many files (one scan per file would cost ~10 ms each to run), each
+        read from its local copy when `copies` has one.
 
         Its row index counts across files, so each file's first index is found first (a pass that
-        reads but does not parse) and subtracted; the file's position in `files` finds it and its
-        modification time without a join (a join or a replace on the path column is not streamed).
+        reads but does not parse) and subtracted; the file's position in `files` finds it, its URI
+        and its modification time without a join (a join or a replace on the path column is not
+        streamed).
         """
         uris = [f.uri for f in files]
+        paths = [(copies or {}).get(uri, uri) for uri in uris]
         scanned = pl.scan_lines(
-            uris,
+            paths,
             name=RAW_LINE,
             row_index_name="_row",
             glob=False,
-            storage_options=self._options(),
+            storage_options=self._options() if any(is_s3(path) for path in paths) else None,
             credential_provider=None,
             include_file_paths=SOURCE_FILE,
         )
         starts = dict(scanned.group_by(SOURCE_FILE).agg(pl.col("_row").min()).collect().iter_rows())
-        position = pl.col(SOURCE_FILE).cast(pl.Enum(uris)).to_physical()
-        first_row = pl.lit(pl.Series([starts.get(u, 0) for u in uris], dtype=pl.Int64)).gather(position)
+        position = pl.col(SOURCE_FILE).cast(pl.Enum(paths)).to_physical()
+        first_row = pl.lit(pl.Series([starts.get(p, 0) for p in paths], dtype=pl.Int64)).gather(position)
         modified = pl.lit(pl.Series([f.modified for f in files], dtype=pl.Datetime("us", "UTC")))
         number = pl.col("_row").cast(pl.Int64) - first_row + 1
         line = pl.col(RAW_LINE).str.strip_chars_end("\r")
         return scanned.select(
-            pl.col(SOURCE_FILE),
+            pl.lit(pl.Series(uris, dtype=pl.String)).gather(position).alias(SOURCE_FILE),
             number.alias(LINE_NUMBER),
             # a byte-order mark only at the start of a file
             pl.when(number == 1).then(line.str.strip_prefix("\ufeff")).otherwise(line).alias(RAW_LINE),
@@ -697,11 +706,25 @@ class LandingZone:
     def _planned(
         self, files: list[LandingFile], in_python: list[LandingFile], plan: Callable[[pl.LazyFrame], T]
     ) -> T:
-        if not in_python:
+        """`plan` over the lines of `files`; those `in_python` read in Python, and files on S3 first
+        copied to a local folder (one download each: the scan reads a file twice, to number its
+        lines and to parse them). The folder lives while `plan` runs."""
+        remote = [f for f in files if is_s3(f.uri) and f not in in_python]
+        if not in_python and not remote:
             return plan(self.lines(files))
-        with tempfile.TemporaryDirectory(prefix="stedi-landing-") as spill:
-            read = {f.uri: self._spilled(f, Path(spill) / str(n)) for n, f in enumerate(in_python)}
-            return plan(self.lines(files, read))
+        with tempfile.TemporaryDirectory(prefix="stedi-landing-") as work:
+            copies = {f.uri: self._downloaded(f, Path(work) / f"copy-{n}") for n, f in enumerate(remote)}
+            read = {f.uri: self._spilled(f, Path(work) / str(n)) for n, f in enumerate(in_python)}
+            return plan(self.lines(files, read, copies))
+
+    def _downloaded(self, file: LandingFile, target: Path) -> str:
+        """A local copy of a file on S3, streamed to disk; a failed download is a StorageError naming it."""
+        parsed = urlparse(file.uri)
+        try:
+            self.s3.boto3_client().download_file(parsed.netloc, parsed.path.lstrip("/"), str(target))
+        except (OSError, ClientError, BotoCoreError) as error:
+            raise self._failure([file], error) from error
+        return str(target)
 
     def _unscannable(self, files: list[LandingFile]) -> list[LandingFile]:
         """The files Polars cannot read, each tried on its own: not valid UTF-8, or compressed and

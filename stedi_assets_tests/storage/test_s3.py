@@ -5,6 +5,7 @@ The error sentences are the product's contract: each names the URI, what went wr
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import polars as pl
 import pytest
 
 from stedi_assets.cli import run_lakehouse
+from stedi_assets.rules.parsing import LINE_NUMBER, RAW_LINE, SOURCE_FILE
 from stedi_assets.storage.environment import S3Options
+from stedi_assets.storage.lakehouse import LandingZone
 from stedi_assets_tests.helpers import free_port, make_bucket, moto_server, reference_counts, upload_tree
 
 pytestmark = pytest.mark.s3
@@ -170,3 +173,34 @@ def test_unreachable_lakehouse_is_retried_then_one_clear_error(
         "check AWS_ENDPOINT_URL and that the S3 server is running."
     ]
     assert summary["retries"] == {"ingest_customer": 3}
+
+
+def test_landing_files_on_s3_are_downloaded_once_and_scanned_from_the_copies(
+    s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Numbering a file's lines and parsing them read it twice: from a local copy, not from S3."""
+    local = tmp_path / "landing" / "src"
+    local.mkdir(parents=True)
+    (local / "a.json").write_text('{"n": 1}\n{"n": 2}\n')
+    (local / "b.json.gz").write_bytes(gzip.compress(b'{"n": 3}\n{"n": 4}\n{"n": 5}\n'))
+    make_bucket("stedi-once")
+    upload_tree(tmp_path / "landing", "stedi-once", "landing")
+    scanned: list[str] = []
+    scan_lines = pl.scan_lines
+
+    def recording(source, *args, **kwargs):
+        scanned.extend(source)
+        return scan_lines(source, *args, **kwargs)
+
+    monkeypatch.setattr(pl, "scan_lines", recording)
+
+    lines = LandingZone("s3://stedi-once/landing").read_lines("src")
+
+    assert scanned and not any(path.startswith("s3://") for path in scanned), scanned
+    assert lines.select(SOURCE_FILE, LINE_NUMBER, RAW_LINE).rows() == [
+        ("s3://stedi-once/landing/src/a.json", 1, '{"n": 1}'),
+        ("s3://stedi-once/landing/src/a.json", 2, '{"n": 2}'),
+        ("s3://stedi-once/landing/src/b.json.gz", 1, '{"n": 3}'),
+        ("s3://stedi-once/landing/src/b.json.gz", 2, '{"n": 4}'),
+        ("s3://stedi-once/landing/src/b.json.gz", 3, '{"n": 5}'),
+    ]

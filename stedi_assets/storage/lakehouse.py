@@ -599,9 +599,10 @@ class LandingZone:
     """The raw JSON-lines files under `<root>/<source>/`, plain or gzip-compressed, from a folder or
     an S3 prefix.
 
-    Files are listed, then streamed by Polars line by line; Polars inflates a gzip file as it reads
-    it (it recognises compression by the file's first bytes, not its name: a `.json.gz` that holds
-    plain text is read as text). No file is held whole in memory. Three kinds of file Polars cannot
+    Files are listed, then streamed by Polars line by line (a file on S3 from a local copy made
+    first, since the scan reads a file twice); Polars inflates a gzip file as it reads it (it
+    recognises compression by the file's first bytes, not its name: a `.json.gz` that holds plain
+    text is read as text). No file is held whole in memory. Three kinds of file Polars cannot
     read are read in Python instead (see _python_lines): one that is not valid UTF-8, so that only
     its bad lines are quarantined; a compressed one that is truncated or corrupt, so that its lines
     before the damage are kept and one quarantined line stands for the rest; and a local one whose

@@ -5,7 +5,8 @@ version differs from it only in the days whose data files changed (the Delta log
 while the parents the contract compares with are still at the versions it saw, examining those days
 proves the contract for the whole table again. Anything else (no passing evaluation on record, a
 parent that changed, a table created anew, history that can no longer be read, another release of
-this package) examines the whole table: a check never proves less than it claims.
+this package or other code of its rules) examines the whole table: a check never proves less than
+it claims.
 
 Each passing evaluation records what it saw (each table's URI, Delta table id and version) in the
 lakehouse itself, at `verified/<table>/<check>.json`, so the record lives and dies with the tables it
@@ -16,18 +17,22 @@ written on a best-effort basis; one lost costs the next evaluation a whole-table
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import date
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import polars as pl
 from deltalake import DeltaTable
 
+from stedi_assets import rules
 from stedi_assets.rules import contracts
 from stedi_assets.rules.catalog import on_days
 from stedi_assets.storage.errors import StorageError
@@ -43,11 +48,19 @@ DAYS_CHECKED = "days_checked"
 """Check metadata: how many event days it examined ("all": the whole table)."""
 
 
+@cache
 def release() -> str:
+    """What a record's verdict was reached under: this package's version and a digest of the rules'
+    code (the contracts, the transforms and the catalog), so that a changed rule, released or not,
+    examines every day again."""
     try:
-        return version("stedi-lakehouse")
+        number = version("stedi-lakehouse")
     except PackageNotFoundError:
-        return "unknown"
+        number = "unknown"
+    code = hashlib.sha256()
+    for source in sorted(Path(rules.__file__).parent.glob("*.py")):
+        code.update(source.read_bytes())
+    return f"{number}+{code.hexdigest()[:16]}"
 
 
 @dataclass(frozen=True)
@@ -155,7 +168,7 @@ def examined(
     return Examined(
         frame if days is None else on_days(frame, days),
         frame,
-        lakehouse.rows(opened[subject][0]),
+        lakehouse.rows(*opened[subject]),
         frames,
         days,
         seen,

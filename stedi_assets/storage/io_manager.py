@@ -99,14 +99,17 @@ def _same_as_read(lakehouse: Lakehouse, uri: str, staged: Staged, publication: P
     reading tables' day planning, the checks' scope) would take it for a change."""
     if publication.append or publication.replace_partitions is not None or publication.no_history:
         return False
-    if staged.read_version is None or lakehouse.open(uri).version() != staged.read_version:
+    if staged.read_version is None:
         return False
-    latest = lakehouse.latest_write(uri)
+    table = lakehouse.open(uri)  # once: its version, last commit, row count and rows
+    if table.version() != staged.read_version:
+        return False
+    latest = lakehouse.latest_write(uri, table)
     if any(str(latest.get(key)) != str(value) for key, value in publication.properties.items()):
         return False
-    if lakehouse.rows(uri) != staged.rows:
+    if lakehouse.rows(uri, table) != staged.rows:
         return False
-    return same_rows(lakehouse.scan(uri, staged.read_version), lakehouse.scan_staged(staged))
+    return same_rows(lakehouse.scan_opened(uri, table), lakehouse.scan_staged(staged))
 
 
 def publish(lakehouse: Lakehouse, uri: str, publication: Publication) -> tuple[Staged | None, int]:

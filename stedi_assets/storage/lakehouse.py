@@ -314,10 +314,11 @@ class Lakehouse:
         value = self.latest_write(uri).get(key)
         return None if value is None else str(value)
 
-    def latest_write(self, uri: str) -> dict[str, Any]:
-        """The newest commit that wrote data, as its history entry (empty: none, or no table)."""
+    def latest_write(self, uri: str, table: DeltaTable | None = None) -> dict[str, Any]:
+        """The newest commit that wrote data, as its history entry (empty: none, or no table); of
+        `table` when it is already open."""
         try:
-            history = self.open(uri).history(HISTORY_LOOKBACK)
+            history = (table or self.open(uri)).history(HISTORY_LOOKBACK)
         except TableMissing:
             return {}
         except (OSError, DeltaError) as error:
@@ -352,10 +353,11 @@ class Lakehouse:
         values = actions[partitions[0]].cast(pl.String).to_list()
         return dict(zip(actions["path"].to_list(), values, strict=True))
 
-    def rows(self, uri: str) -> int:
-        """The table's row count from its log (each file's numRecords), without reading data."""
+    def rows(self, uri: str, table: DeltaTable | None = None) -> int:
+        """The table's row count from its log (each file's numRecords), without reading data; of
+        `table` when it is already open."""
         try:
-            actions = self.open(uri).get_add_actions(flatten=True)
+            actions = (table or self.open(uri)).get_add_actions(flatten=True)
         except (OSError, DeltaError) as error:
             raise self._failure(uri, error) from error
         return int(pl.DataFrame(actions)["num_records"].sum() or 0)
@@ -431,7 +433,7 @@ class Lakehouse:
                         Bucket=parsed.netloc, Key=parsed.path.lstrip("/")
                     )
                 except ClientError as error:
-                    if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    if _not_found(error):
                         return None
                     raise
                 return found["Body"].read()
@@ -451,7 +453,7 @@ class Lakehouse:
                 try:
                     client.head_object(Bucket=parsed.netloc, Key=key)
                 except ClientError as error:
-                    if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    if _not_found(error):
                         return False
                     raise
                 client.delete_object(Bucket=parsed.netloc, Key=key)
@@ -523,6 +525,11 @@ class LandingFile:
     etag: str | None = None
     local_name: str | None = None
     """The local path to open when `uri` had to escape it (as os.fsdecode spells it)."""
+
+
+def _not_found(error: ClientError) -> bool:
+    """Whether S3 answered that the object does not exist."""
+    return error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
 def _invalid_utf8(error: BaseException) -> bool:

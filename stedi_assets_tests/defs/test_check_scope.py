@@ -3,6 +3,7 @@ whole table whenever that would not prove the contract for every row (check_scop
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from stedi_assets.cli import JOB, run_config, run_lakehouse
 from stedi_assets.definitions import defs
+from stedi_assets.defs.check_scope import release
 from stedi_assets.defs.partitions import range_tags
 from stedi_assets_tests.helpers import T1, T2, TINY_DAY, customer, write_jsonl
 
@@ -229,3 +231,22 @@ def test_another_pseudonym_key_makes_a_keyed_hash_check_examine_every_day(
     _run_check(instance, settings, *users)
 
     assert _latest(instance, *users) == (False, "all")
+
+
+def test_a_record_made_under_other_rules_code_is_not_trusted(
+    tiny_landing: Path, tmp_path: Path, instance: dg.DagsterInstance
+):
+    """A record names the release and a digest of the rules' code it was reached under: one made
+    under other code (a changed contract, released or not) makes the check examine every day."""
+    settings = _settings(tiny_landing, tmp_path)
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    record = tmp_path / "lakehouse" / "verified" / MEMBERSHIP[0] / f"{MEMBERSHIP[1]}.json"
+    seen = json.loads(record.read_text())
+    assert seen["release"] == release() and "+" in seen["release"]
+    record.write_text(json.dumps({**seen, "release": seen["release"].split("+")[0] + "+other"}))
+
+    _run_check(instance, settings, *MEMBERSHIP)
+
+    assert _latest(instance, *MEMBERSHIP) == (True, "all")
+    _run_check(instance, settings, *MEMBERSHIP)  # and its own record serves the next evaluation
+    assert _latest(instance, *MEMBERSHIP) == (True, 0)

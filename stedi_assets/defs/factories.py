@@ -142,7 +142,7 @@ def table_contracts(declared: Table) -> list[TableCheck]:
             TableCheck(
                 "no_duplicate_rows",
                 "No row is an exact duplicate of another.",
-                lambda seen, *_: contracts.no_duplicate_rows(seen.frame, declared.partition_by),
+                lambda seen, *_: contracts.no_duplicate_rows(seen.frame),
             )
         )
     if key:

@@ -13,8 +13,16 @@ from enum import StrEnum
 
 import polars as pl
 
-from stedi_assets.rules.catalog import PROFILE_COLUMNS, Table, day_parts, on_days
-from stedi_assets.rules.identity import KEY, SUBJECT_ID, keys, pseudonym_keys, with_key, with_pseudonym
+from stedi_assets.rules.catalog import PROFILE_COLUMNS, Table
+from stedi_assets.rules.identity import (
+    KEY,
+    SUBJECT_ID,
+    canonical,
+    keys,
+    pseudonym_keys,
+    with_key,
+    with_pseudonym,
+)
 from stedi_assets.rules.transforms import (
     ambiguous_serials,
     consenting_customers,
@@ -122,7 +130,16 @@ class Membership:
             if self.pseudonymous and secret is not None
             else keys(parent, self.parent_key)
         )
-        orphans = with_key(frame, self.key).join(parents, on=KEY, how="anti", maintain_order="left").drop(KEY)
+        # The distinct values are compared (a few thousand), then only the rows holding one that is
+        # not a parent's, or none, are read again: memory is bounded by the identities, not the rows.
+        distinct = frame.select(pl.col(self.key)).unique().filter(pl.col(self.key).is_not_null())
+        foreign = (
+            distinct.with_columns(canonical(pl.col(self.key)).alias(KEY))
+            .join(parents, on=KEY, how="anti")
+            .collect(engine="streaming")
+            .get_column(self.key)
+        )
+        orphans = frame.filter(pl.col(self.key).is_null() | pl.col(self.key).is_in(foreign.implode()))
         return no_offending_rows(orphans, f"rows whose {self.key} is not {self.parent_role}")
 
 
@@ -203,22 +220,16 @@ def schema_matches(actual: Mapping[str, pl.DataType], declared: Table) -> Verdic
     )
 
 
-def no_duplicate_rows(frame: pl.LazyFrame, partition_by: tuple[str, ...] = ()) -> Verdict:
-    """No row twice. In a partitioned table two equal rows share their partition, so each part (a few
-    days) is checked on its own: memory bounded by a part, not the table."""
-    what = "rows are exact duplicates of another row"
-    if not partition_by:
-        return no_offending_rows(frame.filter(pl.struct(pl.all()).is_duplicated()), what)
-    verdicts = [
-        no_offending_rows(on_days(frame, part).filter(pl.struct(pl.all()).is_duplicated()), what)
-        for part in day_parts(frame)
-    ]
-    count = sum(int(v.observed or 0) for v in verdicts)
-    sample = (
-        pl.concat([v.offending for v in verdicts if v.offending.height]).head(SAMPLE_ROWS) if count else None
-    )
-    return Verdict(
-        count == 0, f"{count} {what}", count, 0, sample if sample is not None else frame.head(0).collect()
+def no_duplicate_rows(frame: pl.LazyFrame) -> Verdict:
+    """No row twice. One streaming pass hashes every row; only rows whose hash recurs (neighbours in
+    the sorted hashes) are then compared exactly. Memory holds eight bytes a row, not the rows, and a
+    hash collision costs a comparison, never a wrong verdict."""
+    row_hash = pl.struct(pl.all()).hash()
+    hashes = frame.select(row_hash.alias("_hash")).collect(engine="streaming").to_series().sort()
+    recurring = hashes.filter(hashes == hashes.shift(1)).unique()
+    candidates = frame.filter(row_hash.is_in(recurring.implode()))
+    return no_offending_rows(
+        candidates.filter(pl.struct(pl.all()).is_duplicated()), "rows are exact duplicates of another row"
     )
 
 

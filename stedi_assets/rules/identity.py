@@ -93,11 +93,14 @@ def _hashed(column: str, secret: bytes) -> pl.Expr:
 def with_pseudonym(frame: pl.LazyFrame, column: str, secret: bytes, into: str = SUBJECT_ID) -> pl.LazyFrame:
     """`frame` with the keyed hash of the canonical identity of `column` as `into`.
 
-    Hashed once per distinct identity (a few thousand), in Python's hmac, and joined back.
+    Hashed once per distinct identity (a few thousand), in Python's hmac; the distinct values are
+    mapped to their hashes first, so the frame itself is joined once, on its own column.
     """
-    distinct = keys(frame, column, "_canonical").with_columns(_hashed("_canonical", secret).alias(into))
-    canonical = with_key(frame, column, "_canonical")
-    return canonical.join(distinct, on="_canonical", how="left", maintain_order="left").drop("_canonical")
+    distinct = frame.select(pl.col(column)).unique().filter(pl.col(column).is_not_null())
+    canonicals = distinct.with_columns(canonical(pl.col(column)).alias("_canonical"))
+    hashed = canonicals.select("_canonical").unique().with_columns(_hashed("_canonical", secret).alias(into))
+    mapping = canonicals.join(hashed, on="_canonical").select(column, into)
+    return frame.join(mapping, on=column, how="left", maintain_order="left")
 
 
 def pseudonym_keys(frame: pl.LazyFrame, column: str, secret: bytes, key: str = KEY) -> pl.LazyFrame:

@@ -289,6 +289,8 @@ def machine_learning_curated(
 ) -> pl.LazyFrame:
     """Each Step Trainer reading paired with the accelerometer readings taken at the same time, the
     phone's owner identified by `subject_id` (keyed with `secret`), and by email only on request."""
+    # pseudonymised before the join: the distinct owners are read from the readings, not the pairs
+    accelerometer_trusted = with_pseudonym(accelerometer_trusted, "user", secret)
     if MlJoin(ml_join) is MlJoin.seed:
         paired = step_trainer_trusted.join(
             accelerometer_trusted,
@@ -308,7 +310,6 @@ def machine_learning_curated(
             how="inner",
             coalesce=False,
         )
-    paired = with_pseudonym(paired, "user", secret)
     if MlIdentity(ml_identity) is MlIdentity.subject_id:
         paired = paired.drop("user")
     return _declared(paired, MACHINE_LEARNING_CURATED)
@@ -317,14 +318,22 @@ def machine_learning_curated(
 def cross_customer_pairs(
     machine_learning_curated: pl.LazyFrame, customer_curated: pl.LazyFrame, secret: bytes
 ) -> pl.LazyFrame:
-    """Training rows whose accelerometer owner (by subject_id) does not own the Step Trainer of the row."""
+    """Training rows whose accelerometer owner (by subject_id) does not own the Step Trainer of the row.
+
+    Decided for each distinct (subject_id, serialNumber) pair, a few thousand, then the rows of the
+    offending pairs are read: memory is bounded by the pairs, not the rows.
+    """
     owners = with_pseudonym(customer_curated, "email", secret, "_subject")
     owners = with_key(owners, "serialNumber", "_owner_serial").select("_subject", "_owner_serial")
-    rows = with_key(machine_learning_curated, "serialNumber", "_serial")
-    return (
-        rows.join(owners, left_on=SUBJECT_ID, right_on="_subject", how="left", maintain_order="left")
+    pairs = machine_learning_curated.select(SUBJECT_ID, "serialNumber").unique()
+    offending = (
+        with_key(pairs, "serialNumber", "_serial")
+        .join(owners, left_on=SUBJECT_ID, right_on="_subject", how="left")
         .filter(pl.col("_owner_serial").is_null() | (pl.col("_owner_serial") != pl.col("_serial")))
-        .drop("_serial", "_owner_serial")
+        .select(SUBJECT_ID, "serialNumber")
+    )
+    return machine_learning_curated.join(
+        offending, on=[SUBJECT_ID, "serialNumber"], how="semi", nulls_equal=True, maintain_order="left"
     )
 
 

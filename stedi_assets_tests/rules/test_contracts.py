@@ -143,6 +143,15 @@ def test_membership_fails_orphans() -> None:
     assert verdict.summary == "1 rows whose user is not a trusted customer"
 
 
+def test_membership_counts_a_row_without_the_key_as_an_orphan() -> None:
+    child = rows_frame(
+        "accelerometer_trusted",
+        [reading("z@x.com", 1), reading("a@x.com", 2), reading(None, 3), reading("z@x.com", 4)],
+    )
+    verdict = USERS_ARE_TRUSTED.verdict(child.lazy(), PARENTS)
+    assert_verdict(verdict, False, 3, 0, child[[0, 2, 3]])
+
+
 def test_membership_fails_every_row_against_an_empty_parent() -> None:
     child = rows_frame("accelerometer_trusted", [reading("a@x.com", 1), reading("b@x.com", 2)])
     verdict = USERS_ARE_TRUSTED.verdict(child.lazy(), PARENTS.clear())
@@ -346,6 +355,19 @@ def test_no_duplicate_rows_count_all_and_sample_five() -> None:
     verdict = contracts.no_duplicate_rows(frame.lazy())
     assert_verdict(verdict, False, 6, 0, pl.DataFrame({"a": [1, 2, 1, 3, 2], "b": ["x"] * 5}))
     assert verdict.summary == "6 rows are exact duplicates of another row"
+
+
+def test_no_duplicate_rows_compares_rows_whose_hashes_recur_exactly() -> None:
+    """Floats, nulls and strings: only equal rows count, every copy of them, in table order."""
+    frame = pl.DataFrame(
+        {
+            "a": [0.1, 0.1, None, None, 0.1 + 0.2, 0.3],
+            "b": ["x", "x", None, None, "y", "y"],
+            "day": [1, 1, 2, 2, 3, 3],
+        }
+    )
+    verdict = contracts.no_duplicate_rows(pl.concat([frame, frame[4:6]]).lazy())
+    assert_verdict(verdict, False, 8, 0, frame[[0, 1, 2, 3, 4]])
 
 
 def test_unique_identity_passes_distinct_emails() -> None:

@@ -12,13 +12,10 @@ import base64
 import html
 import io
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import polars as pl
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
-from PIL import Image
 
 from stedi_assets.defs.factories import STORAGE_RETRY
 from stedi_assets.defs.partitions import SINGLE_RUN
@@ -36,6 +33,9 @@ from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.resources import StediStorage, as_failure, pseudonym_of
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 REPORT_GROUP = "report"
 REPORT_PATH = report.REPORT_PATH
 DISTANCE = "distanceFromObject"
@@ -49,9 +49,20 @@ ZONE_COLOURS = {LANDING: "#8da0cb", TRUSTED: "#66c2a5", CURATED: "#fc8d62"}
 UNITS = ((86_400_000, "days"), (3_600_000, "hours"), (60_000, "minutes"), (1_000, "seconds"))
 
 
-def _png(figure: Figure) -> bytes:
+def _figure() -> "Figure":
+    """A new figure of the report's size. matplotlib is imported here, when a report is drawn, not when
+    the definitions load (it costs a third of a second at every start of a run or the code server)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=SIZE, dpi=DPI, layout="constrained")
+
+
+def _png(figure: "Figure") -> bytes:
     """The figure as a PNG of 256 colours at most (a third of the bytes of a true-colour one, the
     same to the eye) with no text chunk."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     image = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
@@ -60,7 +71,7 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _nothing(figure: Figure, title: str) -> bytes:
+def _nothing(figure: "Figure", title: str) -> bytes:
     axes = figure.subplots()
     axes.set_axis_off()
     axes.set_title(title)
@@ -70,7 +81,7 @@ def _nothing(figure: Figure, title: str) -> bytes:
 
 def funnel_chart(rows: dict[str, int]) -> bytes:
     """One bar per table, landing at the top, coloured by zone, each labelled with its row count."""
-    figure = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
+    figure = _figure()
     axes = figure.subplots()
     names = list(reversed(rows))
     bars = axes.barh(names, [rows[n] for n in names], color=[ZONE_COLOURS[TABLES[n].zone] for n in names])
@@ -83,6 +94,8 @@ def funnel_chart(rows: dict[str, int]) -> bytes:
     axes.set_xlim(0, top * 8)
     axes.set_xlabel("rows (logarithmic scale)")
     axes.set_title("Rows per table, landing → trusted → curated")
+    from matplotlib.patches import Patch
+
     figure.legend(
         handles=[Patch(color=c, label=z) for z, c in ZONE_COLOURS.items()], loc="outside right upper"
     )
@@ -90,7 +103,7 @@ def funnel_chart(rows: dict[str, int]) -> bytes:
 
 
 def histogram_chart(bins: pl.DataFrame, readings: int) -> bytes:
-    figure = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
+    figure = _figure()
     title = f"{DISTANCE} in {STEP_TRAINER_TRUSTED.name} ({readings:,} readings)"
     if bins.is_empty():
         return _nothing(figure, title)
@@ -106,7 +119,7 @@ def histogram_chart(bins: pl.DataFrame, readings: int) -> bytes:
 def magnitude_chart(series: pl.DataFrame) -> bytes:
     """A line per sampled customer, labelled only by its number, over the time since its first
     reading (never the time it was taken)."""
-    figure = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
+    figure = _figure()
     title = "Accelerometer magnitude √(x² + y² + z²) of sampled customers"
     if series.is_empty():
         return _nothing(figure, title)

@@ -23,7 +23,15 @@ from stedi_assets.rules.catalog import (
     Table,
     with_event_day,
 )
-from stedi_assets.rules.identity import KEY, SUBJECT_ID, keys, pseudonym_keys, with_key, with_pseudonym
+from stedi_assets.rules.identity import (
+    KEY,
+    SUBJECT_ID,
+    canonical,
+    keys,
+    pseudonym_keys,
+    with_key,
+    with_pseudonym,
+)
 
 
 class MlJoin(StrEnum):
@@ -346,10 +354,12 @@ def _rows_of(
 ) -> pl.LazyFrame:
     """The rows of `frame` whose identity in `column` is in `allowed` (`key`), and, when `allowed`
     carries consent dates and the table times its rows by `time`, taken at or after that date."""
-    keyed = with_key(frame, column, key)
+    # the distinct values are decided (a few thousand), then the frame is joined once on its column
+    distinct = frame.select(pl.col(column)).unique().filter(pl.col(column).is_not_null())
+    values = distinct.with_columns(canonical(pl.col(column)).alias(key)).join(allowed, on=key).drop(key)
     if time and SINCE in allowed.collect_schema().names():
-        return keyed.join(allowed, on=key, how="inner").filter(pl.col(time) >= pl.col(SINCE)).drop(key, SINCE)
-    return keyed.join(allowed.select(key), on=key, how="semi").drop(key)
+        return frame.join(values, on=column, how="inner").filter(pl.col(time) >= pl.col(SINCE)).drop(SINCE)
+    return frame.join(values.select(column), on=column, how="semi")
 
 
 def within_consent(

@@ -8,6 +8,7 @@ import sys
 import unicodedata
 
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ from stedi_assets.rules.identity import (
     canonical,
     keys,
     pseudonym,
+    pseudonyms,
     with_key,
     with_pseudonym,
 )
@@ -105,6 +107,17 @@ def test_pseudonym_is_the_keyed_hash_of_the_canonical_identity():
     assert len(pseudonym("a@x.com", KEY_ONE)) == 64
     assert pseudonym("a@x.com", KEY_ONE) != pseudonym("a@x.com", KEY_TWO)
     assert pseudonym("a@x.com", KEY_ONE) != pseudonym("b@x.com", KEY_ONE)
+
+
+@pytest.mark.parametrize("secret", [b"", KEY_ONE, b"k" * 64, b"k" * 65, bytes(range(256))])
+def test_pseudonyms_of_a_series_are_hmac_sha256_under_any_key_length(secret):
+    """The batch form builds HMAC's keyed states itself (a key longer than SHA-256's block is hashed
+    first): it must equal Python's hmac for keys shorter than, equal to and longer than a block."""
+    values = pl.Series(["a@x.com", None, "ß\u00e9@x.com", ""])
+    expected = [
+        hmac.new(secret, v.encode(), hashlib.sha256).hexdigest() if v is not None else None for v in values
+    ]
+    assert pseudonyms(values, secret).to_list() == expected
 
 
 def test_with_pseudonym_hashes_each_spelling_of_one_email_alike():

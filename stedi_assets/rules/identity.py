@@ -71,6 +71,19 @@ def with_key(frame: pl.LazyFrame, column: str, key: str = KEY) -> pl.LazyFrame:
     )
 
 
+def join_on_identity(
+    frame: pl.LazyFrame, column: str, other: pl.LazyFrame, key: str = KEY, how: str = "inner"
+) -> pl.LazyFrame:
+    """`frame` joined (`inner` or `semi`) to `other` where the canonical identity of `column` is
+    other's `key`, without a `key` column. The identity is computed once per distinct value and the
+    frame joined once, on its own column: a table of millions of readings is never joined twice."""
+    distinct = frame.select(pl.col(column)).unique().filter(pl.col(column).is_not_null())
+    matched = distinct.with_columns(canonical(pl.col(column)).alias(key)).join(other, on=key).drop(key)
+    if how == "semi":
+        matched = matched.select(column)
+    return frame.join(matched, on=column, how=how)  # type: ignore[arg-type]
+
+
 def keys(frame: pl.LazyFrame, column: str, key: str = KEY) -> pl.LazyFrame:
     """The distinct canonical identities of `column` in `frame`, as one column `key` (no nulls)."""
     distinct = frame.select(pl.col(column)).unique().filter(pl.col(column).is_not_null())

@@ -51,6 +51,25 @@ def flat_object(source: Source) -> str:
     return rf"^{_WS}\{{{_WS}(?:{pair}{_WS}(?:,{_WS}{pair}{_WS})*)?\}}{_WS}$"
 
 
+def ordered_object(source: Source) -> str:
+    """A regex for the line a producer writes: every declared field once, in declared order, under
+    its declared spelling, no other key, each value a non-null JSON value of the field's type (a
+    string, an integer, or for a float field an integer or a decimal), strictly valid as in
+    flat_object. Such a line decodes straight into the declared types, and to the same values the
+    text-then-cast path reads: that path's JSON decoder parses a number the same way before
+    writing it back as text."""
+
+    def value(dtype: pl.DataType) -> str:
+        if dtype.is_integer():
+            return _INTEGER
+        if dtype.is_float():
+            return rf"(?:{_DECIMAL}|{_INTEGER})"
+        return _STRING
+
+    pairs = rf"{_WS},{_WS}".join(rf'"{re.escape(c.name)}"{_WS}:{_WS}{value(c.dtype)}' for c in source.columns)
+    return rf"^{_WS}\{{{_WS}{pairs}{_WS}\}}{_WS}$"
+
+
 def raw_lines(blob: bytes, source_file: str, landed_at: datetime, first_line: int = 1) -> pl.DataFrame:
     """Splits one landing file (or a block of its whole lines starting at line `first_line`) into
     numbered lines, marking lines that are not valid UTF-8.
@@ -219,16 +238,32 @@ def parse_fast(lines: pl.LazyFrame, source: Source) -> pl.LazyFrame:
     SLOW and left undecided (null fields, null reason): parse_landing decides it exactly (other
     key spellings, absent or null fields, nested values, invalid JSON or UTF-8). Streams.
     """
-    flat = pl.col(UTF8_VALID) & pl.col(RAW_LINE).str.contains(flat_object(source))
+    ordered = pl.col(UTF8_VALID) & pl.col(RAW_LINE).str.contains(ordered_object(source))
+    # the flat-object test and the text decoding only look at the few lines that are not ordered
+    flat = pl.when(~pl.col("_ordered")).then(pl.col(RAW_LINE)).str.contains(flat_object(source))
+    typed = pl.Struct({c.name: c.dtype for c in source.columns})
     fields = pl.Struct({c.name: pl.String() for c in source.columns})
     texts = [f"_text_{c.name}" for c in source.columns]
     return (
         non_blank_lines(lines)
-        .with_columns(_doc=pl.when(flat).then(pl.col(RAW_LINE)).str.json_decode(fields))
+        .with_columns(_ordered=ordered)
+        .with_columns(
+            _typed=pl.when("_ordered").then(pl.col(RAW_LINE)).str.json_decode(typed),
+            _doc=pl.when(flat & pl.col(UTF8_VALID)).then(pl.col(RAW_LINE)).str.json_decode(fields),
+        )
         .with_columns(pl.col("_doc").struct.field(c.name).alias(f"_text_{c.name}") for c in source.columns)
-        .with_columns(pl.any_horizontal(pl.col(t).is_null() for t in texts).fill_null(True).alias(SLOW))
-        .with_columns(_typed(source))
+        .with_columns(
+            (
+                ~pl.col("_ordered") & pl.any_horizontal(pl.col(t).is_null() for t in texts).fill_null(True)
+            ).alias(SLOW)
+        )
+        # an ordered line's values come decoded (its texts are null, so no cast can fail for it)
+        .with_columns(
+            pl.coalesce(pl.col("_typed").struct.field(c.name), typed_value).alias(c.name)
+            for c, typed_value in zip(source.columns, _typed(source), strict=True)
+        )
         .with_columns(pl.when(~pl.col(SLOW)).then(_first_reason(_field_reasons(source, {}))).alias(REASON))
+        .drop("_ordered", "_typed")
     )
 
 

@@ -26,7 +26,7 @@ from stedi_assets.rules.catalog import (
 from stedi_assets.rules.identity import (
     KEY,
     SUBJECT_ID,
-    canonical,
+    join_on_identity,
     keys,
     pseudonym_keys,
     with_key,
@@ -187,10 +187,10 @@ def accelerometer_trusted(
     """Readings whose user is a trusted customer (under from_consent_date: taken since consenting),
     each distinct reading once."""
     consenting = with_key(customer_trusted, "email").select(KEY, _since=pl.col("shareWithResearchAsOfDate"))
-    readings = with_key(accelerometer_landing, "user").join(consenting, on=KEY, how="inner")
+    readings = join_on_identity(accelerometer_landing, "user", consenting)
     if ConsentPolicy(policy) is ConsentPolicy.from_consent_date:
         readings = readings.filter(pl.col("timestamp") >= pl.col("_since"))
-    return _declared(readings, ACCELEROMETER_TRUSTED).unique(maintain_order=True)
+    return _declared(readings, ACCELEROMETER_TRUSTED).unique()
 
 
 def customer_curated(customer_trusted: pl.LazyFrame, accelerometer_trusted: pl.LazyFrame) -> pl.LazyFrame:
@@ -276,10 +276,10 @@ def trusted_devices(
 
 def readings_of_devices(step_trainer_landing: pl.LazyFrame, devices: pl.LazyFrame) -> pl.LazyFrame:
     """The readings of `devices` (see trusted_devices), each distinct reading once."""
-    readings = with_key(step_trainer_landing, "serialNumber", "_serial").join(devices, on="_serial")
+    readings = join_on_identity(step_trainer_landing, "serialNumber", devices, "_serial")
     if "_since" in devices.collect_schema().names():
         readings = readings.filter(pl.col("sensorReadingTime") >= pl.col("_since"))
-    return _declared(readings, STEP_TRAINER_TRUSTED).unique(maintain_order=True)
+    return _declared(readings, STEP_TRAINER_TRUSTED).unique()
 
 
 def _owner_serials(customer_curated: pl.LazyFrame) -> pl.LazyFrame:
@@ -354,12 +354,9 @@ def _rows_of(
 ) -> pl.LazyFrame:
     """The rows of `frame` whose identity in `column` is in `allowed` (`key`), and, when `allowed`
     carries consent dates and the table times its rows by `time`, taken at or after that date."""
-    # the distinct values are decided (a few thousand), then the frame is joined once on its column
-    distinct = frame.select(pl.col(column)).unique().filter(pl.col(column).is_not_null())
-    values = distinct.with_columns(canonical(pl.col(column)).alias(key)).join(allowed, on=key).drop(key)
     if time and SINCE in allowed.collect_schema().names():
-        return frame.join(values, on=column, how="inner").filter(pl.col(time) >= pl.col(SINCE)).drop(SINCE)
-    return frame.join(values.select(column), on=column, how="semi")
+        return join_on_identity(frame, column, allowed, key).filter(pl.col(time) >= pl.col(SINCE)).drop(SINCE)
+    return join_on_identity(frame, column, allowed.select(key), key, how="semi")
 
 
 def within_consent(

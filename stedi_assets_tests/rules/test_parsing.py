@@ -107,6 +107,37 @@ def test_blank_lines_numbered_but_not_parsed() -> None:
     assert parsed[REASON].to_list() == [None, None]
 
 
+def test_lines_in_declared_order_decode_straight_to_the_values_the_text_path_reads() -> None:
+    """The producers' own shape (declared keys in order, values of their types) is decoded into the
+    declared types directly; values, reasons and rows equal the exact parse's (see `parse`)."""
+    ordered = [
+        '{"user":"a@x.com","timestamp":1655564444103,"x":0.1,"y":-1.0000000000000002,"z":3}',
+        '{ "user" : "a\\u0040x.com" , "timestamp" : 123456789012345678 , "x" : -0.5 , "y" : 0.0 , "z" : 1 }',
+        '{"user":"","timestamp":1,"x":1.0,"y":2.0,"z":3.0}',
+    ]
+    other = [
+        '{"user":"b@x.com","timestamp":2,"x":"1.5","y":1,"z":1}',  # a numeric string: the text path
+        '{"timestamp":3,"user":"c@x.com","x":1,"y":1,"z":1}',  # another order
+        '{"user":"d@x.com","timestamp":4.5,"x":1,"y":1,"z":1}',  # a fraction under an integer field
+    ]
+    shape = pl.Series([*ordered, *other]).str.contains(parsing.ordered_object(SOURCE["accelerometer"]))
+    assert shape.to_list() == [True, True, True, False, False, False]
+    parsed = parse("\n".join([*ordered, *other]).encode(), "accelerometer")
+    assert parsed["user"].to_list() == ["a@x.com", "a@x.com", "", "b@x.com", "c@x.com", "d@x.com"]
+    assert parsed["timestamp"].to_list() == [1655564444103, 123456789012345678, 1, 2, 3, None]
+    assert parsed["x"].to_list() == [0.1, -0.5, 1.0, 1.5, 1.0, 1.0]
+    assert parsed["z"].to_list() == [3.0, 1.0, 3.0, 1.0, 1.0, 1.0]
+    assert parsed["y"].to_list() == [-1.0000000000000002, 0.0, 2.0, 1.0, 1.0, 1.0]
+    assert parsed[REASON].to_list() == [
+        None,
+        None,
+        "missing required field user",
+        None,
+        None,
+        "timestamp: '4.5' is not an integer",
+    ]
+
+
 def test_invalid_utf8_flags_only_its_line() -> None:
     blob = b"\xef\xbb\xbfok one\r\n\xff\xfebad\r\nok \xc3\xa9\r\n"
     assert_frame_equal(

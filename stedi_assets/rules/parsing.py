@@ -257,14 +257,19 @@ def parse_fast(lines: pl.LazyFrame, source: Source) -> pl.LazyFrame:
                 ~pl.col("_ordered") & pl.any_horizontal(pl.col(t).is_null() for t in texts).fill_null(True)
             ).alias(SLOW)
         )
-        # an ordered line's values come decoded (its texts are null, so no cast can fail for it)
+        # an ordered line's values come decoded (its texts are null, so no cast can fail for it),
+        # strings trimmed as the text path trims every value
         .with_columns(
-            pl.coalesce(pl.col("_typed").struct.field(c.name), typed_value).alias(c.name)
+            pl.coalesce(_decoded(pl.col("_typed").struct.field(c.name), c.dtype), typed_value).alias(c.name)
             for c, typed_value in zip(source.columns, _typed(source), strict=True)
         )
         .with_columns(pl.when(~pl.col(SLOW)).then(_first_reason(_field_reasons(source, {}))).alias(REASON))
         .drop("_ordered", "_typed")
     )
+
+
+def _decoded(value: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    return value.str.strip_chars() if dtype == pl.String else value
 
 
 def _in_memory(frame: pl.LazyFrame) -> pl.LazyFrame:

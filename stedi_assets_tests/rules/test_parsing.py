@@ -111,12 +111,12 @@ def test_lines_in_declared_order_decode_straight_to_the_values_the_text_path_rea
     """The producers' own shape (declared keys in order, values of their types) is decoded into the
     declared types directly; values, reasons and rows equal the exact parse's (see `parse`)."""
     ordered = [
-        '{"user":"a@x.com","timestamp":1655564444103,"x":0.1,"y":-1.0000000000000002,"z":3}',
+        '{"user":" a@x.com\\u2003","timestamp":1655564444103,"x":0.1,"y":-1.0000000000000002,"z":3}',
         '{ "user" : "a\\u0040x.com" , "timestamp" : 123456789012345678 , "x" : -0.5 , "y" : 0.0 , "z" : 1 }',
-        '{"user":"","timestamp":1,"x":1.0,"y":2.0,"z":3.0}',
+        '{"user":" \\t","timestamp":1,"x":1.0,"y":2.0,"z":3.0}',
     ]
     other = [
-        '{"user":"b@x.com","timestamp":2,"x":"1.5","y":1,"z":1}',  # a numeric string: the text path
+        '{"user":" b@x.com ","timestamp":2,"x":"1.5","y":1,"z":1}',  # a numeric string: the text path
         '{"timestamp":3,"user":"c@x.com","x":1,"y":1,"z":1}',  # another order
         '{"user":"d@x.com","timestamp":4.5,"x":1,"y":1,"z":1}',  # a fraction under an integer field
     ]

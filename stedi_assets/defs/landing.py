@@ -21,6 +21,7 @@ from stedi_assets.rules.catalog import ERASURE_LOG, SOURCE_FILE, SOURCES, Source
 from stedi_assets.storage import manifest
 from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.io_manager import Publication, held_metadata
+from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.metadata import definition_metadata
 from stedi_assets.storage.resources import StediStorage, as_failure, pseudonym_of
 
@@ -31,6 +32,8 @@ LINES_ERASED = "lines_erased"
 """Materialization metadata: lines dropped because their person or device is in the erasure log."""
 FILES_ADDED = "files_added"
 """Materialization metadata: landing files whose lines this write added (every file on a rebuild)."""
+FILES_REPLACED = "files_replaced"
+"""Materialization metadata: files that changed or vanished since the last write, whose rows left."""
 
 
 def _out(declared: Table) -> dg.AssetOut:
@@ -116,16 +119,54 @@ def ingest_asset(source: Source) -> dg.AssetsDefinition:
                 after = plan.manifest(lines, n_erased if name == landing else 0, erasures)
                 metadata = {LINES_READ: after.lines, LINES_ERASED: after.erased} if name == landing else {}
                 metadata[FILES_ADDED] = len(plan.files)
-                if plan.append and not plan.files:  # nothing new: no landing byte was read for it
+                metadata[FILES_REPLACED] = len(plan.replaced)
+                if plan.append and not plan.files and not plan.replaced:  # nothing new: nothing read
                     metadata |= held_metadata(lakehouse, uris[name])
                     yield dg.MaterializeResult(asset_key=name, value=None, metadata=metadata)
                     continue
-                publication = Publication(
-                    frame, append=plan.append, properties={manifest.MANIFEST: after.dumps()}
-                )
+                properties = {manifest.MANIFEST: after.dumps()}
+                declared = source.landing if name == landing else source.rejects
+                try:
+                    publication = (
+                        _replacing(lakehouse, uris[name], declared, frame, plan.replaced, properties)
+                        if plan.replaced
+                        else Publication(frame, append=plan.append, properties=properties)
+                    )
+                except StorageError as error:
+                    raise as_failure(error) from error
                 yield dg.MaterializeResult(asset_key=name, value=publication, metadata=metadata)
 
     return ingest
+
+
+def _replacing(
+    lakehouse: Lakehouse,
+    uri: str,
+    declared: Table,
+    added: pl.LazyFrame,
+    replaced: tuple[str, ...],
+    properties: dict[str, str],
+) -> Publication:
+    """The write that puts `added` (the rows of the new and changed files) in place of the rows of the
+    files `replaced`, keeping every other row without reading its landing file again.
+
+    A day-partitioned table replaces only the days the leaving and the added rows are in (its other
+    days' data files stay as they are); an unpartitioned one, or one with rows of no day, is
+    rewritten whole from its own rows.
+    """
+    current = lakehouse.scan(uri)
+    kept = current.filter(~pl.col(SOURCE_FILE).is_in(list(replaced)))
+    columns = added.collect_schema().names()
+    if declared.partition_by:
+        day = declared.partition_by[0]
+        leaving = current.filter(pl.col(SOURCE_FILE).is_in(list(replaced))).select(day)
+        touched = pl.concat([leaving, added.select(day)]).unique()
+        days = lakehouse.reading(uri, touched).get_column(day).to_list()
+        if None not in days:
+            on_days = pl.col(day).cast(pl.String).is_in([str(d) for d in days])
+            frame = pl.concat([kept.filter(on_days).select(columns), added])
+            return Publication(frame, properties=properties, replace_partitions=[str(d) for d in days])
+    return Publication(pl.concat([kept.select(columns), added]), properties=properties)
 
 
 def _of_files(parsed: pl.LazyFrame, plan: manifest.Plan, read: set[str]) -> pl.LazyFrame:

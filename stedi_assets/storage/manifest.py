@@ -6,9 +6,11 @@ manifest is a property of the commit that added the rows, a crash can never leav
 their manifest entry or an entry without its rows: the next run adds exactly what is missing, to
 each table on its own, and never duplicates a row.
 
-A run then reads only files no manifest lists. A file that changed or vanished since, or an
-erasure request recorded since, makes the table rebuild from all files (the rows of one file are
-spread over many data files: replacing them in place is left to a later version).
+A run then reads only files no manifest lists, and the files that changed since: a changed or
+vanished file's rows are replaced (for a day-partitioned table, in the days they and the new rows
+touch), the other files are not read again. An erasure request recorded since makes the table
+rebuild from all files, as does a changed file when the table holds erased lines (their count is
+not kept per file).
 """
 
 from __future__ import annotations
@@ -58,11 +60,14 @@ class Manifest:
 
 @dataclass(frozen=True)
 class Plan:
-    """What one table's write adds: the rows of `files`, appended, or replacing the table."""
+    """What one table's write adds: the rows of `files`, appended (in place of the rows of the files
+    `replaced`), or replacing the table."""
 
     files: list[LandingFile]
     append: bool
     previous: Manifest
+    replaced: tuple[str, ...] = ()
+    """Files the table holds rows of that changed or vanished: their rows leave with this write."""
 
     @property
     def uris(self) -> list[str]:
@@ -73,21 +78,23 @@ class Plan:
         added = {f.uri: {**signature(f), "lines": lines.get(f.uri, 0)} for f in self.files}
         if not self.append:
             return Manifest(added, erased, erasures)
-        return Manifest({**self.previous.files, **added}, self.previous.erased + erased, erasures)
+        kept = {uri: entry for uri, entry in self.previous.files.items() if uri not in self.replaced}
+        return Manifest({**kept, **added}, self.previous.erased + erased, erasures)
 
 
 def plan(previous: Manifest | None, files: list[LandingFile], erasures: int) -> Plan:
-    """Append the files `previous` does not list; rebuild from all `files` when there is no manifest,
-    a listed file changed or vanished, or the erasure log grew."""
-    current = {f.uri: signature(f) for f in files}
-    unchanged = (
-        previous is not None
-        and previous.erasures == erasures
-        and all(
-            current.get(uri) == {k: entry.get(k) for k in ("size", "modified", "etag")}
-            for uri, entry in previous.files.items()
-        )
-    )
-    if previous is None or not unchanged:
+    """Read the files `previous` does not list and those that changed since, replacing the rows of the
+    changed or vanished ones; rebuild from all `files` when there is no manifest, the erasure log
+    grew, or a file changed under a manifest that counts erased lines."""
+    if previous is None or previous.erasures != erasures:
         return Plan(files, append=False, previous=Manifest())
-    return Plan([f for f in files if f.uri not in previous.files], append=True, previous=previous)
+    current = {f.uri: signature(f) for f in files}
+    replaced = tuple(
+        uri
+        for uri, entry in previous.files.items()
+        if current.get(uri) != {k: entry.get(k) for k in ("size", "modified", "etag")}
+    )
+    if replaced and previous.erased:
+        return Plan(files, append=False, previous=Manifest())
+    reading = [f for f in files if f.uri not in previous.files or f.uri in replaced]
+    return Plan(reading, append=True, previous=previous, replaced=replaced)

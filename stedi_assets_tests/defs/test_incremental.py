@@ -134,6 +134,87 @@ def test_a_changed_file_replaces_its_own_rows(tiny_landing: Path, tmp_path: Path
     assert landing["_line_number"].sort().to_list() == [1, 2, 3, 4]
 
 
+SECOND_DAY = dt.date.fromisoformat(TINY_DAY) + dt.timedelta(days=1)
+SECOND_DAY_MS = T2 + 86_400_000
+
+
+def _two_days_of_readings(tiny_landing: Path) -> Path:
+    """A second accelerometer file, of the next day: Erin's reading (x 7.0)."""
+    second = tiny_landing / ACCEL / "accelerometer-2.json"
+    write_jsonl(second, [{"user": "Erin@test.com", "timestamp": SECOND_DAY_MS, "x": 7.0, "y": 0.0, "z": 0.0}])
+    return second
+
+
+def _day_files(table: Path, day: dt.date) -> set[str]:
+    return {uri for uri in _files_of(table) if f"event_day={day}" in uri}
+
+
+def test_a_changed_file_is_read_alone_and_replaces_only_the_days_of_its_rows(
+    tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    settings = _settings(tiny_landing, tmp_path)
+    second = _two_days_of_readings(tiny_landing)
+    assert run_lakehouse(**settings)["success"]
+    landing_table = _table(tmp_path, "landing", "accelerometer_landing")
+    next_day_files = _day_files(landing_table, SECOND_DAY)
+    assert next_day_files
+    for path in [p for p in tiny_landing.rglob("*.json") if p.name != "accelerometer-1.json"]:
+        _garble_keeping_signature(path)  # read again, these would become rejects
+    changed = tiny_landing / ACCEL / "accelerometer-1.json"
+    kept = [line for line in changed.read_text().splitlines(keepends=True) if "Bob" not in line]
+    changed.write_text("".join(kept) + json.dumps(NEW_READINGS[0]) + "\n")
+    landed = changed.stat().st_mtime_ns + 2_000_000_000
+    os.utime(changed, ns=(landed, landed))
+    read = _files_read(monkeypatch)
+
+    summary = run_lakehouse(**settings)
+
+    assert summary["success"], summary["errors"]
+    assert read == [str(changed)]
+    landing = pl.read_delta(str(landing_table)).sort("_source_file", "_line_number")
+    assert landing.select("_source_file", "_line_number", "x").rows() == [
+        (str(changed), 1, 1.0),
+        (str(changed), 2, 2.0),
+        (str(changed), 3, 4.0),
+        (str(changed), 4, 9.0),
+        (str(second), 1, 7.0),
+    ]
+    assert _day_files(landing_table, SECOND_DAY) == next_day_files  # the other day was not rewritten
+    assert summary["tables"]["accelerometer_rejects"]["rows"] == 0
+    trusted = pl.read_delta(str(_table(tmp_path, "trusted", "accelerometer_trusted")))
+    assert sorted(trusted["x"]) == [1.0, 2.0, 4.0, 7.0, 9.0]  # Bob (no consent) was never there
+    ingest = next(
+        e
+        for e in summary["checks"]
+        if e["asset"] == "accelerometer_landing" and e["name"] == "lines_conserved"
+    )
+    assert ingest["passed"], ingest
+
+
+def test_a_vanished_file_takes_its_rows_and_its_days_along_without_reading_the_others(
+    tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    settings = _settings(tiny_landing, tmp_path)
+    second = _two_days_of_readings(tiny_landing)
+    assert run_lakehouse(**settings)["success"]
+    landing_table = _table(tmp_path, "landing", "accelerometer_landing")
+    tiny_day_files = _day_files(landing_table, dt.date.fromisoformat(TINY_DAY))
+    for path in tiny_landing.rglob("*.json"):
+        _garble_keeping_signature(path)
+    second.unlink()
+    read = _files_read(monkeypatch)
+
+    summary = run_lakehouse(**settings)
+
+    assert summary["success"], summary["errors"]
+    assert read == []
+    assert summary["tables"]["accelerometer_landing"]["rows"] == 4
+    assert _day_files(landing_table, SECOND_DAY) == set()
+    assert _day_files(landing_table, dt.date.fromisoformat(TINY_DAY)) == tiny_day_files
+    trusted = pl.read_delta(str(_table(tmp_path, "trusted", "accelerometer_trusted")))
+    assert sorted(trusted["x"]) == [1.0, 2.0, 4.0]
+
+
 def _crash_on_second_commit(monkeypatch: pytest.MonkeyPatch, source: str) -> None:
     """The ingest of `source` commits one of its two tables, then dies before the other."""
     commit, committed = Lakehouse.commit, []

@@ -52,22 +52,33 @@ def flat_object(source: Source) -> str:
 
 
 def ordered_object(source: Source) -> str:
-    """A regex for the line a producer writes: every declared field once, in declared order, under
-    its declared spelling, no other key, each value a non-null JSON value of the field's type (a
-    string, an integer, or for a float field an integer or a decimal), strictly valid as in
-    flat_object. Such a line decodes straight into the declared types, and to the same values the
-    text-then-cast path reads: that path's JSON decoder parses a number the same way before
-    writing it back as text."""
+    """A regex for the line a producer writes: the declared fields in declared order under their
+    declared spellings, no other key, each a JSON value of the field's type (a string, an integer, or
+    for a float field an integer or a decimal) or null, strictly valid as in flat_object; a field
+    that is not required may be left out. Such a line decodes straight into the declared types, and
+    to the same values the exact parser reads: that parser's JSON decoder parses a number the same
+    way before writing it back as text, and reads an absent key as it reads null."""
 
     def value(dtype: pl.DataType) -> str:
         if dtype.is_integer():
-            return _INTEGER
+            return rf"(?:{_INTEGER}|null)"
         if dtype.is_float():
-            return rf"(?:{_DECIMAL}|{_INTEGER})"
-        return _STRING
+            return rf"(?:{_DECIMAL}|{_INTEGER}|null)"
+        return rf"(?:{_STRING}|null)"
 
-    pairs = rf"{_WS},{_WS}".join(rf'"{re.escape(c.name)}"{_WS}:{_WS}{value(c.dtype)}' for c in source.columns)
-    return rf"^{_WS}\{{{_WS}{pairs}{_WS}\}}{_WS}$"
+    pairs = [(c.name, rf'"{re.escape(c.name)}"{_WS}:{_WS}{value(c.dtype)}') for c in source.columns]
+    comma = rf"{_WS},{_WS}"
+    # one alternative per field that can come first: those up to the first required one
+    alternatives = []
+    for first, (name, pair) in enumerate(pairs):
+        rest = (
+            p if n in source.required else f"(?:{p})?"
+            for n, p in ((n, comma + q) for n, q in pairs[first + 1 :])
+        )
+        alternatives.append(pair + "".join(rest))
+        if name in source.required:
+            break
+    return rf"^{_WS}\{{{_WS}(?:{'|'.join(alternatives)}){_WS}\}}{_WS}$"
 
 
 def raw_lines(blob: bytes, source_file: str, landed_at: datetime, first_line: int = 1) -> pl.DataFrame:

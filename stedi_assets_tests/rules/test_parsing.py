@@ -138,6 +138,39 @@ def test_lines_in_declared_order_decode_straight_to_the_values_the_text_path_rea
     ]
 
 
+def test_customer_lines_in_declared_order_may_leave_out_or_null_fields_that_are_not_required() -> None:
+    """Delivered as the reference export writes them: optional keys left out or null, still decoded
+    straight into the declared types, with the exact parser's values and reasons (see `parse`)."""
+    head = '{"customerName": "A", "email": "a@x.com", "phone": "1", "birthDay": "1900-01-01", '
+    ordered = [
+        head + '"serialNumber": "S-1", "registrationDate": 1, "lastUpdateDate": 2, '
+        '"shareWithResearchAsOfDate": 3, "shareWithPublicAsOfDate": 4, "shareWithFriendsAsOfDate": 5}',
+        head + '"serialNumber": "S-2", "registrationDate": 1, "shareWithFriendsAsOfDate": 5}',
+        '{"email": "b@x.com", "serialNumber": "S-3", "shareWithResearchAsOfDate": null}',
+        '{"email": null, "serialNumber": "S-4"}',
+    ]
+    other = [
+        '{"serialNumber": "S-5", "email": "c@x.com"}',  # another order
+        '{"email": "d@x.com"}',  # a required field left out
+        '{"customerName": "E"}',
+    ]
+    shape = pl.Series([*ordered, *other]).str.contains(parsing.ordered_object(CUSTOMER))
+    assert shape.to_list() == [True, True, True, True, False, False, False]
+    parsed = parse("\n".join([*ordered, *other]).encode(), "customer")
+    assert parsed["serialNumber"].to_list() == ["S-1", "S-2", "S-3", "S-4", "S-5", None, None]
+    assert parsed["lastUpdateDate"].to_list() == [2, None, None, None, None, None, None]
+    assert parsed["shareWithFriendsAsOfDate"].to_list() == [5, 5, None, None, None, None, None]
+    assert parsed[REASON].to_list() == [
+        None,
+        None,
+        None,
+        "missing required field email",
+        None,
+        "missing required field serialNumber",
+        "missing required field email",
+    ]
+
+
 def test_invalid_utf8_flags_only_its_line() -> None:
     blob = b"\xef\xbb\xbfok one\r\n\xff\xfebad\r\nok \xc3\xa9\r\n"
     assert_frame_equal(

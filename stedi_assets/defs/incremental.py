@@ -209,7 +209,8 @@ def recompute_by_day(
 ) -> dg.MaterializeResult:
     """A reading table's write: of the days the run targets (targeted_days), those to recompute
     (plan_rebuild) from its inputs (READING_INPUTS), `compute` applied to each part of them (a few
-    days of every input at a time, parts taken from the first input: memory bounded by a part),
+    days of every input at a time, each part at most ROWS_PER_PART rows of all inputs together unless
+    one day holds more: memory bounded by a part),
     published under the consent contract `verify` replacing just those days; no write when no input
     day changed."""
     try:
@@ -222,8 +223,10 @@ def recompute_by_day(
         return dg.MaterializeResult(
             value=None, metadata={**held, **rebuild.metadata, DAYS_COMPUTED: 0, **extra}
         )
-    driver = on_rebuilt_days(next(iter(rebuild.inputs.values())), rebuild)
-    days = day_parts(driver)
+    # parts bounded by the rows of every input together: a join's part holds both of its sides
+    days = day_parts(
+        pl.concat([on_rebuilt_days(f, rebuild).select(EVENT_DAY) for f in rebuild.inputs.values()])
+    )
     parts = [compute({name: on_days(frame, part) for name, frame in rebuild.inputs.items()}) for part in days]
     extra[DAYS_COMPUTED] = sum(len(part) for part in days)
     written = Publication(

@@ -187,7 +187,7 @@ def curated_report(context: dg.AssetExecutionContext, storage: StediStorage) -> 
         rows = {t.name: lakehouse.rows(_uri(lakehouse, t)) for t in report.FUNNEL}
         bins = lakehouse.reading(steps, report.histogram(lakehouse.scan(steps), DISTANCE))
         readings = lakehouse.scan(phones)
-        people = report.sampled_people(readings, OWNER, secret)
+        people = lakehouse.reading(phones, report.sampled_people(readings, OWNER, secret))
         series = lakehouse.reading(phones, report.magnitude_series(readings, people, OWNER, READ_AT))
         distances = int(bins[report.COUNT].sum())
         charts = {

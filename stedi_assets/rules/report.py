@@ -38,12 +38,13 @@ def histogram(frame: pl.LazyFrame, column: str, bins: int = BINS) -> pl.LazyFram
     else:
         width = pl.when(high > low).then((high - low) / bins).otherwise(1.0)
     index = ((value - low) / width).floor().clip(0, bins - 1)
+    # counted per distinct value first (a streaming aggregation), then binned: memory holds the
+    # distinct values, not the column
+    per_value = frame.select(value).drop_nulls().group_by(column).agg(pl.len().alias("_n"))
     return (
-        frame.select(value)
-        .drop_nulls()
-        .select(index.alias("_bin"), low.alias("_low"), width.alias("_width"))
+        per_value.select(index.alias("_bin"), low.alias("_low"), width.alias("_width"), "_n")
         .group_by("_bin")
-        .agg(pl.len().cast(pl.Int64).alias(COUNT), pl.col("_low").first(), pl.col("_width").first())
+        .agg(pl.col("_n").sum().cast(pl.Int64).alias(COUNT), pl.col("_low").first(), pl.col("_width").first())
         .select(
             (pl.col("_low") + pl.col("_bin") * pl.col("_width")).alias(START),
             (pl.col("_low") + (pl.col("_bin") + 1) * pl.col("_width")).alias(END),
@@ -70,14 +71,17 @@ def sampled_people(frame: pl.LazyFrame, column: str, secret: bytes, n: int = SAM
 
 
 def magnitude_series(
-    readings: pl.LazyFrame, people: pl.LazyFrame, column: str, time: str, points: int = POINTS
+    readings: pl.LazyFrame, people: pl.DataFrame, column: str, time: str, points: int = POINTS
 ) -> pl.LazyFrame:
     """The mean magnitude sqrt(x² + y² + z²) of the sampled people's readings per time bucket, as
     (customer, elapsed_ms: the bucket's start after the customer's first reading, magnitude,
     readings). Buckets are whole seconds, as few as keep the longest series within `points`."""
     magnitude = (pl.col("x") ** 2 + pl.col("y") ** 2 + pl.col("z") ** 2).sqrt()
     sampled = (
-        readings.join(people, on=column)
+        # the sampled people's readings found by a filter that streams (an inner join held the
+        # readings), then numbered
+        readings.filter(pl.col(column).is_in(people.get_column(column).implode()))
+        .join(people.lazy(), on=column)
         .select(CUSTOMER, pl.col(time), magnitude.alias(MAGNITUDE))
         .drop_nulls()
         .with_columns((pl.col(time) - pl.col(time).min().over(CUSTOMER)).alias(ELAPSED))

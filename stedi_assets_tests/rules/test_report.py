@@ -79,7 +79,7 @@ def _readings() -> pl.LazyFrame:
 
 
 def test_the_magnitude_is_averaged_per_second_since_each_customers_first_reading():
-    people = pl.LazyFrame({"user": ["a@x.com", "b@x.com"], "customer": [1, 2]})
+    people = pl.DataFrame({"user": ["a@x.com", "b@x.com"], "customer": [1, 2]})
 
     series = report.magnitude_series(_readings(), people, "user", "timestamp").collect()
 
@@ -96,7 +96,7 @@ def test_the_magnitude_is_averaged_per_second_since_each_customers_first_reading
 
 
 def test_longer_series_get_wider_buckets_within_the_points():
-    people = pl.LazyFrame({"user": ["a@x.com"], "customer": [1]})
+    people = pl.DataFrame({"user": ["a@x.com"], "customer": [1]})
 
     series = report.magnitude_series(_readings(), people, "user", "timestamp", points=1).collect()
 

@@ -16,8 +16,18 @@ import pytest
 from stedi_assets.cli import run_lakehouse
 from stedi_assets.rules.parsing import LINE_NUMBER, RAW_LINE, SOURCE_FILE
 from stedi_assets.storage.environment import S3Options
-from stedi_assets.storage.lakehouse import LandingZone
-from stedi_assets_tests.helpers import free_port, make_bucket, moto_server, reference_counts, upload_tree
+from stedi_assets.storage.lakehouse import Lakehouse, LandingZone
+from stedi_assets_tests.helpers import (
+    T2,
+    free_port,
+    make_bucket,
+    moto_server,
+    read_table,
+    reference_counts,
+    upload_tree,
+    write_jsonl,
+    write_tiny_landing,
+)
 
 pytestmark = pytest.mark.s3
 
@@ -204,3 +214,34 @@ def test_landing_files_on_s3_are_downloaded_once_and_scanned_from_the_copies(
         ("s3://stedi-once/landing/src/b.json.gz", 2, '{"n": 4}'),
         ("s3://stedi-once/landing/src/b.json.gz", 3, '{"n": 5}'),
     ]
+
+
+def test_a_changed_file_on_s3_replaces_its_own_rows_in_its_own_days(s3_env: str, tmp_path: Path):
+    """The same replacement as on disk: the corrected object (a new ETag) is read alone, its day is
+    rewritten from the table's own rows and the file's, the other day's data files stay."""
+    landing = write_tiny_landing(tmp_path / "landing")
+    next_day = {"user": "Erin@test.com", "timestamp": T2 + 86_400_000, "x": 7.0, "y": 0.0, "z": 0.0}
+    write_jsonl(landing / "accelerometer" / "accelerometer-2.json", [next_day])
+    make_bucket("stedi-replace-landing")
+    make_bucket("stedi-replace-lake")
+    upload_tree(landing, "stedi-replace-landing", "landing")
+    settings = {
+        "landing_uri": "s3://stedi-replace-landing/landing",
+        "lakehouse_uri": "s3://stedi-replace-lake/lh",
+    }
+    assert run_lakehouse(**settings)["success"]
+    lakehouse = Lakehouse("s3://stedi-replace-lake/lh", S3Options.from_environment())
+    uri = lakehouse.table_uri("landing", "accelerometer_landing")
+    next_day_files = [f for f in lakehouse.open(uri).file_uris() if "event_day=2022-06-19" in f]
+    changed = landing / "accelerometer" / "accelerometer-1.json"
+    changed.write_text("".join(line for line in changed.read_text().splitlines(True) if "Bob" not in line))
+    boto3.client("s3").upload_file(
+        str(changed), "stedi-replace-landing", "landing/accelerometer/accelerometer-1.json"
+    )
+
+    summary = run_lakehouse(**settings)
+
+    assert summary["success"], summary["errors"]
+    rows = read_table(lakehouse, "landing", "accelerometer_landing")
+    assert sorted(rows["x"]) == [1.0, 2.0, 4.0, 7.0]
+    assert [f for f in lakehouse.open(uri).file_uris() if "event_day=2022-06-19" in f] == next_day_files

@@ -145,6 +145,15 @@ def _two_days_of_readings(tiny_landing: Path) -> Path:
     return second
 
 
+def _built_over_two_days(tiny_landing: Path, tmp_path: Path) -> tuple[dict[str, object], Path, Path]:
+    """The lakehouse built from the tiny landing and a second day's file: (settings, that file, the
+    accelerometer landing table)."""
+    settings = _settings(tiny_landing, tmp_path)
+    second = _two_days_of_readings(tiny_landing)
+    assert run_lakehouse(**settings)["success"]
+    return settings, second, _table(tmp_path, "landing", "accelerometer_landing")
+
+
 def _day_files(table: Path, day: dt.date) -> set[str]:
     return {uri for uri in _files_of(table) if f"event_day={day}" in uri}
 
@@ -152,10 +161,7 @@ def _day_files(table: Path, day: dt.date) -> set[str]:
 def test_a_changed_file_is_read_alone_and_replaces_only_the_days_of_its_rows(
     tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    settings = _settings(tiny_landing, tmp_path)
-    second = _two_days_of_readings(tiny_landing)
-    assert run_lakehouse(**settings)["success"]
-    landing_table = _table(tmp_path, "landing", "accelerometer_landing")
+    settings, second, landing_table = _built_over_two_days(tiny_landing, tmp_path)
     next_day_files = _day_files(landing_table, SECOND_DAY)
     assert next_day_files
     for path in [p for p in tiny_landing.rglob("*.json") if p.name != "accelerometer-1.json"]:
@@ -194,10 +200,7 @@ def test_a_changed_file_is_read_alone_and_replaces_only_the_days_of_its_rows(
 def test_a_vanished_file_takes_its_rows_and_its_days_along_without_reading_the_others(
     tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    settings = _settings(tiny_landing, tmp_path)
-    second = _two_days_of_readings(tiny_landing)
-    assert run_lakehouse(**settings)["success"]
-    landing_table = _table(tmp_path, "landing", "accelerometer_landing")
+    settings, second, landing_table = _built_over_two_days(tiny_landing, tmp_path)
     tiny_day_files = _day_files(landing_table, dt.date.fromisoformat(TINY_DAY))
     for path in tiny_landing.rglob("*.json"):
         _garble_keeping_signature(path)

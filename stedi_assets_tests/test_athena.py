@@ -168,7 +168,12 @@ def test_glue_catalog_registers_every_table_where_the_run_wrote_it(
     first = _register(lakehouse)
 
     assert first.success
-    assert _metadata(first) == {"database": database, "created": sorted(TABLES), "updated": []}
+    assert _metadata(first) == {
+        "database": database,
+        "created": sorted(TABLES),
+        "updated": [],
+        "dropped": [],
+    }
     assert boto3.client("glue").get_database(Name=database)["Database"]["Name"] == database
     tables = _glue_tables(database)
     assert {name: table["StorageDescriptor"]["Location"] for name, table in tables.items()} == written
@@ -180,11 +185,28 @@ def test_glue_catalog_registers_every_table_where_the_run_wrote_it(
     # someone points a table elsewhere; the next registration puts every definition back
     moved = table_input(TABLES["customer_trusted"], f"s3://{bucket}/elsewhere")
     boto3.client("glue").update_table(DatabaseName=database, TableInput=moved)
+    # a table this lakehouse registered under a name it no longer declares goes; an analyst's own
+    # table and another lakehouse's stay
+    glue = boto3.client("glue")
+    for name, root in (("customer_trusted_v0", lakehouse), ("analyst_view", None), ("theirs", "s3://x/y")):
+        old = table_input(TABLES["customer_trusted"], written["customer_trusted"], root)
+        glue.create_table(DatabaseName=database, TableInput={**old, "Name": name})
     second = _register(lakehouse)
 
     assert second.success
-    assert _metadata(second) == {"database": database, "created": [], "updated": sorted(TABLES)}
-    again = _glue_tables(database)
+    assert _metadata(second) == {
+        "database": database,
+        "created": [],
+        "updated": sorted(TABLES),
+        "dropped": ["customer_trusted_v0"],
+    }
+    assert set(_glue_tables(database)) == set(TABLES) | {"analyst_view", "theirs"}
+    assert {t["Parameters"].get("stedi.lakehouse") for t in _glue_tables(database).values()} == {
+        lakehouse,
+        None,
+        "s3://x/y",
+    }
+    again = {n: t for n, t in _glue_tables(database).items() if n in TABLES}
     assert again["customer_trusted"]["StorageDescriptor"]["Location"] == written["customer_trusted"]
     assert {name: table["StorageDescriptor"]["Location"] for name, table in again.items()} == written
 

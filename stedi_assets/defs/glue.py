@@ -58,5 +58,6 @@ def glue_catalog(
             "database": glue.glue_database,
             "created": sorted(registered.created),
             "updated": sorted(registered.updated),
+            "dropped": sorted(registered.dropped),
         }
     )

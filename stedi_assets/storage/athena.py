@@ -31,6 +31,10 @@ from stedi_assets.storage.lakehouse import LAKEHOUSE_SETTING, Lakehouse, is_s3
 DEFAULT_GLUE_DATABASE = "stedi"
 DELTA = {"table_type": "DELTA"}
 """The one table property Athena reads a Delta table by."""
+REGISTERED_BY = "stedi.lakehouse"
+"""The Glue table parameter naming the lakehouse (its S3 root) that registered the table: a later
+registration of that lakehouse drops the tables it registered that are no longer declared, and
+leaves every other table of the database alone."""
 _SCALAR_TYPES = {
     pl.String: "string",
     pl.Int8: "tinyint",
@@ -62,10 +66,11 @@ def locations(lakehouse: Lakehouse) -> dict[str, str]:
     """The S3 location of every declared table, by name (s3a:// spelt s3://, as Athena wants it)."""
     if not is_s3(lakehouse.root):
         raise NotOnS3(lakehouse.root)
-    return {
-        name: "s3://" + lakehouse.table_uri(table.zone, name).split("://", 1)[1]
-        for name, table in TABLES.items()
-    }
+    return {name: _as_s3(lakehouse.table_uri(table.zone, name)) for name, table in TABLES.items()}
+
+
+def _as_s3(uri: str) -> str:
+    return "s3://" + uri.split("://", 1)[1].rstrip("/")
 
 
 def identifier(name: str) -> str:
@@ -111,14 +116,15 @@ def hive_type(dtype: pl.DataType) -> str:
     raise ValueError(f"no Glue type for {dtype}")
 
 
-def table_input(table: Table, location: str) -> dict[str, Any]:
+def table_input(table: Table, location: str, lakehouse: str | None = None) -> dict[str, Any]:
     """Glue's TableInput of a declared table: an external Delta table, columns as declared.
 
     Column names are lowercase, as Hive and Athena keep them (Athena matches them to the Delta log
     case-insensitively); the partition column is a partition key, as in the Delta log; a column
     present only under some settings is left out (Athena reads the columns a version has from its
     log). No SerDe or input format: an engine that ignores `table_type` must not read the folder as
-    plain Parquet (it would see files that no version holds).
+    plain Parquet (it would see files that no version holds). `lakehouse` (its S3 root) is recorded
+    as REGISTERED_BY.
     """
     columns = {
         c.name: {"Name": c.name.lower(), "Type": hive_type(c.dtype), "Comment": c.description}
@@ -129,7 +135,7 @@ def table_input(table: Table, location: str) -> dict[str, Any]:
         "Name": table.name,
         "Description": table.description,
         "TableType": "EXTERNAL_TABLE",
-        "Parameters": {**DELTA, "EXTERNAL": "TRUE"},
+        "Parameters": {**DELTA, "EXTERNAL": "TRUE", **({REGISTERED_BY: lakehouse} if lakehouse else {})},
         "StorageDescriptor": {
             "Columns": [column for name, column in columns.items() if name not in table.partition_by],
             "Location": location,
@@ -139,7 +145,8 @@ def table_input(table: Table, location: str) -> dict[str, Any]:
 
 
 def table_inputs(lakehouse: Lakehouse) -> list[dict[str, Any]]:
-    return [table_input(TABLES[name], uri) for name, uri in locations(lakehouse).items()]
+    where = locations(lakehouse)
+    return [table_input(TABLES[name], uri, _as_s3(lakehouse.root)) for name, uri in where.items()]
 
 
 def glue_client(s3: S3Options) -> Any:
@@ -156,10 +163,13 @@ class Registered:
 
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
 
 
 def register(client: Any, database: str, inputs: list[Mapping[str, Any]]) -> Registered:
-    """Creates the Glue database if missing, then creates each table or replaces its definition."""
+    """Creates the Glue database if missing, then creates each table or replaces its definition, and
+    drops the tables the same lakehouse registered before that are no longer declared (a renamed or
+    removed table: Athena would otherwise keep answering from a folder no writer maintains)."""
     registered = Registered()
     try:
         client.create_database(
@@ -179,6 +189,19 @@ def register(client: Any, database: str, inputs: list[Mapping[str, Any]]) -> Reg
                 registered.created.append(table["Name"])
         except (BotoCoreError, ClientError) as error:
             raise _glue_failure(client, f"table {database}.{table['Name']}", error) from error
+    lakehouses = {t["Parameters"].get(REGISTERED_BY) for t in inputs} - {None}
+    declared = {t["Name"] for t in inputs}
+    try:
+        for page in client.get_paginator("get_tables").paginate(DatabaseName=database):
+            for table in page["TableList"]:
+                if (
+                    table.get("Parameters", {}).get(REGISTERED_BY) in lakehouses
+                    and table["Name"] not in declared
+                ):
+                    client.delete_table(DatabaseName=database, Name=table["Name"])
+                    registered.dropped.append(table["Name"])
+    except (BotoCoreError, ClientError) as error:
+        raise _glue_failure(client, f"the tables of database {database}", error) from error
     return registered
 
 
@@ -197,7 +220,7 @@ def _glue_failure(client: Any, what: str, error: BotoCoreError | ClientError) ->
     if code in DENIED or code == "AccessDeniedException":
         return StorageError(
             f"Access to Glue {what} was denied ({code}): the credentials need glue:CreateDatabase, "
-            "glue:CreateTable and glue:UpdateTable.",
+            "glue:CreateTable, glue:UpdateTable, glue:GetTables and glue:DeleteTable.",
             False,
         )
     message = error.response.get("Error", {}).get("Message") if isinstance(error, ClientError) else None

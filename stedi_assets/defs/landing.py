@@ -152,7 +152,9 @@ def _replacing(
 
     A day-partitioned table replaces only the days the leaving and the added rows are in (its other
     days' data files stay as they are); an unpartitioned one, or one with rows of no day, is
-    rewritten whole from its own rows.
+    rewritten whole from its own rows. Either commit follows only the version read here: another
+    writer's commit in between fails it (transient, retried from the new version), as it fails an
+    append.
     """
     current = lakehouse.scan(uri)
     kept = current.filter(~pl.col(SOURCE_FILE).is_in(list(replaced)))
@@ -165,7 +167,8 @@ def _replacing(
         if None not in days:
             on_days = pl.col(day).cast(pl.String).is_in([str(d) for d in days])
             frame = pl.concat([kept.filter(on_days).select(columns), added])
-            return Publication(frame, properties=properties, replace_partitions=[str(d) for d in days])
+            replaced_days = [str(d) for d in days]
+            return Publication(frame, properties=properties, replace_partitions=replaced_days, rebase=False)
     return Publication(pl.concat([kept.select(columns), added]), properties=properties)
 
 

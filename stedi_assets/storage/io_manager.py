@@ -75,6 +75,10 @@ class Publication:
     """Add the frame's rows to the table (an incremental ingest) instead of replacing it."""
     replace_partitions: Sequence[str] | None = None
     """Replace only these partitions (values of the partition column): the frame holds just them."""
+    rebase: bool = True
+    """Whether a partition replacement may follow another writer's commit to other partitions. False
+    when the frame was computed from the table itself (a landing file's rows replaced in place):
+    following that commit would drop its rows and the manifest entries that go with them."""
 
 
 def removed_identities(previous: pl.LazyFrame, staged: pl.LazyFrame, columns: tuple[str, ...]) -> int:
@@ -166,6 +170,7 @@ def publish(lakehouse: Lakehouse, uri: str, publication: Publication) -> tuple[S
         publication.stats_columns,
         publication.append,
         publication.replace_partitions,
+        publication.rebase,
     )
     if removed:
         lakehouse.forget_history(uri)

@@ -211,6 +211,7 @@ class Lakehouse:
         stats_columns: list[str] | None = None,
         append: bool = False,
         replace_partitions: Sequence[str] | None = None,
+        rebase: bool = True,
     ) -> int:
         """Makes the staged files the table's whole content in one overwrite commit (or adds them to
         it, `append`; or replaces only the partitions `replace_partitions`); the new version.
@@ -218,9 +219,10 @@ class Lakehouse:
         The commit follows the version the table had before the plan ran and, unless it replaces
         only some partitions, is never rebased (max_commit_retries=0): if another writer committed in
         between, this write fails as a transient error and the caller recomputes from the newer
-        inputs. A partition replacement may follow a concurrent commit to other partitions.
-        `properties` are recorded in the commit (the rules the data was made under). Staged files
-        are deleted when the commit fails.
+        inputs. A partition replacement may follow a concurrent commit to other partitions, unless
+        `rebase` is False (its rows were computed from the table itself, so following another
+        writer's commit would drop that writer's rows). `properties` are recorded in the commit
+        (the rules the data was made under). Staged files are deleted when the commit fails.
         """
         now = int(time.time() * 1000)
         actions = [
@@ -230,7 +232,7 @@ class Lakehouse:
         schema = Schema.from_arrow(pl.DataFrame(schema=staged.schema).to_arrow().schema)
         # A partition overwrite may follow a concurrent writer of other partitions (delta-rs refuses
         # the rebase if they overlap); a whole-table write never rebases.
-        retries = PARTITION_COMMIT_RETRIES if replace_partitions is not None else 0
+        retries = PARTITION_COMMIT_RETRIES if replace_partitions is not None and rebase else 0
         commit = CommitProperties(max_commit_retries=retries, custom_metadata=dict(properties or {}))
         options = self._options(staged.uri)
         try:

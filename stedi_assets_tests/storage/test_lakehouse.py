@@ -167,6 +167,30 @@ def test_write_overtaken_by_another_writer_fails_whole(lakehouse: Lakehouse, exi
     assert _history_versions(lakehouse, uri) == ([0, 1, 2] if existing else [0, 1])
 
 
+@pytest.mark.parametrize("rebase", [True, False], ids=["rebased", "not-rebased"])
+def test_a_partition_replacement_follows_a_rival_commit_only_when_it_may_rebase(
+    lakehouse: Lakehouse, rebase: bool
+):
+    """A replacement recomputed from other tables may follow another writer's commit to other days; one
+    computed from the table itself (a landing file's rows replaced in place) must not: it would drop
+    that writer's rows on its days."""
+    uri = lakehouse.table_uri("landing", "accelerometer_landing")
+    day = {"day": ["2022-06-18", "2022-06-19"], "x": [1, 2]}
+    lakehouse.commit(lakehouse.stage(uri, pl.LazyFrame(day), ("day",)))
+    mine = lakehouse.stage(uri, pl.LazyFrame({"day": ["2022-06-18"], "x": [10]}), ("day",))
+    rival = lakehouse.stage(uri, pl.LazyFrame({"day": ["2022-06-19"], "x": [20]}), ("day",))
+    lakehouse.commit(rival, append=True)
+
+    if rebase:
+        lakehouse.commit(mine, replace_partitions=["2022-06-18"])
+        assert sorted(lakehouse.scan(uri).collect()["x"]) == [2, 10, 20]
+    else:
+        with pytest.raises(StorageError) as raised:
+            lakehouse.commit(mine, replace_partitions=["2022-06-18"], rebase=False)
+        assert (raised.value.message, raised.value.transient) == (LOST_RACE.format(uri=uri), True)
+        assert sorted(lakehouse.scan(uri).collect()["x"]) == [1, 2, 20]
+
+
 # 2. A writer killed half-way through its data files leaves the table as it was.
 
 BIG_WRITER = r"""

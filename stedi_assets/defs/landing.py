@@ -152,11 +152,13 @@ def _replacing(
 
     A day-partitioned table replaces only the days the leaving and the added rows are in (its other
     days' data files stay as they are); an unpartitioned one, or one with rows of no day, is
-    rewritten whole from its own rows. Either commit follows only the version read here: another
-    writer's commit in between fails it (transient, retried from the new version), as it fails an
-    append.
+    rewritten whole from its own rows. Either commit follows only the version read here (`based_on`,
+    never rebased): another writer's commit in between fails it as a transient error, retried from
+    the new version, as it fails an append.
     """
-    current = lakehouse.scan(uri)
+    table = lakehouse.open(uri)  # the commit follows this version, never a later one
+    current = lakehouse.scan_opened(uri, table)
+    based_on = table.version()
     kept = current.filter(~pl.col(SOURCE_FILE).is_in(list(replaced)))
     columns = added.collect_schema().names()
     if declared.partition_by:
@@ -168,8 +170,14 @@ def _replacing(
             on_days = pl.col(day).cast(pl.String).is_in([str(d) for d in days])
             frame = pl.concat([kept.filter(on_days).select(columns), added])
             replaced_days = [str(d) for d in days]
-            return Publication(frame, properties=properties, replace_partitions=replaced_days, rebase=False)
-    return Publication(pl.concat([kept.select(columns), added]), properties=properties)
+            return Publication(
+                frame,
+                properties=properties,
+                replace_partitions=replaced_days,
+                based_on=based_on,
+                rebase=False,
+            )
+    return Publication(pl.concat([kept.select(columns), added]), properties=properties, based_on=based_on)
 
 
 def _of_files(parsed: pl.LazyFrame, plan: manifest.Plan, read: set[str]) -> pl.LazyFrame:

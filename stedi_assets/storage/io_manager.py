@@ -75,6 +75,9 @@ class Publication:
     """Add the frame's rows to the table (an incremental ingest) instead of replacing it."""
     replace_partitions: Sequence[str] | None = None
     """Replace only these partitions (values of the partition column): the frame holds just them."""
+    based_on: int | None = None
+    """The table version the frame read the table itself at (rows replaced in place): the commit
+    follows that version, never a later one, so no other writer's rows are overwritten."""
     rebase: bool = True
     """Whether a partition replacement may follow another writer's commit to other partitions. False
     when the frame was computed from the table itself (a landing file's rows replaced in place):
@@ -127,7 +130,7 @@ def publish(lakehouse: Lakehouse, uri: str, publication: Publication) -> tuple[S
     older version is deleted, so no retained version holds the person; otherwise versions older
     than the retention are.
     """
-    staged = lakehouse.stage(uri, publication.frame, publication.partition_by)
+    staged = lakehouse.stage(uri, publication.frame, publication.partition_by, publication.based_on)
     if publication.verify is not None:
         try:
             verdict = publication.verify(lakehouse.scan_staged(staged))

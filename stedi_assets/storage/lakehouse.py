@@ -133,17 +133,22 @@ class Lakehouse:
             raise self._failure(uri, error) from error
 
     def stage(
-        self, uri: str, frame: pl.LazyFrame | Sequence[pl.LazyFrame], partition_by: tuple[str, ...] = ()
+        self,
+        uri: str,
+        frame: pl.LazyFrame | Sequence[pl.LazyFrame],
+        partition_by: tuple[str, ...] = (),
+        based_on: int | None = None,
     ) -> Staged:
         """Streams the plan into new data files of the table, invisible until `commit`: one file, or
         one per partition (hive-style folders, `<column>=<value>/`) of a partitioned table.
 
         Several plans (each a part of the table, e.g. one day) are streamed one after the other,
-        so memory is bounded by the largest part, not the table.
+        so memory is bounded by the largest part, not the table. The commit will follow the table's
+        version now, or `based_on`: the version the plan itself read the table at.
         """
         plans = [frame] if isinstance(frame, pl.LazyFrame) else list(frame)
         try:
-            read_version: int | None = self.open(uri).version()
+            read_version: int | None = self.open(uri).version() if based_on is None else based_on
         except TableMissing:
             read_version = None
         written: list[tuple[str, dict[str, str | None]]] = []

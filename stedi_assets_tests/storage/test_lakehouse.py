@@ -191,6 +191,19 @@ def test_a_partition_replacement_follows_a_rival_commit_only_when_it_may_rebase(
         assert sorted(lakehouse.scan(uri).collect()["x"]) == [1, 2, 20]
 
 
+def test_a_plan_based_on_an_older_version_commits_only_after_it(lakehouse: Lakehouse):
+    """Rows computed from the table at version 0 (`based_on`) are not written over version 1."""
+    uri = lakehouse.table_uri("landing", "customer_landing")
+    lakehouse.write(uri, pl.LazyFrame({"id": [1]}))
+    lakehouse.commit(lakehouse.stage(uri, pl.LazyFrame({"id": [2]})), append=True)
+
+    with pytest.raises(StorageError) as raised:
+        lakehouse.commit(lakehouse.stage(uri, pl.LazyFrame({"id": [1, 3]}), based_on=0))
+
+    assert (raised.value.message, raised.value.transient) == (LOST_RACE.format(uri=uri), True)
+    assert sorted(lakehouse.scan(uri).collect()["id"]) == [1, 2]
+
+
 # 2. A writer killed half-way through its data files leaves the table as it was.
 
 BIG_WRITER = r"""

@@ -39,7 +39,7 @@ lint: install
 test: lint browser
 	$(BIN)/python -m pytest
 
-# The inner loop: no S3 or web servers, no reference data, no slow tests, on two workers (about 2.5 min).
+# The inner loop: no S3 or web servers, no reference data, no slow tests, on two workers (about 3 min).
 test-fast: lint
 	$(BIN)/python -m pytest -q -n 2 -m "not slow and not s3 and not reference"
 

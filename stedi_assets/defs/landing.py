@@ -17,10 +17,10 @@ from stedi_assets.defs.factories import KINDS, STORAGE_RETRY, check_result, late
 from stedi_assets.defs.partitions import SINGLE_RUN
 from stedi_assets.defs.settings import StediSettings
 from stedi_assets.rules import contracts, erasure, parsing
-from stedi_assets.rules.catalog import ERASURE_LOG, SOURCE_FILE, SOURCES, Source, Table
+from stedi_assets.rules.catalog import ERASURE_LOG, SOURCE_FILE, SOURCES, Source, Table, on_days
 from stedi_assets.storage import manifest
 from stedi_assets.storage.errors import StorageError
-from stedi_assets.storage.io_manager import Publication, held_metadata
+from stedi_assets.storage.io_manager import Publication, as_declared, held_metadata, publish
 from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.metadata import definition_metadata
 from stedi_assets.storage.resources import StediStorage, as_failure, pseudonym_of
@@ -110,11 +110,20 @@ def ingest_asset(source: Source) -> dg.AssetsDefinition:
                     accepted, rejected, source, erased_log.lazy(), pseudonym_of(storage).secret
                 )
                 n_erased = int(erased.collect().sum_horizontal().item())
-            # Fail closed: the quarantine commits first. Its lines can only hold people back (a
-            # withdrawal that could not be parsed, a claim on a serial), while the landing rows can
-            # let them in; whatever stops the run between the two commits, the quarantine is not
-            # the one behind.
-            for name, frame in ((rejects, rejected), (landing, accepted)):
+            # Fail closed: quarantined lines can only hold people back (a withdrawal that could not
+            # be parsed, a claim on a serial), while landing rows can let them in; whatever stops the
+            # run between two commits, the quarantine must not be the one behind. When it only grows
+            # it commits first. When rows of changed files leave it (a corrected line no longer holds
+            # anyone), the new quarantined lines are added first (with the old manifest: a crash
+            # after it replaces those files again), then the landing rows, then the old lines leave.
+            order = ((rejects, rejected), (landing, accepted))
+            if plans[rejects].replaced:
+                try:
+                    _hold_first(lakehouse, uris[rejects], source, rejected, plans[rejects], held[rejects])
+                except StorageError as error:
+                    raise as_failure(error) from error
+                order = order[::-1]
+            for name, frame in order:
                 plan = plans[name]
                 after = plan.manifest(lines, n_erased if name == landing else 0, erasures)
                 metadata = {LINES_READ: after.lines, LINES_ERASED: after.erased} if name == landing else {}
@@ -137,6 +146,24 @@ def ingest_asset(source: Source) -> dg.AssetsDefinition:
                 yield dg.MaterializeResult(asset_key=name, value=publication, metadata=metadata)
 
     return ingest
+
+
+def _hold_first(
+    lakehouse: Lakehouse,
+    uri: str,
+    source: Source,
+    rejected: pl.LazyFrame,
+    plan: manifest.Plan,
+    previous: manifest.Manifest | None,
+) -> None:
+    """Appends the quarantined lines of the changed files to the quarantine before anything leaves
+    either table, under the manifest it already had (see the ingest's commit order)."""
+    holds = rejected.filter(pl.col(SOURCE_FILE).is_in(list(plan.replaced)))
+    if lakehouse.reading(uri, holds.select(pl.len())).item() == 0:
+        return
+    properties = {manifest.MANIFEST: (previous or manifest.Manifest()).dumps()}
+    held_rows = Publication(holds, append=True, properties=properties)
+    publish(lakehouse, uri, as_declared(held_rows, definition_metadata(source.rejects)))
 
 
 def _replacing(
@@ -166,9 +193,8 @@ def _replacing(
         leaving = current.filter(pl.col(SOURCE_FILE).is_in(list(replaced))).select(day)
         touched = pl.concat([leaving, added.select(day)]).unique()
         days = lakehouse.reading(uri, touched).get_column(day).to_list()
-        if None not in days:
-            on_days = pl.col(day).cast(pl.String).is_in([str(d) for d in days])
-            frame = pl.concat([kept.filter(on_days).select(columns), added])
+        if None not in days:  # a partition of no day cannot be named in a partition filter
+            frame = pl.concat([on_days(kept, days).select(columns), added])
             replaced_days = [str(d) for d in days]
             return Publication(
                 frame,

@@ -283,6 +283,45 @@ def test_a_crash_between_the_two_tables_lets_no_one_in(
     assert "Erin@test.com" in trusted
 
 
+@pytest.mark.parametrize("erin_withdraws", [False, True], ids=["fixed", "fixed-and-a-new-hold"])
+def test_a_crash_while_a_corrected_file_replaces_its_rows_lets_no_one_in(
+    tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, erin_withdraws: bool
+):
+    """Fail closed when rows leave: Alice's withdrawal was delivered unparseable (it holds her back),
+    then corrected into a valid withdrawal. The corrected line leaves the quarantine, the valid one
+    enters the landing table; a crash after either commit must not trust her (the quarantine's
+    lines leaving first would, with her old consenting record still the newest in landing). A new
+    unparseable withdrawal in the corrected file holds Erin back from the first commit on."""
+    settings = {**_settings(tiny_landing, tmp_path), "max_reject_rate": 1}
+    delivered = tiny_landing / "customer" / "customer-2.json"
+    delivered.write_text('{"email": "Alice@test.com", "shareWithResearchAsOfDate": "withdrawn"}\n')
+    assert run_lakehouse(**settings)["success"]
+    corrected = json.dumps(customer("Alice A", "S-A", None, lastUpdateDate=T2)) + "\n"
+    if erin_withdraws:
+        corrected += '{"email": "Erin@test.com", "shareWithResearchAsOfDate": "withdrawn"}\n'
+    delivered.write_text(corrected)
+    landed = delivered.stat().st_mtime_ns + 2_000_000_000
+    os.utime(delivered, ns=(landed, landed))
+
+    with monkeypatch.context() as patch:
+        _crash_on_second_commit(patch, "customer")
+        crashed = run_lakehouse(dg.AssetSelection.assets("customer_landing"), **settings)
+    assert not crashed["success"]
+    decided = run_lakehouse(dg.AssetSelection.assets("customer_trusted"), **settings)
+
+    assert decided["success"], decided["errors"]
+    trusted = pl.read_delta(str(_table(tmp_path, "trusted", "customer_trusted")))["email"].to_list()
+    assert "Alice@test.com" not in trusted
+    assert ("Erin@test.com" in trusted) is not erin_withdraws
+    # the next run finishes the replacement: only a new unparseable line stays quarantined
+    repaired = run_lakehouse(**settings)
+    assert repaired["errors"] == []  # (with Erin held too, the training table is empty: its count fails)
+    assert repaired["tables"]["customer_rejects"]["rows"] == int(erin_withdraws)
+    trusted = pl.read_delta(str(_table(tmp_path, "trusted", "customer_trusted")))["email"].to_list()
+    assert "Alice@test.com" not in trusted
+    assert ("Erin@test.com" in trusted) is not erin_withdraws
+
+
 READING_TABLES = [
     ("trusted", "accelerometer_trusted"),
     ("trusted", "step_trainer_trusted"),

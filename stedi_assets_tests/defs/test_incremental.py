@@ -259,6 +259,20 @@ def test_a_crash_between_the_two_tables_duplicates_nothing(
     assert DeltaTable(str(rejects_table)).version() == 0
 
 
+def _trusted_after_a_crashed_customer_ingest(
+    monkeypatch: pytest.MonkeyPatch, settings: dict[str, object], tmp_path: Path
+) -> list[str]:
+    """The customer ingest dies after its first commit; the emails a consent decision made from
+    what was committed trusts."""
+    with monkeypatch.context() as patch:
+        _crash_on_second_commit(patch, "customer")
+        crashed = run_lakehouse(dg.AssetSelection.assets("customer_landing"), **settings)
+    assert not crashed["success"]
+    decided = run_lakehouse(dg.AssetSelection.assets("customer_trusted"), **settings)
+    assert decided["success"], decided["errors"]
+    return pl.read_delta(str(_table(tmp_path, "trusted", "customer_trusted")))["email"].to_list()
+
+
 def test_a_crash_between_the_two_tables_lets_no_one_in(
     tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -271,14 +285,8 @@ def test_a_crash_between_the_two_tables_lets_no_one_in(
     fay = json.dumps(customer("Fay F", "S-F", T2, lastUpdateDate=T2))
     (tiny_landing / "customer" / "customer-2.json").write_text(f"{fay}\n{late}\n")
 
-    with monkeypatch.context() as patch:
-        _crash_on_second_commit(patch, "customer")
-        crashed = run_lakehouse(dg.AssetSelection.assets("customer_landing"), **settings)
-    assert not crashed["success"]
-    decided = run_lakehouse(dg.AssetSelection.assets("customer_trusted"), **settings)
+    trusted = _trusted_after_a_crashed_customer_ingest(monkeypatch, settings, tmp_path)
 
-    assert decided["success"], decided["errors"]
-    trusted = pl.read_delta(str(_table(tmp_path, "trusted", "customer_trusted")))["email"].to_list()
     assert "Alice@test.com" not in trusted
     assert "Erin@test.com" in trusted
 
@@ -303,14 +311,8 @@ def test_a_crash_while_a_corrected_file_replaces_its_rows_lets_no_one_in(
     landed = delivered.stat().st_mtime_ns + 2_000_000_000
     os.utime(delivered, ns=(landed, landed))
 
-    with monkeypatch.context() as patch:
-        _crash_on_second_commit(patch, "customer")
-        crashed = run_lakehouse(dg.AssetSelection.assets("customer_landing"), **settings)
-    assert not crashed["success"]
-    decided = run_lakehouse(dg.AssetSelection.assets("customer_trusted"), **settings)
+    trusted = _trusted_after_a_crashed_customer_ingest(monkeypatch, settings, tmp_path)
 
-    assert decided["success"], decided["errors"]
-    trusted = pl.read_delta(str(_table(tmp_path, "trusted", "customer_trusted")))["email"].to_list()
     assert "Alice@test.com" not in trusted
     assert ("Erin@test.com" in trusted) is not erin_withdraws
     # the next run finishes the replacement: only a new unparseable line stays quarantined

@@ -44,6 +44,8 @@ VERIFIED = "verified"
 the release, and each table's URI, id and version)."""
 COUNT = "count"
 """In a count check's record: the whole table's count in the state recorded."""
+VERDICT = "verdict"
+"""In a record: what the passing evaluation said (summary, observed, expected; no data)."""
 DAYS_CHECKED = "days_checked"
 """Check metadata: how many event days it examined ("all": the whole table)."""
 
@@ -84,10 +86,11 @@ class Examined:
         checked = {DAYS_CHECKED: "all" if self.days is None else len(self.days)}
         return {**checked, VERIFIED: dg.MetadataValue.json(self.seen)} if passed else checked
 
-    def remember(self, check: str, passed: bool) -> None:
-        """After a passing evaluation of `check`: records what it saw, for the next one."""
-        if passed:
-            remember(self.lakehouse, self.subject, check, self.seen)
+    def remember(self, check: str, verdict: contracts.Verdict) -> None:
+        """After a passing evaluation of `check`: records what it saw, and its verdict, for the next."""
+        if verdict.passed:
+            said = {"summary": verdict.summary, "observed": verdict.observed, "expected": verdict.expected}
+            remember(self.lakehouse, self.subject, check, {**self.seen, VERDICT: said})
 
 
 def _record_path(subject: str, check: str) -> str:
@@ -150,7 +153,9 @@ def examined(
     """The days of table `subject` the step's checks must examine (see the module), with the parents'
     current versions. Each table is opened once, and scanned at the version recorded. `depends_on`:
     anything else the contract's answer depends on (the pseudonym key's id); another value examines
-    every day."""
+    every day. A table that is not partitioned has no days: it is examined whole, or not at all (no
+    day, days_checked 0) when it and its parents are as every one of the step's checks last passed
+    on them, since the same rows under the same rules give the same verdict."""
     graph = context.op_execution_context.job_def.asset_layer.asset_graph
     opened, seen = {}, {"release": release(), **(depends_on or {})}
     for name in (subject, *parents):
@@ -160,13 +165,14 @@ def examined(
         opened[name] = (uri, table)
         seen[name] = state(uri, table)
     frames = {name: lakehouse.scan_opened(uri, table) for name, (uri, table) in opened.items()}
-    days = None
-    if graph.get(dg.AssetKey(subject)).metadata.get(PARTITION_BY):
-        checks = [key.name for key in context.selected_asset_check_keys]
-        days = _changed_days(lakehouse, subject, seen, [_record(lakehouse, subject, c) for c in checks])
+    checks = [key.name for key in context.selected_asset_check_keys]
+    days = _changed_days(lakehouse, subject, seen, [_record(lakehouse, subject, c) for c in checks])
+    partitioned = bool(graph.get(dg.AssetKey(subject)).metadata.get(PARTITION_BY))
+    if not partitioned and days:  # a table without days is examined whole or, unchanged, not at all
+        days = None
     frame = frames.pop(subject)
     return Examined(
-        frame if days is None else on_days(frame, days),
+        frame if days is None else on_days(frame, days) if partitioned else frame.head(0),
         frame,
         lakehouse.rows(*opened[subject]),
         frames,
@@ -174,6 +180,18 @@ def examined(
         seen,
         lakehouse,
         subject,
+    )
+
+
+def still_holds(seen: Examined, check: str, severity: contracts.Severity) -> contracts.Verdict:
+    """The verdict of a check whose table and parents are as it last passed on them (seen.days is
+    empty, see examined): it passes again, on the same rows under the same rules, and says what it
+    said then."""
+    said = (_record(seen.lakehouse, seen.subject, check) or {}).get(VERDICT)
+    if not isinstance(said, dict) or not isinstance(said.get("summary"), str):
+        said = {"summary": f"{seen.subject} is as when this check last passed on it", "observed": seen.rows}
+    return contracts.Verdict(
+        True, said["summary"], said.get("observed"), said.get("expected"), severity=severity
     )
 
 
@@ -193,7 +211,7 @@ def _changed_days(
     when one of them cannot vouch for the rest (see the module)."""
     days: set[date | None] = set()
     for record in earlier:
-        then = None if record is None else {key: value for key, value in record.items() if key != COUNT}
+        then = None if record is None else {k: v for k, v in record.items() if k not in (COUNT, VERDICT)}
         if then is None or set(then) != set(now) or then["release"] != now["release"]:
             return None
         if any(then[name] != now[name] for name in now if name not in ("release", subject)):

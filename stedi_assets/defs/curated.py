@@ -116,7 +116,7 @@ def rows_have_both_sides(context, storage: StediStorage) -> dg.AssetCheckResult:
     """Of the days changed since it last passed (check_scope)."""
     seen = examined(context, storage.lakehouse, MACHINE_LEARNING_CURATED.name)
     verdict = contracts.both_sides_present(seen.frame)
-    seen.remember("rows_have_both_sides", verdict.passed)
+    seen.remember("rows_have_both_sides", verdict)
     return check_result(verdict, examined=seen)
 
 

@@ -85,7 +85,7 @@ def membership_check(membership: contracts.Membership) -> dg.AssetChecksDefiniti
         seen = examined(context, storage.lakehouse, membership.table, [membership.parent], depends_on)
         parent = seen.parents[membership.parent]
         verdict = membership.verdict(seen.frame, parent, secret if membership.pseudonymous else None)
-        seen.remember(membership.name, verdict.passed)
+        seen.remember(membership.name, verdict)
         yield check_result(
             verdict,
             secret,
@@ -191,7 +191,7 @@ def table_checks(declared: Table) -> dg.AssetChecksDefinition:
         seen = examined(context, storage.lakehouse, name)
         for check in checks:
             verdict = check.evaluate(seen, settings, context.instance)
-            seen.remember(check.name, verdict.passed)
+            seen.remember(check.name, verdict)
             yield check_result(verdict, secret, seen, asset_key=name, check_name=check.name)
 
     return contracts_of_table

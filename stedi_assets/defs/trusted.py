@@ -8,11 +8,13 @@ visible (Dagster's blocking checks run after the IO manager has published, too l
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import suppress
 
 import dagster as dg
 import polars as pl
+from deltalake import DeltaTable
 
-from stedi_assets.defs.check_scope import days_to_examine, release, remember, state
+from stedi_assets.defs.check_scope import days_to_examine, examined, release, remember, state, still_holds
 from stedi_assets.defs.factories import (
     check_result,
     membership_check,
@@ -24,6 +26,7 @@ from stedi_assets.defs.settings import StediSettings, commit_properties
 from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import (
     ACCELEROMETER_TRUSTED,
+    CUSTOMER,
     CUSTOMER_CURATED,
     CUSTOMER_TRUSTED,
     MACHINE_LEARNING_CURATED,
@@ -31,10 +34,11 @@ from stedi_assets.rules.catalog import (
     Table,
     on_days,
 )
+from stedi_assets.rules.contracts import Severity
 from stedi_assets.rules.identity import SUBJECT_ID
 from stedi_assets.rules.report import REPORT_PATH
 from stedi_assets.storage.errors import StorageError, TableMissing
-from stedi_assets.storage.io_manager import Publication, as_declared, publish
+from stedi_assets.storage.io_manager import Publication, as_declared, held_metadata, publish
 from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.metadata import WARNING, definition_metadata
 from stedi_assets.storage.pseudonym import PseudonymKey
@@ -66,6 +70,9 @@ DOWNSTREAM_OF_CONSENT = (
 )
 """Every table a consent decision reaches; each is rewritten without the people it no longer allows
 before the decision itself (customer_trusted) is published."""
+DECIDED = "decision_recomputed"
+"""Materialization metadata: whether the consent decision was made again (False: its inputs, rules,
+settings and key were as it was last made from, so it stands)."""
 SWEEP = "consent_sweep"
 """The record (check_scope) of the newest sweep that left a downstream table holding no one else."""
 
@@ -142,6 +149,11 @@ def withdraw_downstream(
     return removed, changed_keys, report_removed, examined
 
 
+DECISION = "consent_decision"
+"""The record (check_scope) of what the published consent decision was made from: the customer
+tables' states, the rules (release) and the settings and key (commit properties)."""
+
+
 @table_asset(CUSTOMER_TRUSTED)
 def customer_trusted(
     context,  # unannotated: this module defers annotations, which Dagster cannot read for the context
@@ -152,29 +164,71 @@ def customer_trusted(
 ) -> dg.MaterializeResult:
     """The current record of each customer whose research consent is certain: set and not 0 in every
     record that could be the newest, and named by no quarantined line. Everyone it leaves out is
-    removed from every downstream table first."""
-    key = pseudonym_of(storage)
-    decided = transforms.customer_trusted(customer_landing, customer_rejects).collect().lazy()
+    removed from every downstream table first.
+
+    The decision is made from the customer tables as opened here (the inputs are for the graph's
+    lineage). When they, the rules, the settings and the key are all as the published decision was
+    made from, and no one has written the table since, the published decision stands: it is not made
+    or written again, but the downstream tables are still swept against it (the days changed since
+    the last sweep), so rows slipped in behind the pipeline's back still leave."""
+    key, lakehouse = pseudonym_of(storage), storage.lakehouse
+    properties = commit_properties(settings, key)
+    uri = lakehouse.table_uri(CUSTOMER_TRUSTED.zone, CUSTOMER_TRUSTED.name)
+    try:
+        opened = {
+            declared.name: (table_uri, lakehouse.open(table_uri))
+            for declared in (CUSTOMER.landing, CUSTOMER.rejects)
+            for table_uri in [lakehouse.table_uri(declared.zone, declared.name)]
+        }
+        seen: dict[str, object] = {"release": release(), "properties": properties}
+        seen |= {name: state(*table) for name, table in opened.items()}
+        standing = _standing_decision(lakehouse, uri, seen)
+    except StorageError as error:
+        raise as_failure(error) from error
+    customer_landing, customer_rejects = (
+        lakehouse.scan_opened(*opened[declared.name]) for declared in (CUSTOMER.landing, CUSTOMER.rejects)
+    )
+    decided = (
+        lakehouse.scan_opened(uri, standing)
+        if standing is not None
+        else transforms.customer_trusted(customer_landing, customer_rejects).collect().lazy()
+    )
     try:
         removed, changed_keys, report_removed, examined = withdraw_downstream(
-            storage.lakehouse,
+            lakehouse,
             decided,
             customer_landing,
             customer_rejects,
             key,
-            commit_properties(settings, key),
+            properties,
             settings.consent_policy,
         )
     except StorageError as error:
         raise as_failure(error) from error
+    metadata: dict[str, object] = {f"withdrawn_from/{name}": count for name, count in removed.items()}
+    metadata |= {f"days_swept/{name}": days for name, days in examined.items()}
+    metadata[DECIDED] = standing is None
+    if report_removed:
+        metadata["report_removed"] = REPORT_PATH
+    if standing is not None:  # the published decision stands: no write
+        try:
+            metadata |= held_metadata(lakehouse, uri)
+        except StorageError as error:
+            raise as_failure(error) from error
+        return dg.MaterializeResult(value=None, metadata=metadata)
+
+    def published(version: int) -> None:
+        with suppress(StorageError):  # best effort: without the record, the next run decides again
+            made = {**seen, CUSTOMER_TRUSTED.name: state(uri, lakehouse.open(uri, version))}
+            remember(lakehouse, CUSTOMER_TRUSTED.name, DECISION, made)
+
     publication = Publication(
         decided,
         "consent",
         lambda staged: contracts.consenting_only(staged, customer_landing, customer_rejects),
-        commit_properties(settings, key),
+        properties,
+        published=published,
     )
-    metadata: dict[str, object] = {f"withdrawn_from/{name}": count for name, count in removed.items()}
-    metadata |= {f"days_swept/{name}": days for name, days in examined.items()}
     if changed_keys:
         metadata["pseudonym_key_changed"] = "; ".join(changed_keys)
         metadata[WARNING] = (
@@ -182,9 +236,17 @@ def customer_trusted(
             "STEDI_PSEUDONYM_KEY to the old key to keep them."
         )
         context.log.warning(metadata[WARNING])
-    if report_removed:
-        metadata["report_removed"] = REPORT_PATH
     return dg.MaterializeResult(value=publication, metadata=metadata)
+
+
+def _standing_decision(lakehouse: Lakehouse, uri: str, seen: dict[str, object]) -> DeltaTable | None:
+    """customer_trusted as published, when it was made from what `seen` says (the customer tables'
+    states, the rules, the settings and the key) and no one has written it since; else None."""
+    if not lakehouse.exists(uri):
+        return None
+    table = lakehouse.open(uri)
+    made = {**seen, CUSTOMER_TRUSTED.name: state(uri, table)}
+    return table if days_to_examine(lakehouse, CUSTOMER_TRUSTED.name, DECISION, made) == [] else None
 
 
 @table_asset(ACCELEROMETER_TRUSTED, daily=True)
@@ -266,13 +328,25 @@ def step_trainer_trusted(
     },
 )
 def consent_checks(
-    storage: StediStorage, trusted: pl.LazyFrame, landing: pl.LazyFrame, rejects: pl.LazyFrame
+    context, storage: StediStorage, trusted: pl.LazyFrame, landing: pl.LazyFrame, rejects: pl.LazyFrame
 ) -> Iterator[dg.AssetCheckResult]:
-    asset, secret = {"asset_key": "customer_trusted"}, pseudonym_of(storage).secret
-    consent = contracts.consent(trusted, landing, rejects)
-    yield check_result(consent, secret, check_name="consent_given", **asset)
-    held = contracts.customers_held(landing, rejects, secret)
-    yield check_result(held, check_name="customers_on_hold", **asset)
+    """Both verdicts from the tables as opened here (the inputs are for the graph's lineage); when
+    the three tables are as both checks last passed on them, under the same rules and key, they
+    stand without reading any row (check_scope)."""
+    asset, key = {"asset_key": "customer_trusted"}, pseudonym_of(storage)
+    parents = [CUSTOMER.landing.name, CUSTOMER.rejects.name]
+    seen = examined(context, storage.lakehouse, CUSTOMER_TRUSTED.name, parents, {"pseudonym_key": key.key_id})
+    if seen.days == []:
+        for name, severity in (("consent_given", Severity.ERROR), ("customers_on_hold", Severity.WARN)):
+            yield check_result(still_holds(seen, name, severity), examined=seen, check_name=name, **asset)
+        return
+    landing, rejects = (seen.parents[name] for name in parents)
+    consent = contracts.consent(seen.whole, landing, rejects)
+    seen.remember("consent_given", consent)
+    yield check_result(consent, key.secret, seen, check_name="consent_given", **asset)
+    held = contracts.customers_held(landing, rejects, key.secret)
+    seen.remember("customers_on_hold", held)
+    yield check_result(held, examined=seen, check_name="customers_on_hold", **asset)
 
 
 @dg.asset_check(

@@ -11,11 +11,13 @@ from typing import Any
 import dagster as dg
 import polars as pl
 import pytest
+from deltalake import DeltaTable
 
 from stedi_assets.cli import JOB, run_config, run_lakehouse
 from stedi_assets.definitions import defs
 from stedi_assets.defs.check_scope import release
 from stedi_assets.defs.partitions import range_tags
+from stedi_assets.rules import transforms
 from stedi_assets_tests.helpers import T1, T2, TINY_DAY, customer, write_jsonl
 
 NEXT_DAY = "2022-06-19"
@@ -250,3 +252,70 @@ def test_a_record_made_under_other_rules_code_is_not_trusted(
     assert _latest(instance, *MEMBERSHIP) == (True, "all")
     _run_check(instance, settings, *MEMBERSHIP)  # and its own record serves the next evaluation
     assert _latest(instance, *MEMBERSHIP) == (True, 0)
+
+
+def _materialized(instance: dg.DagsterInstance, asset: str, key: str) -> Any:
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    return event.asset_materialization.metadata[key].value
+
+
+CUSTOMER_CHECKS = [
+    ("customer_trusted", "consent_given"),
+    ("customer_trusted", "customers_on_hold"),
+    ("customer_trusted", "no_duplicate_rows"),
+    ("customer_trusted", "unique_by_email"),
+]
+
+
+def test_unchanged_customers_keep_their_consent_decision_and_its_verdicts(
+    tiny_landing: Path, tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+):
+    """New readings alone: the published decision stands (not made, not written again) and the checks
+    of the customer tables examine nothing; a changed customer record, or a lost record of what the
+    decision was made from, makes it again, and the checks examine the whole table."""
+    settings = _settings(tiny_landing, tmp_path)
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    trusted = tmp_path / "lakehouse" / "trusted" / "customer_trusted"
+    version = DeltaTable(str(trusted)).version()
+    assert [_latest(instance, *check) for check in CUSTOMER_CHECKS] == [(True, "all")] * 4
+    said = [_said(instance, *check) for check in CUSTOMER_CHECKS]
+
+    _add_next_day_reading(tiny_landing)
+    with monkeypatch.context() as patch:
+        patch.setattr(transforms, "customer_trusted", _never)
+        summary = run_lakehouse(instance=instance, **settings)
+
+    assert summary["success"], summary["errors"]
+    assert _materialized(instance, "customer_trusted", "decision_recomputed") is False
+    assert DeltaTable(str(trusted)).version() == version
+    assert [_latest(instance, *check) for check in CUSTOMER_CHECKS] == [(True, 0)] * 4
+    assert [_said(instance, *check) for check in CUSTOMER_CHECKS] == said  # what each said, at its severity
+    assert _latest(instance, *MEMBERSHIP) == (True, 1)
+    assert _swept(instance, "accelerometer_trusted") == "all"  # still swept: its first sweep with tables
+
+    # the record of what the decision was made from is lost: it is made again (the same: not written)
+    (tmp_path / "lakehouse" / "verified" / "customer_trusted" / "consent_decision.json").unlink()
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    assert _materialized(instance, "customer_trusted", "decision_recomputed") is True
+    assert DeltaTable(str(trusted)).version() == version
+
+    # Alice withdraws: the decision is made again, published without her, and checked whole
+    write_jsonl(
+        tiny_landing / "customer" / "customer-2.json", [customer("Alice A", "S-A", None, lastUpdateDate=T2)]
+    )
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    assert _materialized(instance, "customer_trusted", "decision_recomputed") is True
+    assert "Alice@test.com" not in pl.read_delta(str(trusted))["email"].to_list()
+    assert [_latest(instance, *check) for check in CUSTOMER_CHECKS] == [(True, "all")] * 4
+
+
+def _said(instance: dg.DagsterInstance, asset: str, check: str) -> tuple[str, str]:
+    """The newest evaluation's severity and description."""
+    key = dg.AssetCheckKey(dg.AssetKey(asset), check)
+    record = instance.event_log_storage.get_asset_check_execution_history(key, limit=1)[0]
+    evaluation = record.event.dagster_event.event_specific_data
+    return evaluation.severity.value, evaluation.description
+
+
+def _never(*args: Any, **kwargs: Any) -> pl.LazyFrame:
+    raise AssertionError("the consent decision was made again")

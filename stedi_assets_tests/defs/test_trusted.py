@@ -19,7 +19,7 @@ from stedi_assets.rules.identity import SUBJECT_ID, pseudonym
 from stedi_assets.storage.environment import S3Options
 from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.pseudonym import pseudonym_key
-from stedi_assets_tests.helpers import T2, make_bucket, upload_tree, write_jsonl
+from stedi_assets_tests.helpers import T2, customer, make_bucket, upload_tree, write_jsonl
 
 
 def _read(lakehouse: Path, zone: str, name: str) -> pl.DataFrame:
@@ -156,6 +156,8 @@ def test_a_transform_that_leaks_a_row_leaves_the_published_table_unchanged(
 
     monkeypatch.setattr(transforms, RULE.get(table, table), leaking)
     _erin_the_next_day(tiny_landing)
+    if table == "customer_trusted":  # the decision is made again only when a customer record changed
+        write_jsonl(tiny_landing / "customer" / "customer-2.json", [customer("Dan D", "S-D", None)])
     result = run_lakehouse(dg.AssetSelection.assets(table).upstream(), **settings)
 
     assert not result["success"]

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stedi_assets.rules import transforms
+from stedi_assets.rules import identity, transforms
 from stedi_assets.rules.identity import (
     KEY,
     SUBJECT_ID,
@@ -118,6 +118,24 @@ def test_pseudonyms_of_a_series_are_hmac_sha256_under_any_key_length(secret):
         hmac.new(secret, v.encode(), hashlib.sha256).hexdigest() if v is not None else None for v in values
     ]
     assert pseudonyms(values, secret).to_list() == expected
+
+
+def test_remembered_pseudonyms_are_never_another_keys(monkeypatch):
+    """Pseudonyms are remembered per key for the process: the same values hashed again, under
+    another key in between, and past the memory's limit, are each key's own HMAC."""
+    monkeypatch.setattr(identity, "KNOWN_LIMIT", 2)
+    monkeypatch.setattr(identity, "_known", {})
+    values = pl.Series(["a@x.com", "b@x.com", None, "c@x.com", "a@x.com"])
+
+    def expected(secret: bytes) -> list[str | None]:
+        return [
+            None if v is None else hmac.new(secret, v.encode(), hashlib.sha256).hexdigest() for v in values
+        ]
+
+    for secret in (KEY_ONE, KEY_TWO, KEY_ONE, KEY_TWO):
+        assert pseudonyms(values, secret).to_list() == expected(secret)
+    assert sorted(len(known) for known in identity._known.values()) == [2, 2]
+    assert KEY_ONE not in identity._known and KEY_TWO not in identity._known
 
 
 def test_with_pseudonym_hashes_each_spelling_of_one_email_alike():

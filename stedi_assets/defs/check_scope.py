@@ -126,7 +126,13 @@ def counted(
 ) -> contracts.Verdict:
     """A count check (a warning: how many rows are `offending`) over the whole table, examining only
     the days changed since its last evaluation: that evaluation's count (recorded with what it saw,
-    whatever the outcome), less those days' count as they were then, plus their count now."""
+    whatever the outcome), less those days' count as they were then, plus their count now. With no
+    day changed, the recorded count stands without a query."""
+    if seen.days == []:
+        before = _record(lakehouse, seen.subject, check) or {}
+        if isinstance(before.get(COUNT), int):
+            nothing = contracts.Verdict(True, "", 0, 0, severity=severity)
+            return contracts.recounted(nothing, 0, before[COUNT], what)
     now = contracts.no_offending_rows(offending(seen.frame), what, severity)
     verdict = now
     if seen.days is not None:
@@ -193,6 +199,11 @@ def still_holds(seen: Examined, check: str, severity: contracts.Severity) -> con
     return contracts.Verdict(
         True, said["summary"], said.get("observed"), said.get("expected"), severity=severity
     )
+
+
+def recorded(lakehouse: Lakehouse, subject: str, check: str) -> dict | None:
+    """What `remember` last recorded for `check` of `subject`; None when nothing readable."""
+    return _record(lakehouse, subject, check)
 
 
 def _record(lakehouse: Lakehouse, subject: str, check: str) -> dict | None:

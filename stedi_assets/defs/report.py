@@ -12,11 +12,12 @@ import base64
 import html
 import io
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import polars as pl
 
+from stedi_assets.defs.check_scope import VERDICT, recorded, release, remember, state
 from stedi_assets.defs.factories import STORAGE_RETRY
 from stedi_assets.defs.partitions import SINGLE_RUN
 from stedi_assets.rules import report
@@ -163,10 +164,18 @@ def _page(charts: dict[str, tuple[str, bytes]], rows: dict[str, int], made: str)
     )
 
 
+REPORT_NAME, DRAWN = "curated_report", "drawn"
+"""The record (check_scope) of what the report was last drawn from: verified/curated_report/drawn.json."""
+REDRAWN = "redrawn"
+"""Materialization metadata: whether the charts were drawn again (False: the tables they draw, the
+rules and the key were as when they were last drawn, so the same charts are shown again)."""
 PER_PERSON = frozenset({"accelerometer_magnitude"})
 """Charts drawn from individual people's readings: only in the HTML file in the lakehouse, which
 the next zones run (the one that carries out a withdrawal or an erasure) redraws without them. The
 Dagster instance keeps every materialization's metadata for good, so they never go there."""
+AGGREGATE_CHARTS = ("funnel", "distance_histogram")
+"""The charts the materialization shows; their PNGs are also kept beside the HTML file, to be shown
+again while nothing they draw changes."""
 
 
 @dg.asset(
@@ -181,13 +190,21 @@ def curated_report(context: dg.AssetExecutionContext, storage: StediStorage) -> 
     """Pictures of the lakehouse: rows per table from landing to curated, the distribution of
     distanceFromObject, the accelerometer magnitude of up to five customers (numbered, never named);
     one HTML file at <lakehouse>/report/curated_report.html, and the aggregate charts here."""
-    lakehouse, secret = storage.lakehouse, pseudonym_of(storage).secret
+    lakehouse, key = storage.lakehouse, pseudonym_of(storage)
     steps, phones = _uri(lakehouse, STEP_TRAINER_TRUSTED), _uri(lakehouse, ACCELEROMETER_TRUSTED)
     try:
-        rows = {t.name: lakehouse.rows(_uri(lakehouse, t)) for t in report.FUNNEL}
-        bins = lakehouse.reading(steps, report.histogram(lakehouse.scan(steps), DISTANCE))
-        readings = lakehouse.scan(phones)
-        people = lakehouse.reading(phones, report.sampled_people(readings, OWNER, secret))
+        opened = {t.name: (_uri(lakehouse, t), lakehouse.open(_uri(lakehouse, t))) for t in report.FUNNEL}
+        rows = {name: lakehouse.rows(uri, table) for name, (uri, table) in opened.items()}
+        seen = {"release": release(), "pseudonym_key": key.key_id}
+        seen |= {name: state(uri, table) for name, (uri, table) in opened.items()}
+        kept = _kept(lakehouse, seen)
+        if kept is not None:
+            uri, pngs, numbers = kept
+            return dg.MaterializeResult(metadata={**_metadata(uri, pngs, rows, numbers), REDRAWN: False})
+        step_readings = lakehouse.scan_opened(*opened[STEP_TRAINER_TRUSTED.name])
+        bins = lakehouse.reading(steps, report.histogram(step_readings, DISTANCE))
+        readings = lakehouse.scan_opened(*opened[ACCELEROMETER_TRUSTED.name])
+        people = lakehouse.reading(phones, report.sampled_people(readings, OWNER, key.secret))
         series = lakehouse.reading(phones, report.magnitude_series(readings, people, OWNER, READ_AT))
         distances = int(bins[report.COUNT].sum())
         charts = {
@@ -202,22 +219,52 @@ def curated_report(context: dg.AssetExecutionContext, storage: StediStorage) -> 
             ),
         }
         made = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC by run {context.run.run_id}"
+        pngs = {name: png for name, (_, png) in charts.items() if name not in PER_PERSON}
+        for name, png in pngs.items():  # aggregates only, shown again while nothing they draw changes
+            lakehouse.put_bytes(_png_path(name), png, "image/png")
         uri = lakehouse.put_bytes(REPORT_PATH, _page(charts, rows, made).encode(), "text/html; charset=utf-8")
-    except StorageError as error:
-        raise as_failure(error) from error
-    images = {  # aggregates only: the instance keeps every materialization's metadata for good
-        name: dg.MetadataValue.md(f"![{name}](data:image/png;base64,{base64.b64encode(png).decode()})")
-        for name, (_, png) in charts.items()
-        if name not in PER_PERSON
-    }
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/uri": dg.MetadataValue.path(uri),
-            "report_uri": dg.MetadataValue.path(uri),
-            **images,
-            **{f"rows/{name}": count for name, count in rows.items()},
+        numbers = {
             "step_trainer_readings": distances,
             "customers_sampled": series[report.CUSTOMER].n_unique(),
             "image_bytes": sum(len(png) for _, png in charts.values()),
         }
-    )
+        remember(lakehouse, REPORT_NAME, DRAWN, {**seen, VERDICT: numbers})
+    except StorageError as error:
+        raise as_failure(error) from error
+    return dg.MaterializeResult(metadata={**_metadata(uri, pngs, rows, numbers), REDRAWN: True})
+
+
+def _png_path(name: str) -> str:
+    return f"{report.REPORT_PATH.rsplit('/', 1)[0]}/{name}.png"
+
+
+def _kept(lakehouse: Lakehouse, seen: dict[str, Any]) -> tuple[str, dict[str, bytes], dict[str, int]] | None:
+    """The report as last drawn (its URI, its aggregate charts, its numbers) when the tables it draws,
+    the rules and the key are all as they were then and its files are all there; else None."""
+    record = recorded(lakehouse, REPORT_NAME, DRAWN)
+    if record is None or {k: v for k, v in record.items() if k != VERDICT} != seen:
+        return None
+    numbers = record.get(VERDICT)
+    pngs = {name: lakehouse.get_bytes(_png_path(name)) for name in AGGREGATE_CHARTS}
+    if not isinstance(numbers, dict) or lakehouse.get_bytes(REPORT_PATH) is None:
+        return None
+    if any(png is None for png in pngs.values()):
+        return None
+    uri = lakehouse.file_uri(REPORT_PATH)
+    return uri, {name: png for name, png in pngs.items() if png is not None}, numbers
+
+
+def _metadata(
+    uri: str, pngs: dict[str, bytes], rows: dict[str, int], numbers: dict[str, int]
+) -> dict[str, Any]:
+    images = {  # aggregates only: the instance keeps every materialization's metadata for good
+        name: dg.MetadataValue.md(f"![{name}](data:image/png;base64,{base64.b64encode(png).decode()})")
+        for name, png in pngs.items()
+    }
+    return {
+        "dagster/uri": dg.MetadataValue.path(uri),
+        "report_uri": dg.MetadataValue.path(uri),
+        **images,
+        **{f"rows/{name}": count for name, count in rows.items()},
+        **numbers,
+    }

@@ -149,6 +149,7 @@ def withdraw_downstream(
     return removed, changed_keys, report_removed, examined
 
 
+SHARED_SERIALS = "shared_serials_excluded"
 DECISION = "consent_decision"
 """The record (check_scope) of what the published consent decision was made from: the customer
 tables' states, the rules (release) and the settings and key (commit properties)."""
@@ -351,22 +352,22 @@ def consent_checks(
 
 @dg.asset_check(
     asset=step_trainer_trusted,
-    additional_ins={
-        "customer_landing": dg.AssetIn("customer_landing"),
-        "customer_curated": dg.AssetIn("customer_curated"),
-        "customer_rejects": dg.AssetIn("customer_rejects"),
-    },
+    additional_deps=[CUSTOMER.landing.name, CUSTOMER_CURATED.name, CUSTOMER.rejects.name],
     description="Serial numbers of curated customers also claimed by a record (accepted or quarantined) "
     "of someone who is not curated: their readings cannot be attributed, so they are left out. Warns "
     "when any are found.",
 )
-def shared_serials_excluded(
-    step_trainer_trusted: pl.LazyFrame,
-    customer_landing: pl.LazyFrame,
-    customer_curated: pl.LazyFrame,
-    customer_rejects: pl.LazyFrame,
-) -> dg.AssetCheckResult:
-    return check_result(contracts.shared_serials(customer_landing, customer_curated, customer_rejects))
+def shared_serials_excluded(context, storage: StediStorage) -> dg.AssetCheckResult:
+    """A verdict on the customer tables alone: when they are as it last passed on them, it stands
+    without reading any row (check_scope)."""
+    parents = [CUSTOMER.landing.name, CUSTOMER.rejects.name]
+    seen = examined(context, storage.lakehouse, CUSTOMER_CURATED.name, parents)
+    if seen.days == []:
+        return check_result(still_holds(seen, SHARED_SERIALS, Severity.WARN), examined=seen)
+    landing, rejects = (seen.parents[name] for name in parents)
+    verdict = contracts.shared_serials(landing, seen.whole, rejects)
+    seen.remember(SHARED_SERIALS, verdict)
+    return check_result(verdict, examined=seen)
 
 
 trusted_assets = [customer_trusted, accelerometer_trusted, step_trainer_trusted]

@@ -406,10 +406,14 @@ class Lakehouse:
         """Stage and commit without a verification step; the new version."""
         return self.commit(self.stage(uri, frame), properties)
 
+    def file_uri(self, path: str) -> str:
+        """The URI of a file that is not a table (a report, a check's record) at `<root>/<path>`."""
+        return f"{_root(self.root)}/{path.lstrip('/')}"
+
     def put_bytes(self, path: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         """Writes a file that is not a table (a report) at `<root>/<path>`, replacing it whole: a
         reader sees the old file or the new one, never part of one. Its URI."""
-        uri = f"{_root(self.root)}/{path.lstrip('/')}"
+        uri = self.file_uri(path)
         try:
             if is_s3(uri):
                 parsed = urlparse(uri)
@@ -431,7 +435,7 @@ class Lakehouse:
 
     def get_bytes(self, path: str) -> bytes | None:
         """A file that is not a table at `<root>/<path>`; None when there is none."""
-        uri = f"{_root(self.root)}/{path.lstrip('/')}"
+        uri = self.file_uri(path)
         try:
             if is_s3(uri):
                 parsed = urlparse(uri)
@@ -452,7 +456,7 @@ class Lakehouse:
     def remove_file(self, path: str) -> bool:
         """Deletes a file that is not a table at `<root>/<path>`; whether there was one. A failure is
         a StorageError: a caller removing personal data must know it is gone."""
-        uri = f"{_root(self.root)}/{path.lstrip('/')}"
+        uri = self.file_uri(path)
         try:
             if is_s3(uri):
                 parsed = urlparse(uri)

@@ -264,6 +264,7 @@ CUSTOMER_CHECKS = [
     ("customer_trusted", "customers_on_hold"),
     ("customer_trusted", "no_duplicate_rows"),
     ("customer_trusted", "unique_by_email"),
+    ("step_trainer_trusted", "shared_serials_excluded"),  # a verdict on the customer tables alone
 ]
 
 
@@ -277,7 +278,7 @@ def test_unchanged_customers_keep_their_consent_decision_and_its_verdicts(
     assert run_lakehouse(instance=instance, **settings)["success"]
     trusted = tmp_path / "lakehouse" / "trusted" / "customer_trusted"
     version = DeltaTable(str(trusted)).version()
-    assert [_latest(instance, *check) for check in CUSTOMER_CHECKS] == [(True, "all")] * 4
+    assert [_latest(instance, *check) for check in CUSTOMER_CHECKS] == [(True, "all")] * 5
     said = [_said(instance, *check) for check in CUSTOMER_CHECKS]
 
     _add_next_day_reading(tiny_landing)
@@ -288,7 +289,7 @@ def test_unchanged_customers_keep_their_consent_decision_and_its_verdicts(
     assert summary["success"], summary["errors"]
     assert _materialized(instance, "customer_trusted", "decision_recomputed") is False
     assert DeltaTable(str(trusted)).version() == version
-    assert [_latest(instance, *check) for check in CUSTOMER_CHECKS] == [(True, 0)] * 4
+    assert [_latest(instance, *check) for check in CUSTOMER_CHECKS] == [(True, 0)] * 5
     assert [_said(instance, *check) for check in CUSTOMER_CHECKS] == said  # what each said, at its severity
     assert _latest(instance, *MEMBERSHIP) == (True, 1)
     assert _swept(instance, "accelerometer_trusted") == "all"  # still swept: its first sweep with tables
@@ -306,7 +307,7 @@ def test_unchanged_customers_keep_their_consent_decision_and_its_verdicts(
     assert run_lakehouse(instance=instance, **settings)["success"]
     assert _materialized(instance, "customer_trusted", "decision_recomputed") is True
     assert "Alice@test.com" not in pl.read_delta(str(trusted))["email"].to_list()
-    assert [_latest(instance, *check) for check in CUSTOMER_CHECKS] == [(True, "all")] * 4
+    assert [_latest(instance, *check) for check in CUSTOMER_CHECKS] == [(True, "all")] * 5
 
 
 def _said(instance: dg.DagsterInstance, asset: str, check: str) -> tuple[str, str]:

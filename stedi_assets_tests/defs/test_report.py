@@ -266,3 +266,41 @@ def test_a_failed_report_removal_is_retried_until_the_report_is_gone(
     assert summary["success"], summary["errors"]
     assert summary["retries"] == {"customer_trusted": 1}
     assert not page.exists()
+
+
+def test_the_report_is_drawn_again_only_when_what_it_draws_changed(tiny_landing: Path, tmp_path: Path):
+    """Nothing new: the same charts are shown again from the files beside the HTML (not drawn); a new
+    reading, or a lost file, draws them again."""
+    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(tmp_path / "lakehouse")}
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    page = tmp_path / "lakehouse" / REPORT_PATH
+    first_html, (_, first) = page.read_bytes(), _metadata(instance, "curated_report")
+    assert first["redrawn"] is True
+
+    with pytest.MonkeyPatch.context() as patch:  # drawing now would fail the run
+        patch.setattr(report, "histogram", _never_drawn)
+        assert run_lakehouse(instance=instance, **settings)["success"]
+    _, again = _metadata(instance, "curated_report")
+    assert again == {**first, "redrawn": False}
+    assert page.read_bytes() == first_html  # the file is not written again either
+
+    write_jsonl(
+        tiny_landing / "step_trainer" / "step_trainer-2.json",
+        [{"sensorReadingTime": T2 + 1, "serialNumber": "S-A", "distanceFromObject": 999}],
+    )
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    _, drawn = _metadata(instance, "curated_report")
+    assert (
+        drawn["redrawn"] is True
+        and drawn["rows/step_trainer_landing"] == first["rows/step_trainer_landing"] + 1
+    )
+
+    (page.parent / "funnel.png").unlink()
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    _, redrawn = _metadata(instance, "curated_report")
+    assert redrawn == {**drawn, "redrawn": True} and (page.parent / "funnel.png").exists()
+
+
+def _never_drawn(*args: Any, **kwargs: Any) -> pl.LazyFrame:
+    raise AssertionError("the report was drawn again")

@@ -21,7 +21,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
@@ -199,6 +199,57 @@ def still_holds(seen: Examined, check: str, severity: contracts.Severity) -> con
     return contracts.Verdict(
         True, said["summary"], said.get("observed"), said.get("expected"), severity=severity
     )
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A blocking membership check whose very predicate a write's privacy guard evaluates on the
+    staged files, against `parents` as opened for it (so what they were is known exactly)."""
+
+    check: str
+    parents: dict[str, tuple[str, DeltaTable]]
+    """Each parent's name, URI and table as the guard read it."""
+    depends_on: dict[str, str] = field(default_factory=dict)
+    """What else the verdict depends on (the pseudonym key's id), as the check records it."""
+
+    def scan(self, lakehouse: Lakehouse, name: str) -> pl.LazyFrame:
+        return lakehouse.scan_opened(*self.parents[name])
+
+
+def vouch(
+    lakehouse: Lakehouse,
+    subject: str,
+    uri: str,
+    guard: Guard,
+    read_version: int | None,
+    days: Sequence[str] | None,
+    made: Mapping[str, str],
+) -> None:
+    """After a write of `subject` whose guard passed: records that `guard.check` holds on the table
+    now, exactly as the check records it, when the guard examined every row that can differ from what
+    the check last passed on, and the table's newest write is this one (its commit properties `made`).
+    That is a whole rewrite (`days` None); or the partitions `days` replaced on top of the very version
+    (`read_version`) the check's record was made at, under the same parents, rules and key, and no
+    other partition changed since. The check then examines only what changed since (nothing, until
+    another write). Best effort, like every record: without it the check examines the whole table."""
+    now: dict[str, Any] = {"release": release(), **guard.depends_on}
+    now |= {name: state(parent_uri, table) for name, (parent_uri, table) in guard.parents.items()}
+    with suppress(StorageError):
+        table = lakehouse.open(uri)
+        latest = lakehouse.latest_write(uri, table)
+        if any(str(latest.get(key)) != str(value) for key, value in made.items()):
+            return  # another writer's commit since: not what the guard examined
+        if days is not None:
+            if read_version is None:
+                return
+            before = {**now, subject: state(uri, lakehouse.open(uri, read_version))}
+            then = _record(lakehouse, subject, guard.check) or {}
+            if {k: v for k, v in then.items() if k not in (COUNT, VERDICT)} != before:
+                return
+            changed = lakehouse.changed_partitions(uri, read_version)
+            if changed is None or not changed <= set(days):
+                return
+        remember(lakehouse, subject, guard.check, {**now, subject: state(uri, table)})
 
 
 def recorded(lakehouse: Lakehouse, subject: str, check: str) -> dict | None:

@@ -8,6 +8,7 @@ import polars as pl
 from stedi_assets.defs.check_scope import counted, examined
 from stedi_assets.defs.factories import (
     check_result,
+    guard_of,
     membership_check,
     table_asset,
     table_checks,
@@ -81,6 +82,8 @@ def machine_learning_curated(
     key = pseudonym_of(storage)
     curated = customer_curated.collect()
     ml_join, ml_identity = settings.ml_join, settings.ml_identity
+    guard = guard_of(storage.lakehouse, USERS_ARE_CURATED_CUSTOMERS, key)
+    owners = guard.scan(storage.lakehouse, CUSTOMER_CURATED.name)
     # equal timestamps share a day, so each part pairs readings of the same days
     return recompute_by_day(
         context,
@@ -95,7 +98,7 @@ def machine_learning_curated(
             ml_join,
             ml_identity,
         ),
-        lambda staged: USERS_ARE_CURATED_CUSTOMERS.verdict(staged, customer_curated, key.secret),
+        lambda staged: USERS_ARE_CURATED_CUSTOMERS.verdict(staged, owners, key.secret),
         commit_properties(settings, key),
         {
             "ml_join": ml_join.value,
@@ -103,6 +106,7 @@ def machine_learning_curated(
             "pseudonym_key_id": key.key_id,
             "pseudonym_key": key.origin,
         },
+        guard=guard,
     )
 
 

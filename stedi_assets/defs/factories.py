@@ -10,13 +10,16 @@ from typing import Any
 
 import dagster as dg
 
-from stedi_assets.defs.check_scope import Examined, examined
+from stedi_assets.defs.check_scope import Examined, Guard, examined
 from stedi_assets.defs.partitions import EVENT_DAYS, SINGLE_RUN
 from stedi_assets.defs.settings import StediSettings
 from stedi_assets.rules import contracts
-from stedi_assets.rules.catalog import CURATED, LANDING, TRUSTED, Table
+from stedi_assets.rules.catalog import CURATED, LANDING, TABLES, TRUSTED, Table
+from stedi_assets.storage.errors import StorageError
+from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.metadata import definition_metadata, verdict_metadata
-from stedi_assets.storage.resources import StediStorage, pseudonym_of
+from stedi_assets.storage.pseudonym import PseudonymKey
+from stedi_assets.storage.resources import StediStorage, as_failure, pseudonym_of
 
 KINDS = {"polars", "delta"}
 STORAGE_RETRY = dg.RetryPolicy(max_retries=3, delay=1.0, backoff=dg.Backoff.EXPONENTIAL)
@@ -95,6 +98,19 @@ def membership_check(membership: contracts.Membership) -> dg.AssetChecksDefiniti
         )
 
     return referential
+
+
+def guard_of(lakehouse: Lakehouse, membership: contracts.Membership, key: PseudonymKey) -> Guard:
+    """The membership contract as a write's privacy guard, against its parent as opened now: its pass
+    on the staged files also stands for the blocking check of the same contract (check_scope.vouch)."""
+    parent = TABLES[membership.parent]
+    uri = lakehouse.table_uri(parent.zone, parent.name)
+    try:
+        opened = lakehouse.open(uri)
+    except StorageError as error:
+        raise as_failure(error) from error
+    depends_on = {"pseudonym_key": key.key_id} if membership.pseudonymous else {}
+    return Guard(membership.name, {membership.parent: (uri, opened)}, depends_on)
 
 
 def latest_metadata(instance: dg.DagsterInstance, table: str, key: str) -> Any:

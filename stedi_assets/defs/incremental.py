@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import dagster as dg
 import polars as pl
 
+from stedi_assets.defs.check_scope import Guard, vouch
 from stedi_assets.defs.partitions import EVENT_DAYS, in_window, targeted_days
 from stedi_assets.rules.catalog import (
     ACCELEROMETER,
@@ -206,13 +207,15 @@ def recompute_by_day(
     verify: Callable[[pl.LazyFrame], Verdict],
     properties: Mapping[str, str],
     metadata: Mapping[str, object] | None = None,
+    guard: Guard | None = None,
 ) -> dg.MaterializeResult:
     """A reading table's write: of the days the run targets (targeted_days), those to recompute
     (plan_rebuild) from its inputs (READING_INPUTS), `compute` applied to each part of them (a few
     days of every input at a time, each part at most ROWS_PER_PART rows of all inputs together unless
     one day holds more: memory bounded by a part),
     published under the consent contract `verify` replacing just those days; no write when no input
-    day changed."""
+    day changed. When `verify` is a blocking check's own predicate (`guard`), its pass on the staged
+    files is recorded for that check (check_scope.vouch), which then examines nothing it already saw."""
     try:
         rebuild = plan_rebuild(lakehouse, table, inputs_of(table), digest, targeted_days(context))
     except StorageError as error:  # only a transient one is retried, as every other write's
@@ -229,7 +232,15 @@ def recompute_by_day(
     )
     parts = [compute({name: on_days(frame, part) for name, frame in rebuild.inputs.items()}) for part in days]
     extra[DAYS_COMPUTED] = sum(len(part) for part in days)
+    uri = lakehouse.table_uri(table.zone, table.name)
+
+    made = rebuild.properties(properties)
+
+    def published(version: int, read_version: int | None) -> None:
+        if guard is not None and version != read_version:  # the guard's pass stands for its check
+            vouch(lakehouse, table.name, uri, guard, read_version, rebuild.days, made)
+
     written = Publication(
-        parts, "consent", verify, rebuild.properties(properties), replace_partitions=rebuild.days
+        parts, "consent", verify, made, replace_partitions=rebuild.days, published=published
     )
     return dg.MaterializeResult(value=written, metadata={**rebuild.metadata, **extra})

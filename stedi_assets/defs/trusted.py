@@ -17,6 +17,7 @@ from deltalake import DeltaTable
 from stedi_assets.defs.check_scope import days_to_examine, examined, release, remember, state, still_holds
 from stedi_assets.defs.factories import (
     check_result,
+    guard_of,
     membership_check,
     table_asset,
     table_checks,
@@ -218,7 +219,7 @@ def customer_trusted(
             raise as_failure(error) from error
         return dg.MaterializeResult(value=None, metadata=metadata)
 
-    def published(version: int) -> None:
+    def published(version: int, _: int | None) -> None:
         with suppress(StorageError):  # best effort: without the record, the next run decides again
             made = {**seen, CUSTOMER_TRUSTED.name: state(uri, lakehouse.open(uri, version))}
             remember(lakehouse, CUSTOMER_TRUSTED.name, DECISION, made)
@@ -261,7 +262,9 @@ def accelerometer_trusted(
     """Accelerometer readings whose user is a trusted customer (under consent_policy=from_consent_date,
     taken since they consented). Only the days whose landing readings changed are recomputed, unless
     the consent decision changed."""
-    consenting, policy = customer_trusted.collect(), settings.consent_policy
+    consenting, policy, key = customer_trusted.collect(), settings.consent_policy, pseudonym_of(storage)
+    guard = guard_of(storage.lakehouse, USERS_ARE_TRUSTED_CUSTOMERS, key)
+    parent = guard.scan(storage.lakehouse, CUSTOMER_TRUSTED.name)
     return recompute_by_day(
         context,
         storage.lakehouse,
@@ -270,8 +273,9 @@ def accelerometer_trusted(
         lambda part: transforms.accelerometer_trusted(
             part["accelerometer_landing"], consenting.lazy(), policy
         ),
-        lambda staged: USERS_ARE_TRUSTED_CUSTOMERS.verdict(staged, customer_trusted),
-        commit_properties(settings, pseudonym_of(storage)),
+        lambda staged: USERS_ARE_TRUSTED_CUSTOMERS.verdict(staged, parent),
+        commit_properties(settings, key),
+        guard=guard,
     )
 
 
@@ -291,14 +295,18 @@ def step_trainer_trusted(
     devices = transforms.trusted_devices(
         customer_curated, customer_landing, customer_rejects, settings.consent_policy
     ).collect()
+    key = pseudonym_of(storage)
+    guard = guard_of(storage.lakehouse, SERIALS_BELONG_TO_CURATED_CUSTOMERS, key)
+    parent = guard.scan(storage.lakehouse, CUSTOMER_CURATED.name)
     return recompute_by_day(
         context,
         storage.lakehouse,
         STEP_TRAINER_TRUSTED,
         fingerprint(devices, settings.consent_policy.value),
         lambda part: transforms.readings_of_devices(part["step_trainer_landing"], devices.lazy()),
-        lambda staged: SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(staged, customer_curated),
-        commit_properties(settings, pseudonym_of(storage)),
+        lambda staged: SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(staged, parent),
+        commit_properties(settings, key),
+        guard=guard,
     )
 
 

@@ -82,9 +82,10 @@ class Publication:
     """Whether a partition replacement may follow another writer's commit to other partitions. False
     when the frame was computed from the table itself (a landing file's rows replaced in place):
     following that commit would drop its rows and the manifest entries that go with them."""
-    published: Callable[[int], None] | None = None
-    """Called with the table's version once the IO manager has published the write (or found it the
-    same as the table): to record what the published content was made from."""
+    published: Callable[[int, int | None], None] | None = None
+    """Called once the IO manager has published the write (or found it the same as the table), with
+    the table's version and the version the write followed (None: the table was created; the same
+    version: nothing was committed): to record what the published content was made from."""
 
 
 def removed_identities(previous: pl.LazyFrame, staged: pl.LazyFrame, columns: tuple[str, ...]) -> int:
@@ -223,7 +224,7 @@ class DeltaIOManager(dg.ConfigurableIOManager):
         try:
             staged, version = publish(lakehouse, uri, publication)
             if publication.published is not None:
-                publication.published(version)
+                publication.published(version, staged.read_version if staged is not None else version)
             if staged is None:  # nothing changed: no new version
                 context.add_output_metadata(held_metadata(lakehouse, uri))
                 return

@@ -15,9 +15,13 @@ from deltalake import DeltaTable
 
 from stedi_assets.cli import JOB, run_config, run_lakehouse
 from stedi_assets.definitions import defs
-from stedi_assets.defs.check_scope import release
+from stedi_assets.defs.check_scope import release, vouch
+from stedi_assets.defs.factories import guard_of
 from stedi_assets.defs.partitions import range_tags
+from stedi_assets.defs.trusted import USERS_ARE_TRUSTED_CUSTOMERS
 from stedi_assets.rules import transforms
+from stedi_assets.storage.lakehouse import Lakehouse
+from stedi_assets.storage.pseudonym import pseudonym_key
 from stedi_assets_tests.helpers import T1, T2, TINY_DAY, customer, write_jsonl
 
 NEXT_DAY = "2022-06-19"
@@ -68,7 +72,7 @@ def test_checks_examine_only_the_days_changed_since_they_last_passed(
 ):
     settings = _settings(tiny_landing, tmp_path)
     assert run_lakehouse(instance=instance, **settings)["success"]
-    assert _latest(instance, *MEMBERSHIP) == (True, "all")
+    assert _latest(instance, *MEMBERSHIP) == (True, 0)  # its guard examined every row
     assert _latest(instance, *CONTRACTS) == (True, "all")
 
     _add_next_day_reading(tiny_landing)
@@ -76,7 +80,7 @@ def test_checks_examine_only_the_days_changed_since_they_last_passed(
         summary = run_lakehouse(instance=another, **settings)
 
         assert summary["success"], summary["errors"]
-        assert _latest(another, *MEMBERSHIP) == (True, 1)
+        assert _latest(another, *MEMBERSHIP) == (True, 0)  # the new day: by its guard
         assert _latest(another, *CONTRACTS) == (True, 1)
         assert _latest(another, "machine_learning_curated", "rows_have_both_sides") == (True, 0)
 
@@ -122,7 +126,7 @@ def test_a_lakehouse_made_anew_at_the_same_place_is_examined_whole(
 
     assert run_lakehouse(instance=instance, **settings)["success"]
 
-    assert _latest(instance, *MEMBERSHIP) == (True, "all")
+    assert _latest(instance, *MEMBERSHIP) == (True, 0)  # the new table's own guard
     assert _latest(instance, *CONTRACTS) == (True, "all")
 
 
@@ -227,7 +231,7 @@ def test_another_pseudonym_key_makes_a_keyed_hash_check_examine_every_day(
     monkeypatch.setenv("STEDI_PSEUDONYM_KEY", "first key")
     assert run_lakehouse(instance=instance, **settings)["success"]
     users = ("machine_learning_curated", "users_are_curated_customers")
-    assert _latest(instance, *users) == (True, "all")
+    assert _latest(instance, *users) == (True, 0)  # the write's guard examined every row
 
     monkeypatch.setenv("STEDI_PSEUDONYM_KEY", "second key")
     _run_check(instance, settings, *users)
@@ -291,7 +295,7 @@ def test_unchanged_customers_keep_their_consent_decision_and_its_verdicts(
     assert DeltaTable(str(trusted)).version() == version
     assert [_latest(instance, *check) for check in CUSTOMER_CHECKS] == [(True, 0)] * 5
     assert [_said(instance, *check) for check in CUSTOMER_CHECKS] == said  # what each said, at its severity
-    assert _latest(instance, *MEMBERSHIP) == (True, 1)
+    assert _latest(instance, *MEMBERSHIP) == (True, 0)
     assert _swept(instance, "accelerometer_trusted") == "all"  # still swept: its first sweep with tables
 
     # the record of what the decision was made from is lost: it is made again (the same: not written)
@@ -320,3 +324,45 @@ def _said(instance: dg.DagsterInstance, asset: str, check: str) -> tuple[str, st
 
 def _never(*args: Any, **kwargs: Any) -> pl.LazyFrame:
     raise AssertionError("the consent decision was made again")
+
+
+def test_a_guard_vouches_for_its_check_only_over_what_the_check_already_passed_on(
+    tiny_landing: Path, tmp_path: Path, instance: dg.DagsterInstance
+):
+    """A write's privacy guard is its membership check's own predicate on the staged files: a whole
+    build, or a new day on top of a version the check's record vouches for, is not examined again;
+    a new day on top of a version nothing vouches for (the record lost) makes the check examine the
+    whole table, and that evaluation's record then serves the next."""
+    settings = _settings(tiny_landing, tmp_path)
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    assert _latest(instance, *MEMBERSHIP) == (True, 0)
+    record = tmp_path / "lakehouse" / "verified" / MEMBERSHIP[0] / f"{MEMBERSHIP[1]}.json"
+    record.unlink()
+
+    _add_next_day_reading(tiny_landing)
+    assert run_lakehouse(instance=instance, **settings)["success"]
+
+    assert _latest(instance, *MEMBERSHIP) == (True, "all")
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    assert _latest(instance, *MEMBERSHIP) == (True, 0)
+
+
+def test_a_guard_never_vouches_for_another_writers_rows(tiny_landing: Path, tmp_path: Path):
+    """A commit by someone else after the write the guard examined (here, a stray row appended to
+    the day the write replaced): the check's record is left as it was."""
+    settings = _settings(tiny_landing, tmp_path)
+    assert run_lakehouse(**settings)["success"]
+    lakehouse = Lakehouse(str(tmp_path / "lakehouse"))
+    uri = lakehouse.table_uri("trusted", "accelerometer_trusted")
+    read_version = DeltaTable(uri).version()
+    record = tmp_path / "lakehouse" / "verified" / MEMBERSHIP[0] / f"{MEMBERSHIP[1]}.json"
+    before = record.read_bytes()
+    made = {key: str(value) for key, value in lakehouse.latest_write(uri).items() if key.startswith("stedi.")}
+    stray = pl.read_delta(uri).head(1).with_columns(user=pl.lit("Bob@test.com"))
+    stray.write_delta(uri, mode="append")
+    guard = guard_of(lakehouse, USERS_ARE_TRUSTED_CUSTOMERS, pseudonym_key(str(tmp_path / "lakehouse")))
+
+    vouch(lakehouse, MEMBERSHIP[0], uri, guard, read_version, [TINY_DAY], made)
+    vouch(lakehouse, MEMBERSHIP[0], uri, guard, None, None, made)
+
+    assert record.read_bytes() == before

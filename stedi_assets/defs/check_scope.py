@@ -138,8 +138,14 @@ def counted(
     if seen.days is not None:
         before = _record(lakehouse, seen.subject, check) or {}
         try:
-            then_frame = lakehouse.scan(seen.seen[seen.subject]["uri"], int(before[seen.subject]["version"]))
-            then = contracts.no_offending_rows(offending(on_days(then_frame, seen.days)), what).observed
+            uri, version = seen.seen[seen.subject]["uri"], int(before[seen.subject]["version"])
+            held = lakehouse.partition_values(uri, version)
+            # a day the table did not hold then (a new one) counted nothing then: no query for it
+            then_days = [day for day in seen.days if (None if day is None else day.isoformat()) in held]
+            then = 0
+            if then_days:
+                then_frame = lakehouse.scan(uri, version)
+                then = contracts.no_offending_rows(offending(on_days(then_frame, then_days)), what).observed
             verdict = contracts.recounted(now, int(then or 0), int(before[COUNT]), what)
         except (StorageError, KeyError, TypeError, ValueError):  # no count to start from: every day
             return counted(

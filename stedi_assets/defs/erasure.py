@@ -17,7 +17,7 @@ from stedi_assets.rules import erasure, parsing
 from stedi_assets.rules.catalog import CUSTOMER, ERASURE_LOG, LINE_NUMBER, QUARANTINE, SOURCE_FILE, TABLES
 from stedi_assets.rules.identity import SUBJECT_ID, pseudonym_keys
 from stedi_assets.storage.errors import StorageError
-from stedi_assets.storage.io_manager import Publication
+from stedi_assets.storage.io_manager import Publication, held_metadata
 from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.metadata import OPTIONAL_INPUT, definition_metadata
 from stedi_assets.storage.resources import StediStorage, as_failure, pseudonym_of
@@ -82,6 +82,13 @@ def erasure_log(storage: StediStorage) -> dg.MaterializeResult:
                 'as {"email": "...", "requestedAt": <epoch ms>} lines.',
                 allow_retries=False,
             )
+        log_uri = lakehouse.table_uri(ERASURE_LOG.zone, ERASURE_LOG.name)
+        if not lines.height and lakehouse.exists(log_uri):
+            # no request file: the erasures in force stay as recorded (a request is never withdrawn)
+            kinds = lakehouse.reading(log_uri, lakehouse.scan(log_uri).select("kind")).get_column("kind")
+            subjects = int((kinds == erasure.SUBJECT).sum())
+            counts = {"subjects_erased": subjects, "devices_erased": kinds.len() - subjects}
+            return dg.MaterializeResult(value=None, metadata={**held_metadata(lakehouse, log_uri), **counts})
         landing_schema = {c.name: c.dtype for c in CUSTOMER.landing.columns}
         rejects_schema = {c.name: c.dtype for c in CUSTOMER.rejects.columns}
         customer_landing = _table(lakehouse, CUSTOMER.landing.name, landing_schema)

@@ -342,10 +342,11 @@ class Lakehouse:
             return None
         return {value for path, value in now.items() ^ then.items()}
 
-    def partition_values(self, uri: str) -> set[str | None]:
-        """The partition values the table holds data in, from the log alone (none: no table)."""
+    def partition_values(self, uri: str, version: int | None = None) -> set[str | None]:
+        """The partition values the table holds data in (at `version`, default the latest), from the
+        log alone (none: no table)."""
         try:
-            return set(self._files_by_partition(self.open(uri)).values())
+            return set(self._files_by_partition(self.open(uri, version)).values())
         except TableMissing:
             return set()
         except (OSError, DeltaError) as error:

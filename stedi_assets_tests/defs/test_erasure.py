@@ -9,6 +9,7 @@ from pathlib import Path
 import boto3
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from stedi_assets.cli import main, run_lakehouse
 from stedi_assets.rules.identity import pseudonym
@@ -82,9 +83,12 @@ def test_an_erasure_request_removes_the_person_from_every_table_and_version_for_
 
     # the request stays in force when its file is gone: re-reading the landing files never brings her back
     request.unlink()
-    assert run_lakehouse(**settings)["success"]
+    logged = pl.read_delta(str(lakehouse / "privacy" / "erasure_log"))
+    summary = run_lakehouse(**settings)
+    assert summary["success"]
     assert _holds(lakehouse) == []
-    assert pl.read_delta(str(lakehouse / "privacy" / "erasure_log")).height == 2
+    assert_frame_equal(pl.read_delta(str(lakehouse / "privacy" / "erasure_log")), logged)
+    assert summary["tables"]["erasure_log"]["rows"] == 2
 
     request = _request(tiny_landing)
     code = main(["audit", "--landing", str(tiny_landing), "--lakehouse", str(lakehouse)])

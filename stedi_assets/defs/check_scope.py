@@ -249,13 +249,17 @@ def vouch(
             if read_version is None:
                 return
             before = {**now, subject: state(uri, lakehouse.open(uri, read_version))}
-            then = _record(lakehouse, subject, guard.check) or {}
-            if {k: v for k, v in then.items() if k not in (COUNT, VERDICT)} != before:
+            if what_was_seen(_record(lakehouse, subject, guard.check) or {}) != before:
                 return
             changed = lakehouse.changed_partitions(uri, read_version)
             if changed is None or not changed <= set(days):
                 return
         remember(lakehouse, subject, guard.check, {**now, subject: state(uri, table)})
+
+
+def what_was_seen(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record without what the evaluation found (its count, its verdict): the state it saw."""
+    return {key: value for key, value in record.items() if key not in (COUNT, VERDICT)}
 
 
 def recorded(lakehouse: Lakehouse, subject: str, check: str) -> dict | None:
@@ -279,7 +283,7 @@ def _changed_days(
     when one of them cannot vouch for the rest (see the module)."""
     days: set[date | None] = set()
     for record in earlier:
-        then = None if record is None else {k: v for k, v in record.items() if k not in (COUNT, VERDICT)}
+        then = None if record is None else what_was_seen(record)
         if then is None or set(then) != set(now) or then["release"] != now["release"]:
             return None
         if any(then[name] != now[name] for name in now if name not in ("release", subject)):

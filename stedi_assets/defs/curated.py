@@ -80,10 +80,11 @@ def machine_learning_curated(
     """Step Trainer readings joined to accelerometer readings of the same timestamp (and, with
     ml_join=same_customer, of the device's owner only)."""
     key = pseudonym_of(storage)
-    curated = customer_curated.collect()
     ml_join, ml_identity = settings.ml_join, settings.ml_identity
+    # the curated customers as the guard opened them: paired from and verified against one version
     guard = guard_of(storage.lakehouse, USERS_ARE_CURATED_CUSTOMERS, key)
     owners = guard.scan(storage.lakehouse, CUSTOMER_CURATED.name)
+    curated = owners.collect()
     # equal timestamps share a day, so each part pairs readings of the same days
     return recompute_by_day(
         context,

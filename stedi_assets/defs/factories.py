@@ -84,10 +84,14 @@ def membership_check(membership: contracts.Membership) -> dg.AssetChecksDefiniti
     ) -> Iterator[dg.AssetCheckResult]:
         key = pseudonym_of(storage)
         secret = key.secret
-        depends_on = {"pseudonym_key": key.key_id} if membership.pseudonymous else None
-        seen = examined(context, storage.lakehouse, membership.table, [membership.parent], depends_on)
-        parent = seen.parents[membership.parent]
-        verdict = membership.verdict(seen.frame, parent, secret if membership.pseudonymous else None)
+        seen = examined(
+            context, storage.lakehouse, membership.table, [membership.parent], _depends_on(membership, key)
+        )
+        if seen.days == []:  # nothing it has not passed on (or its guard examined): no query at all
+            verdict = membership.of_no_rows()
+        else:
+            parent = seen.parents[membership.parent]
+            verdict = membership.verdict(seen.frame, parent, secret if membership.pseudonymous else None)
         seen.remember(membership.name, verdict)
         yield check_result(
             verdict,
@@ -109,8 +113,12 @@ def guard_of(lakehouse: Lakehouse, membership: contracts.Membership, key: Pseudo
         opened = lakehouse.open(uri)
     except StorageError as error:
         raise as_failure(error) from error
-    depends_on = {"pseudonym_key": key.key_id} if membership.pseudonymous else {}
-    return Guard(membership.name, {membership.parent: (uri, opened)}, depends_on)
+    return Guard(membership.name, {membership.parent: (uri, opened)}, _depends_on(membership, key))
+
+
+def _depends_on(membership: contracts.Membership, key: PseudonymKey) -> dict[str, str]:
+    """What a membership verdict depends on besides its tables: the key, when it compares keyed hashes."""
+    return {"pseudonym_key": key.key_id} if membership.pseudonymous else {}
 
 
 def latest_metadata(instance: dg.DagsterInstance, table: str, key: str) -> Any:

@@ -232,9 +232,7 @@ def recompute_by_day(
     )
     parts = [compute({name: on_days(frame, part) for name, frame in rebuild.inputs.items()}) for part in days]
     extra[DAYS_COMPUTED] = sum(len(part) for part in days)
-    uri = lakehouse.table_uri(table.zone, table.name)
-
-    made = rebuild.properties(properties)
+    uri, made = lakehouse.table_uri(table.zone, table.name), rebuild.properties(properties)
 
     def published(version: int, read_version: int | None) -> None:
         if guard is not None and version != read_version:  # the guard's pass stands for its check

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 import polars as pl
 
-from stedi_assets.defs.check_scope import VERDICT, recorded, release, remember, state
+from stedi_assets.defs.check_scope import VERDICT, recorded, release, remember, state, what_was_seen
 from stedi_assets.defs.factories import STORAGE_RETRY
 from stedi_assets.defs.partitions import SINGLE_RUN
 from stedi_assets.rules import report
@@ -242,16 +242,14 @@ def _kept(lakehouse: Lakehouse, seen: dict[str, Any]) -> tuple[str, dict[str, by
     """The report as last drawn (its URI, its aggregate charts, its numbers) when the tables it draws,
     the rules and the key are all as they were then and its files are all there; else None."""
     record = recorded(lakehouse, REPORT_NAME, DRAWN)
-    if record is None or {k: v for k, v in record.items() if k != VERDICT} != seen:
+    if record is None or what_was_seen(record) != seen:
         return None
     numbers = record.get(VERDICT)
+    if not isinstance(numbers, dict) or not lakehouse.has_file(REPORT_PATH):
+        return None
     pngs = {name: lakehouse.get_bytes(_png_path(name)) for name in AGGREGATE_CHARTS}
-    if not isinstance(numbers, dict) or lakehouse.get_bytes(REPORT_PATH) is None:
-        return None
-    if any(png is None for png in pngs.values()):
-        return None
-    uri = lakehouse.file_uri(REPORT_PATH)
-    return uri, {name: png for name, png in pngs.items() if png is not None}, numbers
+    kept = {name: png for name, png in pngs.items() if png is not None}
+    return (lakehouse.file_uri(REPORT_PATH), kept, numbers) if len(kept) == len(pngs) else None
 
 
 def _metadata(

@@ -151,6 +151,7 @@ def withdraw_downstream(
 
 
 SHARED_SERIALS = "shared_serials_excluded"
+"""The check of reused serial numbers, a verdict on the customer tables (recorded under customer_curated)."""
 DECISION = "consent_decision"
 """The record (check_scope) of what the published consent decision was made from: the customer
 tables' states, the rules (release) and the settings and key (commit properties)."""
@@ -262,9 +263,11 @@ def accelerometer_trusted(
     """Accelerometer readings whose user is a trusted customer (under consent_policy=from_consent_date,
     taken since they consented). Only the days whose landing readings changed are recomputed, unless
     the consent decision changed."""
-    consenting, policy, key = customer_trusted.collect(), settings.consent_policy, pseudonym_of(storage)
+    policy, key = settings.consent_policy, pseudonym_of(storage)
+    # the consent decision as its guard opened it: computed from and verified against one version
     guard = guard_of(storage.lakehouse, USERS_ARE_TRUSTED_CUSTOMERS, key)
     parent = guard.scan(storage.lakehouse, CUSTOMER_TRUSTED.name)
+    consenting = parent.collect()
     return recompute_by_day(
         context,
         storage.lakehouse,
@@ -292,12 +295,13 @@ def step_trainer_trusted(
     """Step Trainer readings of devices claimed only by curated customers, in any record (under
     consent_policy=from_consent_date, taken since the owner consented). Only the days whose landing
     readings changed are recomputed, unless the trusted devices changed."""
-    devices = transforms.trusted_devices(
-        customer_curated, customer_landing, customer_rejects, settings.consent_policy
-    ).collect()
     key = pseudonym_of(storage)
+    # the curated customers as the guard opened them: devices decided from and verified against one version
     guard = guard_of(storage.lakehouse, SERIALS_BELONG_TO_CURATED_CUSTOMERS, key)
     parent = guard.scan(storage.lakehouse, CUSTOMER_CURATED.name)
+    devices = transforms.trusted_devices(
+        parent, customer_landing, customer_rejects, settings.consent_policy
+    ).collect()
     return recompute_by_day(
         context,
         storage.lakehouse,
@@ -330,18 +334,11 @@ def step_trainer_trusted(
             "to release them.",
         ),
     ],
-    ins={
-        "trusted": dg.AssetIn("customer_trusted"),
-        "landing": dg.AssetIn("customer_landing"),
-        "rejects": dg.AssetIn("customer_rejects"),
-    },
 )
-def consent_checks(
-    context, storage: StediStorage, trusted: pl.LazyFrame, landing: pl.LazyFrame, rejects: pl.LazyFrame
-) -> Iterator[dg.AssetCheckResult]:
-    """Both verdicts from the tables as opened here (the inputs are for the graph's lineage); when
-    the three tables are as both checks last passed on them, under the same rules and key, they
-    stand without reading any row (check_scope)."""
+def consent_checks(context, storage: StediStorage) -> Iterator[dg.AssetCheckResult]:
+    """Both verdicts from the three tables as opened here, once each (their states are what a pass
+    records); when they are as both checks last passed on them, under the same rules and key, the
+    verdicts stand without reading any row (check_scope)."""
     asset, key = {"asset_key": "customer_trusted"}, pseudonym_of(storage)
     parents = [CUSTOMER.landing.name, CUSTOMER.rejects.name]
     seen = examined(context, storage.lakehouse, CUSTOMER_TRUSTED.name, parents, {"pseudonym_key": key.key_id})

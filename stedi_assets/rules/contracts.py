@@ -122,6 +122,14 @@ class Membership:
     def description(self) -> str:
         return f"Every {self.table} row's {self.key} is {self.parent_role} ({self.parent}.{self.parent_key})."
 
+    @property
+    def offence(self) -> str:
+        return f"rows whose {self.key} is not {self.parent_role}"
+
+    def of_no_rows(self) -> Verdict:
+        """The verdict on no rows at all (nothing to examine): it holds, as on any empty table."""
+        return Verdict(True, f"0 {self.offence}", 0, 0)
+
     def verdict(self, frame: pl.LazyFrame, parent: pl.LazyFrame, secret: bytes | None = None) -> Verdict:
         if self.pseudonymous and secret is None:
             raise ValueError(f"{self.name} compares keyed hashes: it needs the pseudonym key")
@@ -140,7 +148,7 @@ class Membership:
             .get_column(self.key)
         )
         orphans = frame.filter(pl.col(self.key).is_null() | pl.col(self.key).is_in(foreign.implode()))
-        return no_offending_rows(orphans, f"rows whose {self.key} is not {self.parent_role}")
+        return no_offending_rows(orphans, self.offence)
 
 
 def both_sides_present(machine_learning_curated: pl.LazyFrame) -> Verdict:

@@ -81,11 +81,13 @@ def customer_current_state(customer_landing: pl.LazyFrame) -> pl.LazyFrame:
     Ties are broken by source file, then line, so the latest delivery wins deterministically.
     """
     order = ["lastUpdateDate", SOURCE_FILE, LINE_NUMBER]
-    # one sort of the table, then the last row of each customer: twice as fast as sorting each group
+    # one sort of the table, then the last row of each customer: a group keeps its rows in the order
+    # they come (Polars guarantees it), and sorting once is twice as fast as sorting each group
     return (
         with_key(customer_landing, "email")
         .sort(order, nulls_last=False)
-        .unique(subset=[KEY], keep="last")
+        .group_by(KEY)
+        .agg(pl.all().last())
         .drop(KEY)
     )
 

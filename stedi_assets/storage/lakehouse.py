@@ -454,28 +454,39 @@ class Lakehouse:
         except (OSError, ClientError, BotoCoreError) as error:
             raise self._failure(uri, error) from error
 
-    def remove_file(self, path: str) -> bool:
-        """Deletes a file that is not a table at `<root>/<path>`; whether there was one. A failure is
-        a StorageError: a caller removing personal data must know it is gone."""
+    def has_file(self, path: str) -> bool:
+        """Whether a file that is not a table is at `<root>/<path>` (asked of its metadata: no byte
+        of it is read)."""
         uri = self.file_uri(path)
         try:
             if is_s3(uri):
                 parsed = urlparse(uri)
-                client, key = self.s3.boto3_client(), parsed.path.lstrip("/")
                 try:
-                    client.head_object(Bucket=parsed.netloc, Key=key)
+                    self.s3.boto3_client().head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
                 except ClientError as error:
                     if _not_found(error):
                         return False
                     raise
-                client.delete_object(Bucket=parsed.netloc, Key=key)
                 return True
-            target = Path(uri)
-            existed = target.exists()
-            target.unlink(missing_ok=True)
-            return existed
+            return Path(uri).is_file()
         except (OSError, ClientError, BotoCoreError) as error:
             raise self._failure(uri, error) from error
+
+    def remove_file(self, path: str) -> bool:
+        """Deletes a file that is not a table at `<root>/<path>`; whether there was one. A failure is
+        a StorageError: a caller removing personal data must know it is gone."""
+        if not self.has_file(path):
+            return False
+        uri = self.file_uri(path)
+        try:
+            if is_s3(uri):
+                parsed = urlparse(uri)
+                self.s3.boto3_client().delete_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+            else:
+                Path(uri).unlink(missing_ok=True)
+        except (OSError, ClientError, BotoCoreError) as error:
+            raise self._failure(uri, error) from error
+        return True
 
     def _size(self, target: str) -> int:
         if not is_s3(target):

@@ -182,6 +182,7 @@ def test_the_charts_draw_empty_tables():
 
 
 def test_put_bytes_replaces_a_file_whole(lakehouse: Lakehouse):
+    assert not lakehouse.has_file("report/x.html") and not lakehouse.remove_file("report/x.html")
     first = lakehouse.put_bytes("report/x.html", b"<p>one</p>", "text/html")
     second = lakehouse.put_bytes("report/x.html", b"<p>two</p>", "text/html")
 
@@ -193,6 +194,9 @@ def test_put_bytes_replaces_a_file_whole(lakehouse: Lakehouse):
     else:
         assert Path(second).read_bytes() == b"<p>two</p>"
         assert [p.name for p in Path(second).parent.iterdir()] == ["x.html"]
+    assert lakehouse.has_file("report/x.html") and not lakehouse.has_file("report")  # a folder is no file
+    assert lakehouse.remove_file("report/x.html")
+    assert not lakehouse.has_file("report/x.html") and lakehouse.get_bytes("report/x.html") is None
 
 
 @pytest.mark.s3

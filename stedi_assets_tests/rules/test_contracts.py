@@ -136,6 +136,14 @@ def test_membership_passes_known_children() -> None:
     assert verdict.summary == "0 rows whose user is not a trusted customer"
 
 
+def test_membership_of_no_rows_says_what_an_empty_table_gets() -> None:
+    """The verdict a check gives without a query (nothing to examine) is the one a query of no rows gives."""
+    empty = rows_frame("accelerometer_trusted", [reading("z@x.com", 1)]).clear()
+    queried, unqueried = USERS_ARE_TRUSTED.verdict(empty.lazy(), PARENTS), USERS_ARE_TRUSTED.of_no_rows()
+    fields = ("passed", "summary", "observed", "expected", "severity")
+    assert [getattr(unqueried, f) for f in fields] == [getattr(queried, f) for f in fields]
+
+
 def test_membership_fails_orphans() -> None:
     child = rows_frame("accelerometer_trusted", [reading("a@x.com", 1), reading("z@x.com", 2)])
     verdict = USERS_ARE_TRUSTED.verdict(child.lazy(), PARENTS)

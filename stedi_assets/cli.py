@@ -140,9 +140,9 @@ def run_lakehouse(
 ) -> dict[str, Any]:
     """Runs the code location's own job in process (the selection with its checks); returns the summary.
 
-    Two runs, as the schedule and the zone sensor make them: the ingest (landing, quarantine and
-    privacy zones), then the trusted and curated zones over the event days `partitions` (START..END;
-    default: the days the ingest changed, refresh_range), as one single-run backfill of that range.
+    Two runs: the ingest (landing, quarantine and privacy zones), then the trusted and curated zones
+    over the event days `partitions` (START..END; default: the days the ingest changed, known
+    exactly once it ran: refresh_range), as one single-run backfill of that range.
     Both are recorded under the job's name in the instance, as runs launched from the UI are.
     """
     import dagster as dg

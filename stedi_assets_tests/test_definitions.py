@@ -172,14 +172,35 @@ def test_jobs_schedule_and_sensor():
         "stedi_glue_catalog_job",
     ]
     schedule = defs.resolve_schedule_def("stedi_daily_refresh")
-    assert (schedule.cron_schedule, schedule.job_name) == ("0 3 * * *", "stedi_ingest_job")
+    assert (schedule.cron_schedule, schedule.job_name) == ("0 3 * * *", "stedi_lakehouse_job")
     assert [s.name for s in defs.schedules] == ["stedi_daily_refresh"]
     assert [s.name for s in defs.sensors] == [
         "stedi_new_landing_files",
-        "stedi_zones_after_ingest",
-        "stedi_zones_after_failed_ingest",
+        "stedi_zones_automation",
         "stedi_run_failures",
     ]
+
+
+def test_declarative_automation_covers_the_zones_but_not_the_consent_decision():
+    """New readings flow downstream by automation; consent is decided only in a run of every zone."""
+    graph = _graph()
+    automated = {
+        key.to_user_string()
+        for key in graph.get_all_asset_keys()
+        if graph.get(key).automation_condition is not None
+    }
+    assert automated == {
+        "accelerometer_trusted",
+        "step_trainer_trusted",
+        "customer_curated",
+        "machine_learning_curated",
+        "curated_report",
+    }
+    sensor = defs.resolve_sensor_def("stedi_zones_automation")
+    assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
+    targeted = sensor.asset_selection.resolve(graph)
+    assert automated <= {key.to_user_string() for key in targeted}
+    assert dg.AssetKey("customer_trusted") in targeted  # targeted, but it has no condition
 
 
 def test_the_reading_tables_are_partitioned_by_day_and_backfilled_in_one_run():

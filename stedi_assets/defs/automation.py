@@ -1,16 +1,18 @@
-"""Jobs, the schedule and the sensor: when the lakehouse refreshes without anyone pressing a button.
+"""Jobs, the schedule and the sensors: when the lakehouse refreshes without anyone pressing a button.
 
-A refresh is two runs, started by the schedule every night or by `stedi_new_landing_files` when
-the landing zone changes. The ingest (erasure log, landing and quarantine tables) is unpartitioned and
-incremental by manifest. When it succeeds, `stedi_zones_after_ingest` launches the trusted and
-curated zones over the range of event days the ingest changed (refresh_range): consent first, then
-the day-partitioned reading tables, in one run, so a change of consent reaches every table at once.
+`stedi_new_landing_files` lists the landing zone every minute. New or changed reading files
+(accelerometer, step trainer) are ingested alone, and declarative automation (defs/conditions.py,
+`stedi_zones_automation`) carries them through the trusted and curated zones over the days they
+changed. A change of the customers or the erasure requests, and the nightly schedule, run the whole
+lakehouse in one run instead (ingest, consent, every table downstream, over the days that changed):
+privacy first, a consent decision reaches every table at once, not day by day or asset by asset.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import json
+import warnings
 
 import dagster as dg
 
@@ -18,12 +20,12 @@ from stedi_assets.defs.glue import CATALOG_GROUP
 from stedi_assets.defs.incremental import refresh_range
 from stedi_assets.defs.partitions import range_tags
 from stedi_assets.defs.report import REPORT_GROUP
-from stedi_assets.rules.catalog import CURATED, LANDING, PRIVACY, QUARANTINE, SOURCES, TRUSTED
+from stedi_assets.rules.catalog import CURATED, CUSTOMER, LANDING, PRIVACY, QUARANTINE, SOURCES, TRUSTED
 from stedi_assets.rules.erasure import ERASURE_REQUESTS
 from stedi_assets.storage.alerts import AlertNotSent, post_alert
 from stedi_assets.storage.environment import alert_webhook
 from stedi_assets.storage.errors import StorageError
-from stedi_assets.storage.lakehouse import LandingZone
+from stedi_assets.storage.lakehouse import Lakehouse, LandingZone
 from stedi_assets.storage.resources import InvalidSettings, StediStorage
 
 INGEST = dg.AssetSelection.groups(PRIVACY, LANDING, QUARANTINE)
@@ -47,8 +49,8 @@ lakehouse_job = dg.define_asset_job(
 ingest_job = dg.define_asset_job(
     "stedi_ingest_job",
     selection=INGEST,
-    description="Ingests new and changed landing files (and erasure requests); its success launches "
-    "stedi_zones_job over the days it changed.",
+    description="Ingests new and changed landing files (and erasure requests). The sensor runs it "
+    "for new reading files alone; declarative automation then carries them downstream.",
 )
 zones_job = dg.define_asset_job(
     "stedi_zones_job",
@@ -64,56 +66,103 @@ glue_catalog_job = dg.define_asset_job(
 )
 
 
-@dg.schedule(
-    name="stedi_daily_refresh",
-    job=ingest_job,
-    cron_schedule="0 3 * * *",
-    execution_timezone="UTC",
-    description="Ingests the landing zone every night at 03:00 UTC; the zones follow "
-    "(stedi_zones_after_ingest).",
-)
-def daily_refresh(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    return dg.RunRequest()
+CONSENT_SOURCES = frozenset({CUSTOMER.name, ERASURE_REQUESTS})
+"""The landing folders the consent decision is made from: a change runs the whole lakehouse."""
 
 
-def landing_signature(landing: LandingZone) -> str | None:
-    """A digest of every landing file's path, size, modification time and ETag: it changes exactly
-    when a file is added, changed or removed (the ingest's manifest decides by the same facts);
-    None when there is no file at all."""
-    digest, files = hashlib.sha256(), 0
+def landing_signatures(landing: LandingZone) -> dict[str, str]:
+    """Per landing folder that holds files, a digest of every file's path, size, modification time
+    and ETag: it changes exactly when a file is added, changed or removed (the ingest's manifest
+    decides by the same facts)."""
+    signatures = {}
     for source in (*(source.name for source in SOURCES), ERASURE_REQUESTS):
+        digest, files = hashlib.sha256(), 0
         for file in landing.files(source, optional=True):
             digest.update(f"{file.uri}\0{file.size}\0{file.modified.isoformat()}\0{file.etag}\n".encode())
             files += 1
-    return digest.hexdigest() if files else None
+        if files:
+            signatures[source] = digest.hexdigest()
+    return signatures
+
+
+def _whole_lakehouse(lakehouse: Lakehouse) -> dg.RunRequest:
+    """One run of every zone over the days that changed so far (refresh_range); days a file ingested
+    in the same run adds are recorded as pending and then requested by automation."""
+    return dg.RunRequest(job_name=lakehouse_job.name, tags=range_tags(*refresh_range(lakehouse)))
+
+
+@dg.schedule(
+    name="stedi_daily_refresh",
+    job=lakehouse_job,
+    cron_schedule="0 3 * * *",
+    execution_timezone="UTC",
+    description="Every night at 03:00 UTC, one run of every zone over the days that changed: whatever "
+    "the sensor or automation missed is caught up, and consent is decided again.",
+)
+def daily_refresh(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    try:
+        return _whole_lakehouse(StediStorage().lakehouse)
+    except (StorageError, InvalidSettings) as error:
+        return dg.SkipReason(f"cannot read the lakehouse: {error}")
+
+
+def _selection(sources: set[str]) -> list[dg.AssetKey]:
+    return [
+        dg.AssetKey(table.name)
+        for source in SOURCES
+        if source.name in sources
+        for table in (source.landing, source.rejects)
+    ]
 
 
 @dg.sensor(
     name="stedi_new_landing_files",
-    job=ingest_job,
+    jobs=[lakehouse_job, ingest_job],
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Every minute, lists the landing zone (STEDI_LANDING_URI, a folder or an S3 prefix) and "
-    "runs the ingest when a file was added, changed or removed since the last run it requested; the "
-    "zones follow over the days that changed (stedi_zones_after_ingest). Lists only: reads no file.",
+    description="Every minute, lists the landing zone (STEDI_LANDING_URI, a folder or an S3 prefix; "
+    "reads no file). New or changed reading files: ingests just their sources, and automation carries "
+    "them downstream over the days they changed. Customer files or erasure requests (or the first "
+    "tick): one run of every zone.",
 )
 def new_landing_files(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg.SkipReason:
     try:
-        signature = landing_signature(StediStorage().landing)
+        storage = StediStorage()
+        signatures = landing_signatures(storage.landing)
+        if not signatures:
+            return dg.SkipReason("the landing zone holds no file")
+        seen = json.loads(context.cursor) if context.cursor else None
+        changed = {
+            source
+            for source in {*signatures, *(seen or {})}
+            if seen is None or signatures.get(source) != seen.get(source)
+        }
+        if not changed:
+            return dg.SkipReason("no new, changed or removed landing file")
+        # no run key: the cursor already asks once per change, and a landing zone that returns to an
+        # earlier state (a file added, then removed) must be ingested again, which a reused key forbids
+        if seen is None or changed & CONSENT_SOURCES:
+            request = _whole_lakehouse(storage.lakehouse)
+        else:
+            request = dg.RunRequest(job_name=ingest_job.name, asset_selection=_selection(changed))
     except (StorageError, InvalidSettings) as error:
         return dg.SkipReason(f"cannot list the landing zone: {error}")
-    if signature is None:
-        return dg.SkipReason("the landing zone holds no file")
-    if signature == context.cursor:
-        return dg.SkipReason("no new, changed or removed landing file")
-    context.update_cursor(signature)
-    # no run key: the cursor already asks once per change, and a landing zone that returns to an
-    # earlier state (a file added, then removed) must be ingested again, which a reused key forbids
-    return dg.RunRequest()
+    context.update_cursor(json.dumps(signatures, sort_keys=True))
+    return request
 
 
-def _storage_config(run_config: dict[str, Any]) -> dict[str, Any]:
-    return dict(run_config.get("resources", {}).get("storage", {}).get("config", {}) or {})
+# custom conditions (defs/conditions.py) need the beta `use_user_code_server`; what it does is tested
+warnings.filterwarnings("ignore", message=".*`use_user_code_server`.*", category=dg.BetaWarning)
+zones_automation = dg.AutomationConditionSensorDefinition(
+    "stedi_zones_automation",
+    target=ZONES,
+    use_user_code_server=True,
+    emit_backfills=False,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Declarative automation of the trusted and curated zones (defs/conditions.py): new "
+    "readings flow downstream over the days they changed, one run per table and range of days.",
+)
 
 
 CONSENT_STEPS = frozenset({"ingest_customer", "erasure_log"})
@@ -125,43 +174,6 @@ def zones_follow(failed_steps: set[str]) -> bool:
     """Whether the zones run after an ingest whose `failed_steps` failed (privacy first: a consent
     decision made from what was ingested is carried out, whatever else failed)."""
     return failed_steps.isdisjoint(CONSENT_STEPS)
-
-
-def _zones_request(context: dg.RunStatusSensorContext) -> dg.RunRequest:
-    run_config = dict(context.dagster_run.run_config)
-    start, end = refresh_range(StediStorage(**_storage_config(run_config)).lakehouse)
-    return dg.RunRequest(
-        run_key=context.dagster_run.run_id, run_config=run_config, tags=range_tags(start, end)
-    )
-
-
-@dg.run_status_sensor(
-    name="stedi_zones_after_ingest",
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[ingest_job],
-    request_job=zones_job,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="After each successful ingest, runs the trusted and curated zones over the days it "
-    "changed (the newest day when it changed none, so a consent change still runs), with the "
-    "ingest's storage and settings.",
-)
-def zones_after_ingest(context: dg.RunStatusSensorContext) -> dg.RunRequest:
-    return _zones_request(context)
-
-
-@dg.run_status_sensor(
-    name="stedi_zones_after_failed_ingest",
-    run_status=dg.DagsterRunStatus.FAILURE,
-    monitored_jobs=[ingest_job],
-    request_job=zones_job,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="After an ingest that failed in a sensor source but ingested the customers and the "
-    "erasure requests, runs the zones anyway: a withdrawal never waits for a broken reading file.",
-)
-def zones_after_failed_ingest(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
-    if not zones_follow(failed_steps(context.instance, context.dagster_run.run_id)):
-        return dg.SkipReason("the customers or the erasure requests were not ingested")
-    return _zones_request(context)
 
 
 def failed_steps(instance: dg.DagsterInstance, run_id: str) -> set[str]:
@@ -196,4 +208,4 @@ def run_failures(context: dg.RunFailureSensorContext) -> None:
 
 jobs = [lakehouse_job, ingest_job, zones_job, glue_catalog_job]
 schedules = [daily_refresh]
-sensors = [new_landing_files, zones_after_ingest, zones_after_failed_ingest, run_failures]
+sensors = [new_landing_files, zones_automation, run_failures]

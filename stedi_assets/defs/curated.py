@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import polars as pl
 
+from stedi_assets.defs import conditions
 from stedi_assets.defs.check_scope import counted, examined
 from stedi_assets.defs.factories import (
     check_result,
@@ -52,23 +53,36 @@ USERS_ARE_CURATED_CUSTOMERS = contracts.Membership(
 )
 
 
-@table_asset(CUSTOMER_CURATED)
+@table_asset(CUSTOMER_CURATED, automation=conditions.follows("accelerometer_trusted"))
 def customer_curated(
     settings: StediSettings,
     storage: StediStorage,
     customer_trusted: pl.LazyFrame,
     accelerometer_trusted: pl.LazyFrame,
-) -> Publication:
-    """Trusted customers with at least one trusted accelerometer reading, one row each."""
-    return Publication(
-        transforms.customer_curated(customer_trusted, accelerometer_trusted),
+) -> dg.Output:
+    """Trusted customers with at least one trusted accelerometer reading, one row each.
+
+    Its data version is a digest of its rows: the tables decided from it (step_trainer_trusted,
+    machine_learning_curated) follow it by automation only when the population changed."""
+    curated = transforms.customer_curated(customer_trusted, accelerometer_trusted).collect()
+    publication = Publication(
+        curated.lazy(),
         "consent",
         lambda staged: CURATED_CUSTOMERS_ARE_TRUSTED.verdict(staged, customer_trusted),
         commit_properties(settings, pseudonym_of(storage)),
     )
+    return dg.Output(publication, data_version=dg.DataVersion(fingerprint(curated)))
 
 
-@table_asset(MACHINE_LEARNING_CURATED, daily=True)
+@table_asset(
+    MACHINE_LEARNING_CURATED,
+    daily=True,
+    automation=conditions.reading_table(
+        MACHINE_LEARNING_CURATED,
+        ["step_trainer_trusted", "accelerometer_trusted"],
+        ["customer_curated"],
+    ),
+)
 def machine_learning_curated(
     context,  # unannotated: this module defers annotations, which Dagster cannot read for the context
     settings: StediSettings,

@@ -29,9 +29,12 @@ SEVERITY = {
 }
 
 
-def table_asset(declared: Table, daily: bool = False) -> Callable[..., dg.AssetsDefinition]:
+def table_asset(
+    declared: Table, daily: bool = False, automation: dg.AutomationCondition | None = None
+) -> Callable[..., dg.AssetsDefinition]:
     """@dg.asset for a declared table: its zone is the group, its description the table's; `daily`:
-    partitioned by event day, a backfill of any range in one run.
+    partitioned by event day, a backfill of any range in one run; `automation`: when declarative
+    automation requests it (defs/conditions.py).
 
     The pool `delta_<table>` lets an instance limit writers of one table to one step at a time.
     """
@@ -45,6 +48,7 @@ def table_asset(declared: Table, daily: bool = False) -> Callable[..., dg.Assets
         metadata=definition_metadata(declared),
         retry_policy=STORAGE_RETRY,
         pool=f"delta_{declared.name}",
+        automation_condition=automation,
     )
 
 

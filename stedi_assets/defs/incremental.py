@@ -28,6 +28,7 @@ from stedi_assets.rules.catalog import (
     MACHINE_LEARNING_CURATED,
     STEP_TRAINER,
     STEP_TRAINER_TRUSTED,
+    TABLES,
     Table,
     day_parts,
     on_days,
@@ -120,11 +121,13 @@ def plan_rebuild(
     inputs: Mapping[str, Table],
     digest: str,
     targeted: Sequence[str] | None = None,
+    decided_from: Mapping[str, int] | None = None,
 ) -> Rebuild:
     """Which days of `table` to recompute from its partitioned `inputs`, given the digest of the rest:
     of the `targeted` days (None: all), those whose inputs changed since the last build or that an
     earlier run left pending. Changed days outside `targeted` are recorded as pending. A changed
-    digest rebuilds the whole table whatever the run targets (privacy first)."""
+    digest rebuilds the whole table whatever the run targets (privacy first). `decided_from`: the
+    version of each table the digest was computed from, recorded with the build (decided_from_newer)."""
     opened = {
         name: lakehouse.open(lakehouse.table_uri(declared.zone, declared.name))
         for name, declared in inputs.items()
@@ -136,7 +139,8 @@ def plan_rebuild(
     }
 
     def record(pending: Sequence[str] = ()) -> str:
-        return json.dumps({"inputs": versions, "digest": digest, "pending": sorted(pending)}, sort_keys=True)
+        made = {"inputs": versions, "digest": digest, "pending": sorted(pending)}
+        return json.dumps(made | {"decided_from": dict(decided_from or {})}, sort_keys=True)
 
     built = _built_from(lakehouse, table)
     due = _days_changed(lakehouse, built, inputs)
@@ -168,23 +172,50 @@ def inputs_of(table: Table) -> dict[str, Table]:
 LANDING_READINGS = (ACCELEROMETER.landing, STEP_TRAINER.landing)
 
 
-def refresh_range(lakehouse: Lakehouse) -> tuple[str, str]:
-    """The day range a run of the trusted and curated zones must target after an ingest: from the
-    first to the last day of the partitions' window any reading table has to recompute (every day
-    with readings when one was never built or its history is gone; the newest day when none has
-    to, so consent changes still run). Days outside the window (a device clock in 1970) are done by
-    any run, so they never widen the range: each day in a range costs Dagster bookkeeping."""
-    due: set[str] | None = set()
-    for declared, inputs in READING_INPUTS:
-        changed = _days_changed(lakehouse, _built_from(lakehouse, declared), inputs)
-        due = None if due is None or changed is None else due | changed
-    present = {
+def _present(lakehouse: Lakehouse, tables: Sequence[Table]) -> set[str]:
+    """The days of the partitions' window in which `tables` hold readings (from their logs)."""
+    return {
         day
-        for table in LANDING_READINGS
+        for table in tables
         for day in lakehouse.partition_values(lakehouse.table_uri(table.zone, table.name))
         if day is not None and in_window(day)
     }
-    days = {day for day in (present if due is None else due) if in_window(day)} or set(sorted(present)[-1:])
+
+
+def days_due(lakehouse: Lakehouse, declared: Table) -> set[str]:
+    """The days of the partitions' window a run of the reading table `declared` would recompute now
+    (what plan_rebuild finds, before the digest): those whose inputs changed since its last build or
+    that a run left pending; every day its inputs hold when that is not known (never built, history
+    gone). What declarative automation requests of the table (defs/conditions.py)."""
+    inputs = inputs_of(declared)
+    changed = _days_changed(lakehouse, _built_from(lakehouse, declared), inputs)
+    days = changed if changed is not None else _present(lakehouse, list(inputs.values()))
+    return {day for day in days if in_window(day)}
+
+
+def decided_from_newer(lakehouse: Lakehouse, declared: Table) -> bool:
+    """Whether a table the reading table `declared` was decided from (its guard's parent: the consent
+    decision or the curated customers) has a newer version than its last build was made from. False
+    when it was never built (then days_due has every day) or its build recorded none."""
+    built = _built_from(lakehouse, declared)
+    decided_from = built.get("decided_from") if built else None
+    if not isinstance(decided_from, dict):
+        return False
+    return any(
+        lakehouse.open(lakehouse.table_uri(TABLES[name].zone, name)).version() != version
+        for name, version in decided_from.items()
+        if name in TABLES
+    )
+
+
+def refresh_range(lakehouse: Lakehouse) -> tuple[str, str]:
+    """The day range a run of the trusted and curated zones must target after an ingest: from the
+    first to the last day any reading table has to recompute (days_due); the newest day with
+    readings when none has to, so consent changes still run. Days outside the window (a device
+    clock in 1970) are done by any run, so they never widen the range: each day in a range costs
+    Dagster bookkeeping."""
+    days = set().union(*(days_due(lakehouse, declared) for declared, _ in READING_INPUTS))
+    days = days or set(sorted(_present(lakehouse, LANDING_READINGS))[-1:])
     if not days:
         last = str(EVENT_DAYS.get_last_partition_key())
         return last, last
@@ -217,7 +248,11 @@ def recompute_by_day(
     day changed. When `verify` is a blocking check's own predicate (`guard`), its pass on the staged
     files is recorded for that check (check_scope.vouch), which then examines nothing it already saw."""
     try:
-        rebuild = plan_rebuild(lakehouse, table, inputs_of(table), digest, targeted_days(context))
+        parents = guard.parents if guard else {}
+        decided_from = {name: opened.version() for name, (_, opened) in parents.items()}
+        rebuild = plan_rebuild(
+            lakehouse, table, inputs_of(table), digest, targeted_days(context), decided_from
+        )
     except StorageError as error:  # only a transient one is retried, as every other write's
         raise as_failure(error) from error
     extra = dict(metadata or {})

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 import polars as pl
 
+from stedi_assets.defs import conditions
 from stedi_assets.defs.check_scope import VERDICT, recorded, release, remember, state, what_was_seen
 from stedi_assets.defs.factories import STORAGE_RETRY
 from stedi_assets.defs.partitions import SINGLE_RUN
@@ -185,6 +186,7 @@ again while nothing they draw changes."""
     retry_policy=STORAGE_RETRY,
     backfill_policy=SINGLE_RUN,
     pool="report_curated_report",
+    automation_condition=conditions.follows(*(t.name for t in report.FUNNEL)),
 )
 def curated_report(context: dg.AssetExecutionContext, storage: StediStorage) -> dg.MaterializeResult:
     """Pictures of the lakehouse: rows per table from landing to curated, the distribution of

@@ -14,6 +14,7 @@ import dagster as dg
 import polars as pl
 from deltalake import DeltaTable
 
+from stedi_assets.defs import conditions
 from stedi_assets.defs.check_scope import days_to_examine, examined, release, remember, state, still_holds
 from stedi_assets.defs.factories import (
     check_result,
@@ -252,7 +253,11 @@ def _standing_decision(lakehouse: Lakehouse, uri: str, seen: dict[str, object]) 
     return table if days_to_examine(lakehouse, CUSTOMER_TRUSTED.name, DECISION, made) == [] else None
 
 
-@table_asset(ACCELEROMETER_TRUSTED, daily=True)
+@table_asset(
+    ACCELEROMETER_TRUSTED,
+    daily=True,
+    automation=conditions.reading_table(ACCELEROMETER_TRUSTED, ["accelerometer_landing"], []),
+)
 def accelerometer_trusted(
     context,
     settings: StediSettings,
@@ -282,7 +287,11 @@ def accelerometer_trusted(
     )
 
 
-@table_asset(STEP_TRAINER_TRUSTED, daily=True)
+@table_asset(
+    STEP_TRAINER_TRUSTED,
+    daily=True,
+    automation=conditions.reading_table(STEP_TRAINER_TRUSTED, ["step_trainer_landing"], ["customer_curated"]),
+)
 def step_trainer_trusted(
     context,
     settings: StediSettings,

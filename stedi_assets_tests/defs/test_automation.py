@@ -1,4 +1,5 @@
-"""The sensor that notices landing files: a run request for each change, nothing for a tick without one."""
+"""The sensor that notices landing files: a run request for each change, nothing for a tick without one;
+the run-failure alert."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import pytest
 
 from stedi_assets.cli import run_config
 from stedi_assets.definitions import defs
-from stedi_assets.defs.automation import new_landing_files, run_failures, zones_after_failed_ingest
-from stedi_assets_tests.helpers import T2, customer, make_bucket, upload_tree, write_jsonl
+from stedi_assets.defs.automation import new_landing_files, run_failures
+from stedi_assets.defs.partitions import range_tags
+from stedi_assets_tests.helpers import T2, TINY_DAY, customer, make_bucket, upload_tree, write_jsonl
 
 
 def _tick(
@@ -26,21 +28,33 @@ def _tick(
     return list(result.run_requests or []), result.skip_message, result.cursor
 
 
-def _ticks_follow_the_landing_zone(add_file, change_file) -> None:
+def _ingests(requests: list[dg.RunRequest], *sources: str) -> bool:
+    """Whether `requests` is one run of the ingest job for just `sources`."""
+    keys = [dg.AssetKey(f"{source}_{table}") for source in sources for table in ("landing", "rejects")]
+    return (
+        len(requests) == 1
+        and requests[0].job_name == "stedi_ingest_job"
+        and sorted(requests[0].asset_selection or []) == sorted(keys)
+        and requests[0].run_key is None
+    )
+
+
+def _ticks_follow_the_landing_zone(source: str, add_file, change_file) -> None:
     instance = dg.DagsterInstance.ephemeral()
     requests, skipped, cursor = _tick(instance, None)
+    # the first tick runs every zone at once: nothing is known of what was ingested before
     assert len(requests) == 1 and skipped is None
-    assert requests[0].job_name in (None, "stedi_ingest_job")
+    assert requests[0].job_name == "stedi_lakehouse_job" and requests[0].asset_selection is None
     assert _tick(instance, cursor) == ([], "no new, changed or removed landing file", cursor)
 
     add_file()
     requests, _, after_add = _tick(instance, cursor)
-    assert len(requests) == 1 and after_add != cursor and requests[0].run_key is None
+    assert _ingests(requests, source) and after_add != cursor
     assert _tick(instance, after_add)[0] == []
 
     change_file()
     requests, _, after_change = _tick(instance, after_add)
-    assert len(requests) == 1 and after_change not in (cursor, after_add)
+    assert _ingests(requests, source) and after_change not in (cursor, after_add)
 
 
 def test_the_sensor_requests_an_ingest_for_each_new_or_changed_local_file(
@@ -50,7 +64,7 @@ def test_the_sensor_requests_an_ingest_for_each_new_or_changed_local_file(
     new = tiny_landing / "accelerometer" / "accelerometer-2.json"
     reading = {"user": "Erin@test.com", "timestamp": T2 + 1, "x": 1.0, "y": 0.0, "z": 0.0}
     _ticks_follow_the_landing_zone(
-        lambda: write_jsonl(new, [reading]), lambda: write_jsonl(new, [reading, reading])
+        "accelerometer", lambda: write_jsonl(new, [reading]), lambda: write_jsonl(new, [reading, reading])
     )
 
 
@@ -65,15 +79,15 @@ def test_the_sensor_follows_an_s3_landing_prefix(
     new = tiny_landing / "step_trainer" / "step_trainer-2.json"
     reading = {"sensorReadingTime": T2 + 1, "serialNumber": "S-E", "distanceFromObject": 200}
 
-    def add() -> None:
+    def add() -> None:  # uploads just the step trainer folder: every upload is a new object
         write_jsonl(new, [reading])
-        upload_tree(tiny_landing, bucket, "landing")
+        upload_tree(new.parent, bucket, "landing/step_trainer")
 
     def change() -> None:
         write_jsonl(new, [reading, reading])
-        upload_tree(tiny_landing, bucket, "landing")
+        upload_tree(new.parent, bucket, "landing/step_trainer")
 
-    _ticks_follow_the_landing_zone(add, change)
+    _ticks_follow_the_landing_zone("step_trainer", add, change)
 
 
 def test_a_landing_zone_without_files_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -127,30 +141,46 @@ def test_a_failed_run_is_posted_to_the_webhook_without_personal_data(
     ]
 
 
-@pytest.mark.parametrize(("broken", "follows"), [("step_trainer", True), ("customer", False)])
-def test_the_zones_follow_a_failed_ingest_only_when_the_customers_were_ingested(
-    tiny_landing: Path, tmp_path: Path, broken: str, follows: bool
+@pytest.mark.parametrize("folder", ["customer", "erasure_requests"])
+def test_a_change_of_what_consent_is_decided_from_runs_every_zone_in_one_run(
+    tiny_landing: Path, monkeypatch: pytest.MonkeyPatch, folder: str
 ):
+    """Privacy first: new customer records or erasure requests are not left to automation's waves."""
+    monkeypatch.setenv("STEDI_LANDING_URI", str(tiny_landing))
+    instance = dg.DagsterInstance.ephemeral()
+    cursor = _tick(instance, None)[2]
+    write_jsonl(tiny_landing / "accelerometer" / "accelerometer-2.json", [_READING])
+    line = customer("Zed Z", "S-Z", T2) if folder == "customer" else {"email": "Erin@test.com"}
+    write_jsonl(tiny_landing / folder / f"{folder}-2.json", [line])
+
+    requests, _, _ = _tick(instance, cursor)
+
+    assert len(requests) == 1 and requests[0].job_name == "stedi_lakehouse_job"
+    assert requests[0].asset_selection is None  # every zone, the new readings included
+
+
+_READING = {"user": "Erin@test.com", "timestamp": T2 + 1, "x": 1.0, "y": 0.0, "z": 0.0}
+
+
+@pytest.mark.parametrize(("broken", "decided"), [("step_trainer", True), ("customer", False)])
+def test_consent_is_decided_in_the_run_of_every_zone_even_when_a_reading_source_fails(
+    tiny_landing: Path, tmp_path: Path, broken: str, decided: bool
+):
+    """A withdrawal never waits for a broken reading file: in the one run of every zone, the consent
+    decision depends only on the customers and the erasure requests."""
     for path in (tiny_landing / broken).iterdir():
         path.unlink()
     (tiny_landing / broken).rmdir()
-    instance = dg.DagsterInstance.ephemeral()
     config = run_config(landing_uri=str(tiny_landing), lakehouse_uri=str(tmp_path / "lh"))
-    ingest = defs.resolve_job_def("stedi_ingest_job").execute_in_process(
-        run_config=config, instance=instance, raise_on_error=False
-    )
-    assert not ingest.success
-    context = dg.build_run_status_sensor_context(
-        sensor_name="stedi_zones_after_failed_ingest",
-        dagster_event=ingest.get_run_failure_event(),
-        dagster_instance=instance,
-        dagster_run=instance.get_run_by_id(ingest.run_id),
+    result = defs.resolve_job_def("stedi_lakehouse_job").execute_in_process(
+        run_config=config,
+        instance=dg.DagsterInstance.ephemeral(),
+        tags=range_tags(TINY_DAY, TINY_DAY),
+        raise_on_error=False,
     )
 
-    request = zones_after_failed_ingest(context)
-
-    if follows:
-        assert isinstance(request, dg.RunRequest) and request.run_key == ingest.run_id
-        assert request.run_config == config
-    else:
-        assert request == dg.SkipReason("the customers or the erasure requests were not ingested")
+    assert not result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert ("customer_trusted" in materialized) is decided
+    assert ("accelerometer_trusted" in materialized) is decided
+    assert f"{broken}_landing" not in materialized

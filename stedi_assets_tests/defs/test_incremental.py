@@ -14,9 +14,8 @@ import pytest
 from deltalake import DeltaTable
 from polars.testing import assert_frame_equal
 
-from stedi_assets.cli import run_config, run_lakehouse
+from stedi_assets.cli import run_lakehouse
 from stedi_assets.definitions import defs
-from stedi_assets.defs.automation import zones_after_ingest
 from stedi_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags
 from stedi_assets.storage.lakehouse import Lakehouse, LandingZone
 from stedi_assets_tests.helpers import T2, TINY_DAY, customer, write_jsonl
@@ -471,36 +470,26 @@ def _users(tmp_path: Path) -> list[str]:
     return users.str.to_lowercase().to_list()
 
 
-def test_the_sensor_runs_the_zones_over_the_days_the_scheduled_ingest_changed(
-    tiny_landing: Path, tmp_path: Path
+def test_the_schedule_runs_every_zone_in_one_run_over_the_days_that_changed(
+    tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    instance, config = dg.DagsterInstance.ephemeral(), run_config(**_settings(tiny_landing, tmp_path))
+    settings, instance = _settings(tiny_landing, tmp_path), dg.DagsterInstance.ephemeral()
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    write_jsonl(tiny_landing / ACCEL / "accelerometer-2.json", NEW_READINGS)  # on the same day
+    write_jsonl(tiny_landing / "customer" / "customer-2.json", [customer("Zed Z", "S-Z", None)])
+    monkeypatch.setenv("STEDI_LANDING_URI", settings["landing_uri"])
+    monkeypatch.setenv("STEDI_LAKEHOUSE_URI", settings["lakehouse_uri"])
     schedule = defs.resolve_schedule_def("stedi_daily_refresh")
+
     request = schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests[0]
-    assert schedule.job_name == "stedi_ingest_job"
-    ingest = defs.resolve_job_def("stedi_ingest_job").execute_in_process(
-        run_config=config, instance=instance, tags=request.tags
-    )
-    assert ingest.success
-    ingested = {e.asset_key.to_user_string() for e in ingest.get_asset_materialization_events()}
-    assert "customer_landing" in ingested and "customer_trusted" not in ingested
-    context = dg.build_run_status_sensor_context(
-        sensor_name="stedi_zones_after_ingest",
-        dagster_event=ingest.get_run_success_event(),
-        dagster_instance=instance,
-        dagster_run=instance.get_run_by_id(ingest.run_id),
-    )
 
-    request = zones_after_ingest(context)
-
-    assert request.run_key == ingest.run_id
-    assert request.tags == range_tags(TINY_DAY, TINY_DAY)
-    zones = defs.resolve_job_def("stedi_zones_job").execute_in_process(
-        run_config=request.run_config, instance=instance, tags=request.tags
-    )
-    assert zones.success
-    assert pl.read_delta(str(_table(tmp_path, "curated", "machine_learning_curated"))).height == 5
-    assert instance.get_materialized_partitions(dg.AssetKey("machine_learning_curated")) == {TINY_DAY}
+    assert schedule.job_name == "stedi_lakehouse_job" and request.asset_selection is None
+    assert range_tags(TINY_DAY, TINY_DAY).items() <= request.tags.items()  # the newest day with readings
+    run = defs.resolve_job_def("stedi_lakehouse_job").execute_in_process(instance=instance, tags=request.tags)
+    assert run.success
+    materialized = {e.asset_key.to_user_string() for e in run.get_asset_materialization_events()}
+    assert {"customer_landing", "customer_trusted", "machine_learning_curated"} <= materialized
+    assert pl.read_delta(str(_table(tmp_path, "trusted", "accelerometer_trusted"))).height == 4
 
 
 def test_a_reading_dated_outside_the_partitions_is_done_by_any_run_and_never_widens_its_range(

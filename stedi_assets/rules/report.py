@@ -1,16 +1,19 @@
 """What the report draws: small aggregates of the tables, computed lazily so only they are collected.
 
-No aggregate names anyone: the sampled customers are numbered 1..n, chosen by the keyed hash of
-their identity (stable under one pseudonym key, unrelated to who they are), and their readings are
+No aggregate names anyone: the sampled customers are numbered 1..n, chosen by a hash of their
+identity seeded from the pseudonym key (stable under one key, unrelated to who they are; the hash
+never leaves the process), and their readings are
 placed by the time elapsed since their own first reading, not by when they were taken.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import polars as pl
 
 from stedi_assets.rules.catalog import CURATED, LANDING, TABLES, TRUSTED
-from stedi_assets.rules.identity import with_pseudonym
+from stedi_assets.rules.identity import canonical
 
 REPORT_PATH = "report/curated_report.html"
 """Where the report's HTML file lands, relative to the lakehouse root: it holds charts drawn
@@ -54,20 +57,29 @@ def histogram(frame: pl.LazyFrame, column: str, bins: int = BINS) -> pl.LazyFram
     )
 
 
+def sample_seed(secret: bytes) -> int:
+    """The 64-bit seed of the sample's hash, derived from the pseudonym key."""
+    return int.from_bytes(hashlib.sha256(b"stedi.report.sample\0" + secret).digest()[:8], "big")
+
+
 def sampled_people(frame: pl.LazyFrame, column: str, secret: bytes, n: int = SAMPLE) -> pl.LazyFrame:
-    """Up to `n` people of `column`, those whose keyed hash is smallest, numbered 1..n in that order,
-    as (each spelling of their identity in `column`, customer number)."""
-    spellings = frame.select(column).unique().drop_nulls()
-    hashed = with_pseudonym(spellings, column, secret, "_hash")
+    """Up to `n` people of `column`, those whose identity (canonical form) has the smallest hash
+    seeded from `secret`, numbered 1..n in that order, as (each spelling of their identity in
+    `column`, customer number). Polars' own hash, not the pseudonym's HMAC: it only orders people,
+    and hashes every identity in one vectorized pass."""
+    spellings = (
+        frame.select(column).unique().drop_nulls().with_columns(canonical(pl.col(column)).alias("_canonical"))
+    )
+    rank = pl.col("_canonical").hash(seed=sample_seed(secret))
     chosen = (
-        hashed.select("_hash")
+        spellings.select("_canonical")
         .unique()
-        .sort("_hash")
+        .sort(rank, "_canonical")
         .head(n)
         .with_row_index(CUSTOMER, offset=1)
         .with_columns(pl.col(CUSTOMER).cast(pl.Int64))
     )
-    return hashed.join(chosen, on="_hash").select(column, CUSTOMER)
+    return spellings.join(chosen, on="_canonical").select(column, CUSTOMER)
 
 
 def magnitude_series(

@@ -6,7 +6,6 @@ import polars as pl
 from polars.testing import assert_frame_equal
 
 from stedi_assets.rules import report
-from stedi_assets.rules.identity import pseudonym
 
 SECRET = b"report-test-key"
 
@@ -36,9 +35,10 @@ def test_histogram_of_one_value_is_one_bin_and_of_nothing_is_empty():
     assert nothing.height == 0
 
 
-def _order(*emails: str) -> list[str]:
-    """Canonical emails in the order of their keyed hashes: the order the sample numbers them."""
-    return sorted(emails, key=lambda email: pseudonym(email, SECRET))
+def _order(*emails: str, secret: bytes = SECRET) -> list[str]:
+    """Canonical emails in the order of their hashes seeded from the key (the sample's order)."""
+    hashes = pl.Series(emails).hash(seed=report.sample_seed(secret)).to_list()
+    return [email for _, email in sorted(zip(hashes, emails, strict=True))]
 
 
 def test_the_sample_is_numbered_by_keyed_hash_and_spellings_of_one_person_share_a_number():
@@ -64,6 +64,16 @@ def test_the_sample_is_the_same_every_time_and_at_most_n():
     assert_frame_equal(first, again)
     assert first["customer"].to_list() == [1, 2, 3, 4, 5]
     assert first["user"].to_list() == _order(*(f"p{i}@x.com" for i in range(20)))[:5]
+
+
+def test_another_key_samples_other_people():
+    people = [f"p{i}@x.com" for i in range(20)]
+    frame = pl.LazyFrame({"user": people})
+
+    other = report.sampled_people(frame, "user", b"another key").collect().sort("customer")
+
+    assert other["user"].to_list() == _order(*people, secret=b"another key")[:5]
+    assert other["user"].to_list() != _order(*people)[:5]
 
 
 def _readings() -> pl.LazyFrame:

@@ -139,17 +139,13 @@ def reading_table(declared: Table, inputs: list[str], decided_from: list[str]) -
     table it is decided from (`decided_from`) changed and its last build was made from an older
     version of it: that rebuilds it whole, whatever day a run targets."""
     due = DaysToRecompute(declared)
-    trigger = (
-        (_updated(dg.AssetSelection.assets(*inputs)) & due)
-        | due.newly_true()
-        | (
+    trigger = (_updated(dg.AssetSelection.assets(*inputs)) & due) | due.newly_true()
+    if decided_from:
+        trigger |= (
             _changed(dg.AssetSelection.assets(*decided_from))
             & dg.AutomationCondition.in_latest_time_window()
             & DecidedFromNewer(declared)
         )
-        if decided_from
-        else (_updated(dg.AssetSelection.assets(*inputs)) & due) | due.newly_true()
-    )
     return _once_inputs_settle(trigger, f"days of {declared.name} to recompute")
 
 

@@ -18,7 +18,8 @@ from stedi_assets.definitions import defs
 from stedi_assets.defs.automation import new_landing_files, zones_automation
 from stedi_assets.defs.partitions import EVENT_DAYS, RANGE_END_TAG, RANGE_START_TAG
 from stedi_assets.rules.catalog import INGESTED_AT, LINE_NUMBER, SOURCE_FILE
-from stedi_assets_tests.helpers import T2, TINY_DAY, customer, write_jsonl
+from stedi_assets.storage.lakehouse import Lakehouse
+from stedi_assets_tests.helpers import T2, TINY_DAY, customer, read_table, write_jsonl
 
 NEXT_DAY_MS = T2 + 86_400_000
 NEXT_DAY = dt.datetime.fromtimestamp(NEXT_DAY_MS / 1000, dt.UTC).date().isoformat()
@@ -29,13 +30,14 @@ TABLES = {
 }
 
 
-class Lakehouse:
-    """A lakehouse run by its sensors and automation, as a deployment's code location runs it."""
+class Deployment:
+    """A lakehouse (a folder, or a bucket of the S3 test server) run by its sensors and automation,
+    as a deployment's code location runs it."""
 
-    def __init__(self, landing: Path, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.landing, self.root = landing, root
+    def __init__(self, landing: Path, lakehouse: Lakehouse, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.landing, self.lakehouse = landing, lakehouse
         monkeypatch.setenv("STEDI_LANDING_URI", str(landing))
-        monkeypatch.setenv("STEDI_LAKEHOUSE_URI", str(root))
+        monkeypatch.setenv("STEDI_LAKEHOUSE_URI", lakehouse.root)
         monkeypatch.setenv("STEDI_PSEUDONYM_KEY", "automation-test-key")  # a fresh build pseudonymizes alike
         self.instance = dg.DagsterInstance.ephemeral()
         self.landing_cursor: str | None = None
@@ -85,32 +87,32 @@ class Lakehouse:
         assert result.success
 
     def table(self, zone: str, name: str) -> pl.DataFrame:
-        frame = pl.read_delta(str(self.root / zone / name))
-        frame = frame.drop(c for c in (SOURCE_FILE, LINE_NUMBER, INGESTED_AT) if c in frame.columns)
-        return frame.sort(frame.columns)
+        return _comparable(read_table(self.lakehouse, zone, name))
 
 
-def _assert_as_built_from_scratch(lakehouse: Lakehouse, tmp_path: Path) -> None:
-    scratch = tmp_path / "scratch"
+def _comparable(frame: pl.DataFrame) -> pl.DataFrame:
+    """Rows without provenance (which file and line, when ingested), in one order."""
+    frame = frame.drop(c for c in (SOURCE_FILE, LINE_NUMBER, INGESTED_AT) if c in frame.columns)
+    return frame.sort(frame.columns)
+
+
+def _assert_as_built_from_scratch(deployment: Deployment, tmp_path: Path) -> None:
+    scratch = Lakehouse(str(tmp_path / "scratch"))
     summary = run_lakehouse(
         instance=dg.DagsterInstance.ephemeral(),
-        landing_uri=str(lakehouse.landing),
-        lakehouse_uri=str(scratch),
+        landing_uri=str(deployment.landing),
+        lakehouse_uri=scratch.root,
     )
     assert summary["success"], summary["errors"]
     for zone, names in TABLES.items():
         for name in names:
-            expected = pl.read_delta(str(scratch / zone / name))
-            expected = expected.drop(
-                c for c in (SOURCE_FILE, LINE_NUMBER, INGESTED_AT) if c in expected.columns
-            )
-            assert_frame_equal(lakehouse.table(zone, name), expected.sort(expected.columns))
+            assert_frame_equal(deployment.table(zone, name), _comparable(read_table(scratch, zone, name)))
 
 
 @pytest.fixture
-def running(tiny_landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lakehouse:
-    """The tiny lakehouse as its first landing tick builds it, with automation caught up."""
-    lakehouse = Lakehouse(tiny_landing, tmp_path / "lakehouse", monkeypatch)
+def running(tiny_landing: Path, lakehouse: Lakehouse, monkeypatch: pytest.MonkeyPatch) -> Deployment:
+    """The tiny lakehouse (local or on S3) as its first landing tick builds it, automation caught up."""
+    lakehouse = Deployment(tiny_landing, lakehouse, monkeypatch)
     assert [r.job_name for r in lakehouse.landing_tick()] == ["stedi_lakehouse_job"]
     assert lakehouse.automate() == []
     return lakehouse
@@ -127,7 +129,7 @@ def _readings(landing: Path, name: str, user: str, serial: str, at: int) -> None
     )
 
 
-def test_new_readings_flow_downstream_over_just_their_day(running: Lakehouse, tmp_path: Path):
+def test_new_readings_flow_downstream_over_just_their_day(running: Deployment, tmp_path: Path):
     _readings(running.landing, "next-day", "Erin@test.com", "S-E", NEXT_DAY_MS)
 
     requests = running.landing_tick()
@@ -167,7 +169,7 @@ def test_a_customer_who_gains_phone_data_brings_their_device_readings_of_every_d
         tiny_landing / "step_trainer" / "carol.json",
         [{"sensorReadingTime": T2, "serialNumber": "S-C", "distanceFromObject": 90}],
     )
-    lakehouse = Lakehouse(tiny_landing, tmp_path / "lakehouse", monkeypatch)
+    lakehouse = Deployment(tiny_landing, Lakehouse(str(tmp_path / "lakehouse")), monkeypatch)
     lakehouse.landing_tick()
     assert lakehouse.automate() == []
     assert "S-C" not in lakehouse.table("trusted", "step_trainer_trusted")["serialNumber"].to_list()
@@ -191,7 +193,7 @@ def test_a_customer_who_gains_phone_data_brings_their_device_readings_of_every_d
 
 @pytest.mark.parametrize("withdrawn", [True, False])
 def test_new_customer_records_run_every_zone_at_once_and_automation_then_does_the_days_left(
-    running: Lakehouse, tmp_path: Path, withdrawn: bool
+    running: Deployment, tmp_path: Path, withdrawn: bool
 ):
     """New customer records and new readings together: one run of every zone, over the days known
     before its ingest. When the consent decision changed, the reading tables are rebuilt whole, the
@@ -217,7 +219,7 @@ def test_new_customer_records_run_every_zone_at_once_and_automation_then_does_th
     _assert_as_built_from_scratch(running, tmp_path)
 
 
-def test_automation_asks_once_per_change(running: Lakehouse):
+def test_automation_asks_once_per_change(running: Deployment):
     """A request not yet run (or a run that failed) is not asked again on every tick."""
     _readings(running.landing, "next-day", "Erin@test.com", "S-E", NEXT_DAY_MS)
     running.landing_tick()
@@ -231,7 +233,7 @@ def test_automation_asks_once_per_change(running: Lakehouse):
 
 
 def test_automation_requests_no_day_when_the_lakehouse_cannot_be_read(
-    running: Lakehouse, monkeypatch: pytest.MonkeyPatch
+    running: Deployment, monkeypatch: pytest.MonkeyPatch
 ):
     _readings(running.landing, "next-day", "Erin@test.com", "S-E", NEXT_DAY_MS)
     running.landing_tick()

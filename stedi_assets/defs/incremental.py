@@ -229,6 +229,27 @@ def on_rebuilt_days(frame: pl.LazyFrame, rebuild: Rebuild) -> pl.LazyFrame:
     return frame.filter(pl.col(EVENT_DAY).cast(pl.String).is_in(rebuild.days))
 
 
+def mark_days_written(
+    context: dg.AssetExecutionContext, lakehouse: Lakehouse, uri: str, version: int, targeted: Sequence[str]
+) -> None:
+    """After a whole rebuild by a run that targeted only some days: marks as materialized the other
+    days the table now holds readings in that Dagster has never seen materialized (a first build
+    from the landing sensor's run, a new day rebuilt with a consent change), so the partitions the UI
+    shows match the table. Days Dagster already knows keep their last materialization: a rebuild
+    over a thousand days does not write a thousand events."""
+    try:
+        held = {day for day in lakehouse.partition_values(uri, version) if day is not None and in_window(day)}
+    except StorageError:
+        return  # best effort: the table is published either way
+    known = context.instance.get_materialized_partitions(context.asset_key)
+    for day in sorted(held - known - set(targeted)):
+        context.log_event(
+            dg.AssetMaterialization(
+                context.asset_key, partition=day, metadata={"written_by": "a whole rebuild"}
+            )
+        )
+
+
 def recompute_by_day(
     context: dg.AssetExecutionContext,
     lakehouse: Lakehouse,
@@ -247,12 +268,11 @@ def recompute_by_day(
     published under the consent contract `verify` replacing just those days; no write when no input
     day changed. When `verify` is a blocking check's own predicate (`guard`), its pass on the staged
     files is recorded for that check (check_scope.vouch), which then examines nothing it already saw."""
+    targeted = targeted_days(context)
     try:
         parents = guard.parents if guard else {}
         decided_from = {name: opened.version() for name, (_, opened) in parents.items()}
-        rebuild = plan_rebuild(
-            lakehouse, table, inputs_of(table), digest, targeted_days(context), decided_from
-        )
+        rebuild = plan_rebuild(lakehouse, table, inputs_of(table), digest, targeted, decided_from)
     except StorageError as error:  # only a transient one is retried, as every other write's
         raise as_failure(error) from error
     extra = dict(metadata or {})
@@ -272,6 +292,8 @@ def recompute_by_day(
     def published(version: int, read_version: int | None) -> None:
         if guard is not None and version != read_version:  # the guard's pass stands for its check
             vouch(lakehouse, table.name, uri, guard, read_version, rebuild.days, made)
+        if rebuild.days is None and targeted is not None and version != read_version:
+            mark_days_written(context, lakehouse, uri, version, targeted)
 
     written = Publication(
         parts, "consent", verify, made, replace_partitions=rebuild.days, published=published

@@ -15,6 +15,7 @@ import json
 import warnings
 
 import dagster as dg
+from dagster_aws.s3.sensor import get_objects
 
 from stedi_assets.defs.glue import CATALOG_GROUP
 from stedi_assets.defs.incremental import refresh_range
@@ -73,11 +74,11 @@ CONSENT_SOURCES = frozenset({CUSTOMER.name, ERASURE_REQUESTS})
 def landing_signatures(landing: LandingZone) -> dict[str, str]:
     """Per landing folder that holds files, a digest of every file's path, size, modification time
     and ETag: it changes exactly when a file is added, changed or removed (the ingest's manifest
-    decides by the same facts)."""
+    decides by the same facts). An S3 prefix is listed with dagster-aws (`get_objects`)."""
     signatures = {}
     for source in (*(source.name for source in SOURCES), ERASURE_REQUESTS):
         digest, files = hashlib.sha256(), 0
-        for file in landing.files(source, optional=True):
+        for file in landing.files(source, optional=True, list_objects=get_objects):
             digest.update(f"{file.uri}\0{file.size}\0{file.modified.isoformat()}\0{file.etag}\n".encode())
             files += 1
         if files:

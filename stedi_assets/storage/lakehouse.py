@@ -624,6 +624,15 @@ def _before_damage(inflater: Any, data: bytes) -> bytes:
     return inflater.decompress(data[:good], READ_BLOCK)
 
 
+ObjectLister = Callable[..., Sequence[Mapping[str, Any]]]
+"""Lists the objects under a prefix: `(bucket=, prefix=, client=)` -> list_objects_v2 `Contents` entries."""
+
+
+def _paginated_objects(bucket: str, prefix: str, client: Any) -> list[Mapping[str, Any]]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [obj for page in pages for obj in page.get("Contents", [])]
+
+
 @dataclass(frozen=True)
 class LandingZone:
     """The raw JSON-lines files under `<root>/<source>/`, plain or gzip-compressed, from a folder or
@@ -644,14 +653,20 @@ class LandingZone:
     root: str
     s3: S3Options = field(default_factory=S3Options)
 
-    def files(self, source: str, optional: bool = False) -> list[LandingFile]:
+    def files(
+        self, source: str, optional: bool = False, list_objects: ObjectLister | None = None
+    ) -> list[LandingFile]:
         """Every `*.json` and `*.json.gz` file under <root>/<source>/, in path order.
 
-        A missing folder (or an empty prefix) is an error, unless the source is `optional`.
+        A missing folder (or an empty prefix) is an error, unless the source is `optional`. On S3 the
+        objects are listed by `list_objects(bucket=, prefix=, client=)` (default: list_objects_v2
+        page by page; the landing sensor passes dagster-aws's `get_objects`).
         """
         root = self.root.rstrip("/")
         try:
-            return self._list_s3(root, source) if is_s3(root) else self._list_local(root, source)
+            if is_s3(root):
+                return self._list_s3(root, source, list_objects or _paginated_objects)
+            return self._list_local(root, source)
         except NoSuchSource:
             if optional:
                 return []
@@ -872,17 +887,12 @@ class LandingZone:
                 )
         return listed
 
-    def _list_s3(self, root: str, source: str) -> list[LandingFile]:
+    def _list_s3(self, root: str, source: str, list_objects: ObjectLister) -> list[LandingFile]:
         parsed = urlparse(root)
         bucket, prefix = parsed.netloc, f"{parsed.path.strip('/')}/{source}/".lstrip("/")
         uri = f"s3://{bucket}/{prefix}"
-        client = self.s3.boto3_client()
         try:
-            listed = [
-                obj
-                for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-                for obj in page.get("Contents", [])
-            ]
+            listed = list_objects(bucket=bucket, prefix=prefix, client=self.s3.boto3_client())
         except (ClientError, BotoCoreError) as error:
             raise classify(uri, error, LANDING_SETTING, self.s3.endpoint) from error
         if not listed:

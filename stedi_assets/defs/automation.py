@@ -154,15 +154,19 @@ def new_landing_files(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg
 
 # custom conditions (defs/conditions.py) need the beta `use_user_code_server`; what it does is tested
 warnings.filterwarnings("ignore", message=".*`use_user_code_server`.*", category=dg.BetaWarning)
+# Dagster's own check of a backfill request calls its deprecated AssetSelection.keys: not ours to fix
+warnings.filterwarnings(
+    "ignore", message="Function `AssetSelection.keys` is deprecated", category=DeprecationWarning
+)
 zones_automation = dg.AutomationConditionSensorDefinition(
     "stedi_zones_automation",
     target=ZONES,
     use_user_code_server=True,
-    emit_backfills=False,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Declarative automation of the trusted and curated zones (defs/conditions.py): new "
-    "readings flow downstream over the days they changed, one run per table and range of days.",
+    "readings flow downstream over the days they changed; several days of a table are one backfill, run "
+    "as one run (BackfillPolicy.single_run).",
 )
 
 

@@ -13,8 +13,10 @@ through the zones, each table when its inputs changed and only over the days tha
 - the report follows any table it draws.
 
 Each waits while an input is in progress or about to be requested, and asks once per change (a
-failed run is not retried every tick). A consent decision is not automated: a change of the
-customers or the erasure requests runs the whole zone in one run (the sensor and the schedule).
+failed run is not retried every tick). Several days of a table are one backfill, which the daemon
+runs as one run per range of days (BackfillPolicy.single_run). A consent decision is not
+automated: a change of the customers or the erasure requests runs the whole zone in one run (the
+sensor and the schedule).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from polars.testing import assert_frame_equal
 from stedi_assets.cli import run_lakehouse
 from stedi_assets.definitions import defs
 from stedi_assets.defs.automation import new_landing_files, zones_automation
-from stedi_assets.defs.partitions import EVENT_DAYS, RANGE_END_TAG, RANGE_START_TAG
+from stedi_assets.defs.partitions import EVENT_DAYS, RANGE_END_TAG, RANGE_START_TAG, range_tags
 from stedi_assets.rules.catalog import INGESTED_AT, LINE_NUMBER, SOURCE_FILE
 from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets_tests.helpers import T2, TINY_DAY, customer, read_table, write_jsonl
@@ -54,20 +54,36 @@ class Deployment:
         return requests
 
     def automation_tick(self, execute: bool = True) -> list[tuple[str, ...]]:
-        """One tick of stedi_zones_automation: what each run request targets ((asset, ...), partition)."""
+        """One tick of stedi_zones_automation, each request run: what each run targets, as (asset, ...,
+        partition or START..END). A request for several days of a table is a backfill, which the
+        daemon runs as one run per range of days (BackfillPolicy.single_run): so it is run here."""
         context = dg.build_sensor_context(
             instance=self.instance, cursor=self.automation_cursor, definitions=defs
         )
         result = zones_automation.evaluate_tick(context)
         self.automation_cursor = result.cursor
-        requests = list(result.run_requests or [])
+        runs: list[tuple[list[dg.AssetKey], dict[str, str], str]] = []
+        for request in result.run_requests or []:
+            if request.asset_graph_subset is None:
+                keys, day = list(request.asset_selection or []), request.partition_key
+                runs.append((keys, range_tags(day, day) if day else {}, day or ""))
+                continue
+            days_of: dict[frozenset[str], list[dg.AssetKey]] = {}
+            for key, days in request.asset_graph_subset.partitions_subsets_by_asset_key.items():
+                days_of.setdefault(frozenset(days.get_partition_keys()), []).append(key)
+            for days, keys in days_of.items():
+                subset = EVENT_DAYS.subset_with_partition_keys(days)
+                for span in subset.get_partition_key_ranges(EVENT_DAYS):
+                    runs.append((keys, range_tags(span.start, span.end), f"{span.start}..{span.end}"))
+            keys = list(request.asset_graph_subset.non_partitioned_asset_keys)
+            runs += [(keys, {}, "")] if keys else []
         if execute:
-            for request in requests:
-                self._execute(defs.resolve_implicit_global_asset_job_def(), request)
-        return sorted(
-            (*sorted(k.to_user_string() for k in request.asset_selection or []), request.partition_key or "")
-            for request in requests
-        )
+            for keys, tags, _ in runs:
+                executed = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+                    instance=self.instance, tags=tags, asset_selection=keys
+                )
+                assert executed.success
+        return sorted((*sorted(k.to_user_string() for k in keys), days) for keys, _, days in runs)
 
     def automate(self) -> list[list[tuple[str, ...]]]:
         """Automation ticks, each request run, until a tick requests nothing: the waves."""
@@ -79,10 +95,7 @@ class Deployment:
 
     def _execute(self, job: dg.JobDefinition, request: dg.RunRequest) -> None:
         result = job.execute_in_process(
-            instance=self.instance,
-            tags=request.tags,
-            asset_selection=request.asset_selection,
-            partition_key=request.partition_key,
+            instance=self.instance, tags=request.tags, asset_selection=request.asset_selection
         )
         assert result.success
 
@@ -188,7 +201,11 @@ def test_a_customer_who_gains_phone_data_brings_their_device_readings_of_every_d
         [("accelerometer_trusted", TINY_DAY)],
         [("customer_curated", "")],
         [("step_trainer_trusted", TODAY)],
-        [("machine_learning_curated", TINY_DAY), ("machine_learning_curated", TODAY)],
+        # two days apart: one backfill, run as one run per range of days
+        [
+            ("machine_learning_curated", f"{TINY_DAY}..{TINY_DAY}"),
+            ("machine_learning_curated", f"{TODAY}..{TODAY}"),
+        ],
         [("curated_report", "")],
     ]
     assert "S-C" in lakehouse.table("trusted", "step_trainer_trusted")["serialNumber"].to_list()
@@ -226,8 +243,9 @@ def test_new_customer_records_run_every_zone_at_once_and_automation_then_does_th
     _assert_as_built_from_scratch(running, tmp_path)
 
 
-def test_automation_asks_once_per_change(running: Deployment):
-    """A request not yet run (or a run that failed) is not asked again on every tick."""
+def test_automation_asks_once_per_change_and_catches_up_with_the_next(running: Deployment, tmp_path: Path):
+    """A request not yet run (or a run that failed) is not asked again on every tick; the next
+    change of the table's inputs asks for its days and the days still due."""
     _readings(running.landing, "next-day", "Erin@test.com", "S-E", NEXT_DAY_MS)
     running.landing_tick()
 
@@ -237,6 +255,17 @@ def test_automation_asks_once_per_change(running: Deployment):
     # the report follows the landing table, which the pending request does not hold back here: in a
     # deployment that run is in progress, and the report waits for it
     assert running.automation_tick(execute=False) == [("curated_report", "")]
+
+    day_after = NEXT_DAY_MS + 86_400_000
+    _readings(running.landing, "day-after", "Erin@test.com", "S-E", day_after)
+    running.landing_tick()
+    after = dt.datetime.fromtimestamp(day_after / 1000, dt.UTC).date().isoformat()
+    # the two days are one backfill, run as one run of both tables over them
+    waves = running.automate()
+    assert waves[0] == [("accelerometer_trusted", "step_trainer_trusted", f"{NEXT_DAY}..{after}")]
+    for name in ("accelerometer_trusted", "step_trainer_trusted", "machine_learning_curated"):
+        assert {NEXT_DAY, after} <= running.instance.get_materialized_partitions(dg.AssetKey(name))
+    _assert_as_built_from_scratch(running, tmp_path)
 
 
 def test_automation_requests_no_day_when_the_lakehouse_cannot_be_read(

@@ -107,6 +107,16 @@ def daily_refresh(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.S
         return dg.SkipReason(f"cannot read the lakehouse: {error}")
 
 
+def _signatures_seen(cursor: str | None) -> dict[str, str] | None:
+    """The per-folder signatures a cursor holds; None for no cursor or one this sensor did not write
+    (an earlier release kept one digest of everything): then every zone runs, as on a first tick."""
+    try:
+        seen = json.loads(cursor) if cursor else None
+    except ValueError:
+        return None
+    return seen if isinstance(seen, dict) else None
+
+
 def _selection(sources: set[str]) -> list[dg.AssetKey]:
     return [
         dg.AssetKey(table.name)
@@ -132,7 +142,7 @@ def new_landing_files(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg
         signatures = landing_signatures(storage.landing)
         if not signatures:
             return dg.SkipReason("the landing zone holds no file")
-        seen = json.loads(context.cursor) if context.cursor else None
+        seen = _signatures_seen(context.cursor)
         changed = {
             source
             for source in {*signatures, *(seen or {})}

@@ -90,6 +90,21 @@ def test_the_sensor_follows_an_s3_landing_prefix(
     _ticks_follow_the_landing_zone("step_trainer", add, change)
 
 
+@pytest.mark.parametrize("cursor", ["3f9a0c2e7d", "12345", "[1, 2]", "not json"])
+def test_a_cursor_this_sensor_did_not_write_runs_every_zone(
+    tiny_landing: Path, monkeypatch: pytest.MonkeyPatch, cursor: str
+):
+    """An earlier release kept one digest of the whole landing zone: the first tick after an upgrade
+    runs every zone, as a first tick does, and the next compares folder by folder."""
+    monkeypatch.setenv("STEDI_LANDING_URI", str(tiny_landing))
+    instance = dg.DagsterInstance.ephemeral()
+
+    requests, skipped, after = _tick(instance, cursor)
+
+    assert [r.job_name for r in requests] == ["stedi_lakehouse_job"] and skipped is None
+    assert _tick(instance, after) == ([], "no new, changed or removed landing file", after)
+
+
 def test_a_landing_zone_without_files_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("STEDI_LANDING_URI", str(tmp_path / "empty"))
     assert _tick(dg.DagsterInstance.ephemeral(), None) == ([], "the landing zone holds no file", None)

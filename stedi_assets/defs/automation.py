@@ -27,6 +27,7 @@ from stedi_assets.storage.alerts import AlertNotSent, post_alert
 from stedi_assets.storage.environment import alert_webhook
 from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.lakehouse import Lakehouse, LandingZone
+from stedi_assets.storage.manifest import signature
 from stedi_assets.storage.resources import InvalidSettings, StediStorage
 
 INGEST = dg.AssetSelection.groups(PRIVACY, LANDING, QUARANTINE)
@@ -72,14 +73,14 @@ CONSENT_SOURCES = frozenset({CUSTOMER.name, ERASURE_REQUESTS})
 
 
 def landing_signatures(landing: LandingZone) -> dict[str, str]:
-    """Per landing folder that holds files, a digest of every file's path, size, modification time
-    and ETag: it changes exactly when a file is added, changed or removed (the ingest's manifest
-    decides by the same facts). An S3 prefix is listed with dagster-aws (`get_objects`)."""
+    """Per landing folder that holds files, a digest of every file's path and its manifest signature
+    (size, modification time, ETag): it changes exactly when a file is added, changed or removed, by
+    the facts the ingest's manifest decides by. An S3 prefix is listed with dagster-aws (`get_objects`)."""
     signatures = {}
     for source in (*(source.name for source in SOURCES), ERASURE_REQUESTS):
         digest, files = hashlib.sha256(), 0
         for file in landing.files(source, optional=True, list_objects=get_objects):
-            digest.update(f"{file.uri}\0{file.size}\0{file.modified.isoformat()}\0{file.etag}\n".encode())
+            digest.update(json.dumps([file.uri, signature(file)], sort_keys=True).encode() + b"\n")
             files += 1
         if files:
             signatures[source] = digest.hexdigest()

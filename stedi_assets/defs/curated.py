@@ -18,12 +18,15 @@ from stedi_assets.defs.incremental import fingerprint, recompute_by_day
 from stedi_assets.defs.settings import StediSettings, commit_properties
 from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import (
+    ACCELEROMETER_TRUSTED,
     CUSTOMER_CURATED,
     MACHINE_LEARNING_CURATED,
+    STEP_TRAINER_TRUSTED,
 )
 from stedi_assets.rules.identity import SUBJECT_ID
+from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.io_manager import Publication
-from stedi_assets.storage.resources import StediStorage, pseudonym_of
+from stedi_assets.storage.resources import StediStorage, as_failure, pseudonym_of
 
 CUSTOMERS_HAVE_ACCELEROMETER_DATA = contracts.Membership(
     "customers_have_accelerometer_data",
@@ -64,7 +67,13 @@ def customer_curated(
 
     Its data version is a digest of its rows: the tables decided from it (step_trainer_trusted,
     machine_learning_curated) follow it by automation only when the population changed."""
-    curated = transforms.customer_curated(customer_trusted, accelerometer_trusted).collect()
+    plan = transforms.customer_curated(customer_trusted, accelerometer_trusted)
+    lakehouse = storage.lakehouse
+    try:  # one row per customer, from every reading's user: collected in bounded memory
+        readings = lakehouse.table_uri(ACCELEROMETER_TRUSTED.zone, ACCELEROMETER_TRUSTED.name)
+        curated = lakehouse.reading(readings, plan, streaming=True)
+    except StorageError as error:
+        raise as_failure(error) from error
     publication = Publication(
         curated.lazy(),
         "consent",
@@ -82,14 +91,12 @@ def customer_curated(
         ["step_trainer_trusted", "accelerometer_trusted"],
         ["customer_curated"],
     ),
+    deps=[STEP_TRAINER_TRUSTED.name, ACCELEROMETER_TRUSTED.name, CUSTOMER_CURATED.name],
 )
 def machine_learning_curated(
     context,  # unannotated: this module defers annotations, which Dagster cannot read for the context
     settings: StediSettings,
     storage: StediStorage,
-    step_trainer_trusted: pl.LazyFrame,
-    accelerometer_trusted: pl.LazyFrame,
-    customer_curated: pl.LazyFrame,
 ) -> dg.MaterializeResult:
     """Step Trainer readings joined to accelerometer readings of the same timestamp (and, with
     ml_join=same_customer, of the device's owner only)."""

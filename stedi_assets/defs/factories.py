@@ -4,7 +4,7 @@ privacy guard, and the check factories (referential contracts and table-level co
 
 # No `from __future__ import annotations` here: Dagster reads the context annotation at runtime.
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +30,15 @@ SEVERITY = {
 
 
 def table_asset(
-    declared: Table, daily: bool = False, automation: dg.AutomationCondition | None = None
+    declared: Table,
+    daily: bool = False,
+    automation: dg.AutomationCondition | None = None,
+    deps: Sequence[str] = (),
 ) -> Callable[..., dg.AssetsDefinition]:
     """@dg.asset for a declared table: its zone is the group, its description the table's; `daily`:
     partitioned by event day, a backfill of any range in one run; `automation`: when declarative
-    automation requests it (defs/conditions.py).
+    automation requests it (defs/conditions.py); `deps`: tables it reads itself, at the versions it
+    opens (a reading table's inputs and its guard's parent), so the IO manager loads none of them.
 
     The pool `delta_<table>` lets an instance limit writers of one table to one step at a time.
     """
@@ -49,6 +53,7 @@ def table_asset(
         retry_policy=STORAGE_RETRY,
         pool=f"delta_{declared.name}",
         automation_condition=automation,
+        deps=list(deps),
     )
 
 

@@ -257,14 +257,9 @@ def _standing_decision(lakehouse: Lakehouse, uri: str, seen: dict[str, object]) 
     ACCELEROMETER_TRUSTED,
     daily=True,
     automation=conditions.reading_table(ACCELEROMETER_TRUSTED, ["accelerometer_landing"], []),
+    deps=["accelerometer_landing", CUSTOMER_TRUSTED.name],
 )
-def accelerometer_trusted(
-    context,
-    settings: StediSettings,
-    storage: StediStorage,
-    accelerometer_landing: pl.LazyFrame,
-    customer_trusted: pl.LazyFrame,
-) -> dg.MaterializeResult:
+def accelerometer_trusted(context, settings: StediSettings, storage: StediStorage) -> dg.MaterializeResult:
     """Accelerometer readings whose user is a trusted customer (under consent_policy=from_consent_date,
     taken since they consented). Only the days whose landing readings changed are recomputed, unless
     the consent decision changed."""
@@ -291,13 +286,12 @@ def accelerometer_trusted(
     STEP_TRAINER_TRUSTED,
     daily=True,
     automation=conditions.reading_table(STEP_TRAINER_TRUSTED, ["step_trainer_landing"], ["customer_curated"]),
+    deps=["step_trainer_landing", CUSTOMER_CURATED.name],
 )
 def step_trainer_trusted(
     context,
     settings: StediSettings,
     storage: StediStorage,
-    step_trainer_landing: pl.LazyFrame,
-    customer_curated: pl.LazyFrame,
     customer_landing: pl.LazyFrame,
     customer_rejects: pl.LazyFrame,
 ) -> dg.MaterializeResult:

@@ -125,10 +125,11 @@ class Lakehouse:
     def _failure(self, uri: str, error: BaseException) -> StorageError:
         return classify(uri, error, LAKEHOUSE_SETTING, self.s3.endpoint)
 
-    def reading(self, uri: str, plan: pl.LazyFrame) -> pl.DataFrame:
-        """Collects a plan that reads `uri`; a missing or unreadable data file is a StorageError."""
+    def reading(self, uri: str, plan: pl.LazyFrame, streaming: bool = False) -> pl.DataFrame:
+        """Collects a plan that reads `uri` (`streaming`: in bounded memory, for a small result of a
+        large table); a missing or unreadable data file is a StorageError."""
         try:
-            return plan.collect()
+            return plan.collect(engine="streaming") if streaming else plan.collect()
         except (OSError, DeltaError, pl.exceptions.ComputeError) as error:
             raise self._failure(uri, error) from error
 
@@ -479,11 +480,7 @@ class Lakehouse:
             return False
         uri = self.file_uri(path)
         try:
-            if is_s3(uri):
-                parsed = urlparse(uri)
-                self.s3.boto3_client().delete_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
-            else:
-                Path(uri).unlink(missing_ok=True)
+            self._delete_object(uri)
         except (OSError, ClientError, BotoCoreError) as error:
             raise self._failure(uri, error) from error
         return True
@@ -495,16 +492,18 @@ class Lakehouse:
         head = self.s3.boto3_client().head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
         return int(head["ContentLength"])
 
+    def _delete_object(self, target: str) -> None:
+        """Deletes one file or S3 object (none there: nothing to do); the client's own error if not."""
+        if is_s3(target):
+            parsed = urlparse(target)
+            self.s3.boto3_client().delete_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+        else:
+            Path(target).unlink(missing_ok=True)
+
     def _delete(self, targets: list[str]) -> None:
         for target in targets:
-            try:
-                if is_s3(target):
-                    parsed = urlparse(target)
-                    self.s3.boto3_client().delete_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
-                else:
-                    Path(target).unlink(missing_ok=True)
-            except (OSError, ClientError, BotoCoreError):
-                pass
+            with contextlib.suppress(OSError, ClientError, BotoCoreError):
+                self._delete_object(target)
 
     def open(self, uri: str, version: int | None = None) -> DeltaTable:
         """The table at one version (default: the latest); TableMissing when it was never written."""

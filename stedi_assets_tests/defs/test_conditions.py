@@ -17,7 +17,7 @@ from stedi_assets.cli import run_lakehouse
 from stedi_assets.definitions import defs
 from stedi_assets.defs.automation import new_landing_files, zones_automation
 from stedi_assets.defs.partitions import EVENT_DAYS, RANGE_END_TAG, RANGE_START_TAG, range_tags
-from stedi_assets.rules.catalog import INGESTED_AT, LINE_NUMBER, SOURCE_FILE
+from stedi_assets.rules.catalog import PROVENANCE
 from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets_tests.helpers import T2, TINY_DAY, customer, read_table, write_jsonl
 
@@ -105,7 +105,7 @@ class Deployment:
 
 def _comparable(frame: pl.DataFrame) -> pl.DataFrame:
     """Rows without provenance (which file and line, when ingested), in one order."""
-    frame = frame.drop(c for c in (SOURCE_FILE, LINE_NUMBER, INGESTED_AT) if c in frame.columns)
+    frame = frame.drop(c.name for c in PROVENANCE if c.name in frame.columns)
     return frame.sort(frame.columns)
 
 

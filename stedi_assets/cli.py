@@ -167,32 +167,55 @@ def run_lakehouse(
     instance = instance or _instance()
     release_dead_runs(instance)
     job, results = defs.resolve_job_def(JOB), []
-    for phase in ("ingest", "zones"):
-        in_phase = {key for key in keys if (key in ingest) == (phase == "ingest")}
-        phase_checks = {check for check in checks if (check.asset_key in ingest) == (phase == "ingest")}
-        if not in_phase and not phase_checks:
-            continue
-        tags = {"stedi/launched_by": "stedi run", **process_tags()}
-        if phase == "zones":
-            try:
-                tags |= range_tags(*(days or refresh_range(storage.lakehouse)))
-            except StorageError as error:
-                return summarize(*results, planning_error=f"planning the days to run: {error.message}")
-        on_phase(
-            "ingesting new landing files"
-            if phase == "ingest"
-            else f"trusted and curated zones, days {tags[RANGE_START_TAG]}..{tags[RANGE_END_TAG]}"
-        )
-        result = job.get_subset(
-            asset_selection=in_phase, asset_check_selection=phase_checks
-        ).execute_in_process(
-            run_config=run_config(log_level, **settings), instance=instance, raise_on_error=False, tags=tags
-        )
-        results.append(result)
-        failed = {event.step_key for event in result.all_events if event.is_step_failure}
-        if not result.success and not (phase == "ingest" and failed and zones_follow(failed)):
-            break
+    with _one_planned_event_per_asset(instance):
+        for phase in ("ingest", "zones"):
+            in_phase = {key for key in keys if (key in ingest) == (phase == "ingest")}
+            phase_checks = {check for check in checks if (check.asset_key in ingest) == (phase == "ingest")}
+            if not in_phase and not phase_checks:
+                continue
+            tags = {"stedi/launched_by": "stedi run", **process_tags()}
+            if phase == "zones":
+                try:
+                    tags |= range_tags(*(days or refresh_range(storage.lakehouse)))
+                except StorageError as error:
+                    return summarize(*results, planning_error=f"planning the days to run: {error.message}")
+            on_phase(
+                "ingesting new landing files"
+                if phase == "ingest"
+                else f"trusted and curated zones, days {tags[RANGE_START_TAG]}..{tags[RANGE_END_TAG]}"
+            )
+            result = job.get_subset(
+                asset_selection=in_phase, asset_check_selection=phase_checks
+            ).execute_in_process(
+                run_config=run_config(log_level, **settings),
+                instance=instance,
+                raise_on_error=False,
+                tags=tags,
+            )
+            results.append(result)
+            failed = {event.step_key for event in result.all_events if event.is_step_failure}
+            if not result.success and not (phase == "ingest" and failed and zones_follow(failed)):
+                break
     return summarize(*results)
+
+
+PLANNED_EVENTS_AS_SUBSETS = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
+
+
+@contextmanager
+def _one_planned_event_per_asset(instance: dg.DagsterInstance) -> Iterator[None]:
+    """In an ephemeral instance, a run over a range of days records one planned event per asset
+    instead of one per day (about 1.5 s less for a whole build of 100 days). Dagster then does not
+    mark the days of a failed run as failed: that instance is gone when `stedi run` ends, and the
+    run's own summary names the failure. A persistent instance keeps Dagster's default."""
+    if not instance.is_ephemeral or PLANNED_EVENTS_AS_SUBSETS in os.environ:
+        yield
+        return
+    os.environ[PLANNED_EVENTS_AS_SUBSETS] = "1"
+    try:
+        yield
+    finally:
+        del os.environ[PLANNED_EVENTS_AS_SUBSETS]
 
 
 def _given(names: Sequence[str], settings: dict[str, Any]) -> dict[str, Any]:

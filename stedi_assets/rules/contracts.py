@@ -54,9 +54,17 @@ def no_offending_rows(rows: pl.LazyFrame, what: str, severity: Severity = Severi
 
     `what` completes "<n> ...", e.g. "rows are exact duplicates of another row".
     """
-    frame = rows.with_columns(_n=pl.len()).head(SAMPLE_ROWS).collect()
-    count = int(frame["_n"][0]) if frame.height else 0
-    return Verdict(count == 0, f"{count} {what}", count, 0, frame.drop("_n"), severity)
+    return _offending(_sampled(rows).collect(), what, severity)
+
+
+def _sampled(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """The first SAMPLE_ROWS rows, each with the count of all rows (`_n`)."""
+    return rows.with_columns(_n=pl.len()).head(SAMPLE_ROWS)
+
+
+def _offending(sample: pl.DataFrame, what: str, severity: Severity = Severity.ERROR) -> Verdict:
+    count = int(sample["_n"][0]) if sample.height else 0
+    return Verdict(count == 0, f"{count} {what}", count, 0, sample.drop("_n"), severity)
 
 
 def consent_violations(
@@ -87,11 +95,18 @@ def consenting_only(
 def consent(
     customer_trusted: pl.LazyFrame, customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame
 ) -> Verdict:
-    """Only customers whose consent is certain are trusted, and every such customer is."""
-    privacy = consenting_only(customer_trusted, customer_landing, customer_rejects)
-    consenting = consenting_customers(customer_landing, customer_rejects)
-    expected = consenting.select(pl.len()).collect().item()
-    observed = customer_trusted.select(pl.len()).collect().item()
+    """Only customers whose consent is certain are trusted, and every such customer is.
+
+    One collection of the three answers, so the consent decision they share is made once."""
+    violations, consenting, trusted = pl.collect_all(
+        [
+            _sampled(consent_violations(customer_trusted, customer_landing, customer_rejects)),
+            consenting_customers(customer_landing, customer_rejects).select(pl.len()),
+            customer_trusted.select(pl.len()),
+        ]
+    )
+    privacy = _offending(violations, "trusted customers without current research consent")
+    expected, observed = consenting.item(), trusted.item()
     return Verdict(
         privacy.passed and observed == expected,
         f"{privacy.summary}; {observed} trusted of {expected} consenting customers in landing",

@@ -542,3 +542,34 @@ def test_a_withdrawal_is_carried_out_when_another_source_fails_to_ingest(tiny_la
     assert "alice@test.com" not in _users(tmp_path)
     training = pl.read_delta(str(_table(tmp_path, "curated", "machine_learning_curated")))
     assert training.height > 0 and "S-A" not in training["serialNumber"].to_list()
+
+
+def _planned_days(instance: dg.DagsterInstance, run_id: str, asset: str) -> list[str | None]:
+    """The partitions each planned-materialization event of `asset` in a run names (None: a subset)."""
+    return sorted(
+        (event.dagster_event.event_specific_data.partition or None)
+        for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
+        if event.dagster_event.event_specific_data.asset_key == dg.AssetKey(asset)
+    )
+
+
+def test_an_ephemeral_instance_records_one_planned_event_per_asset_and_a_kept_one_one_per_day(
+    tiny_landing: Path, tmp_path: Path
+):
+    """`stedi run` without DAGSTER_HOME plans each reading table once over its range of days (the
+    instance is gone when the run ends); an instance that is kept records every day, so Dagster can
+    mark the days of a failed run as failed. Neither leaves the setting behind."""
+    _two_days_of_readings(tiny_landing)
+    ephemeral = dg.DagsterInstance.ephemeral()
+    summary = run_lakehouse(instance=ephemeral, **_settings(tiny_landing, tmp_path / "ephemeral"))
+    assert summary["success"]
+    assert _planned_days(ephemeral, summary["run_ids"][-1], "accelerometer_trusted") == [None]
+    assert "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS" not in os.environ
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as kept:
+        summary = run_lakehouse(instance=kept, **_settings(tiny_landing, tmp_path / "kept"))
+        assert summary["success"]
+        assert _planned_days(kept, summary["run_ids"][-1], "accelerometer_trusted") == [
+            TINY_DAY,
+            SECOND_DAY.isoformat(),
+        ]

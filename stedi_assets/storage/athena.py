@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
 import polars as pl
 from botocore.config import Config
 from botocore.exceptions import (
@@ -152,6 +151,8 @@ def table_inputs(lakehouse: Lakehouse) -> list[dict[str, Any]]:
 def glue_client(s3: S3Options) -> Any:
     """A Glue client in the lakehouse's region; boto3 takes its endpoint from the standard variables
     (AWS_ENDPOINT_URL_GLUE, else AWS_ENDPOINT_URL), so an S3-only endpoint can be set apart."""
+    import boto3  # here, as environment.boto3_client does: every run would pay for it otherwise
+
     return boto3.client(
         "glue", region_name=s3.region, config=Config(retries={"mode": "standard"}, connect_timeout=5)
     )

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install browser demo lint test test-fast dev bench clean
+.PHONY: install browser demo lint test test-fast dev bench bench-ui clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ dev: install $(DAGSTER_HOME)/dagster.yaml
 BENCH_ARGS = $(if $(SCALES),--scales "$(SCALES)") $(if $(REPEATS),--repeats $(REPEATS)) $(if $(BENCH_DIR),--bench-dir "$(BENCH_DIR)")
 bench: install
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# A run launched from the web UI against `stedi run` on the same data (make bench-ui SCALE=100).
+bench-ui: install
+	$(BIN)/python -m benchmarks.ui_run $(if $(SCALE),--scale $(SCALE)) $(if $(REPEATS),--repeats $(REPEATS)) $(if $(BENCH_DIR),--bench-dir "$(BENCH_DIR)")
 
 clean:
 	rm -rf data lakehouse .dagster_home

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
@@ -91,6 +93,68 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class GraphQLError(RuntimeError):
+    """The web server answered with GraphQL errors."""
+
+
+def graphql(url: str, query: str, variables: dict[str, Any] | None = None) -> dict:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = json.loads(response.read())
+    if body.get("errors"):
+        raise GraphQLError("; ".join(error["message"] for error in body["errors"]))
+    return body["data"]
+
+
+@contextmanager
+def dagster_dev(home: Path, env: dict[str, str], timeout: float = 120) -> Iterator[str]:
+    """`dagster dev` on 127.0.0.1 from the repository root with DAGSTER_HOME=`home` and `env`; its
+    GraphQL URL once it serves the code location. Its sensors watch an empty landing folder (next
+    to `home`), so it starts no run of its own; its output goes to dagster_dev.log beside `home`."""
+    empty = home.parent / "empty"
+    empty.mkdir(exist_ok=True)
+    env = env | {
+        "DAGSTER_HOME": str(home),
+        "STEDI_LANDING_URI": str(empty),
+        "STEDI_LAKEHOUSE_URI": str(empty / "lakehouse"),
+    }
+    port, log = free_port(), home.parent / "dagster_dev.log"
+    with log.open("wb") as output:
+        server = subprocess.Popen(
+            [Path(sys.executable).parent / "dagster", "dev", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=Path(__file__).resolve().parents[1],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}/graphql"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if graphql(url, "{ assetNodes { id } }")["assetNodes"]:
+                    break
+            except (OSError, KeyError, TypeError, GraphQLError):
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"dagster dev did not serve the code location within {timeout} s:\n{tail}")
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
 
 
 def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 30) -> None:

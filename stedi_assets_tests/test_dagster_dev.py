@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,8 @@ import pytest
 from stedi_assets.definitions import defs
 from stedi_assets.defs.automation import lakehouse_job
 from stedi_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
-from stedi_assets_tests.helpers import free_port
+from stedi_assets_tests.helpers import dagster_dev as serve_dagster_dev
+from stedi_assets_tests.helpers import graphql
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -56,23 +56,6 @@ QUERY = """
   runsOrError { ... on Runs { results { runId status jobName } } }
 }
 """
-
-
-class GraphQLError(RuntimeError):
-    """The web server answered with GraphQL errors."""
-
-
-def graphql(url: str, query: str, variables: dict[str, Any] | None = None) -> dict:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        body = json.loads(response.read())
-    if body.get("errors"):
-        raise GraphQLError("; ".join(error["message"] for error in body["errors"]))
-    return body["data"]
 
 
 @pytest.fixture(scope="module")
@@ -99,47 +82,11 @@ def recorded_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="module")
 def dagster_dev(recorded_run: tuple[Path, str]) -> Iterator[str]:
+    """The web UI over the instance `stedi run` recorded into; runs launched here say where their
+    data is in run config."""
     home, _ = recorded_run
-    port = free_port()
-    # The sensor that watches the landing zone lists an empty folder, never the working tree's default
-    # (it would start runs of its own); runs launched here say where their data is in run config.
-    (home.parent / "empty").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STEDI_")} | {
-        "DAGSTER_HOME": str(home),
-        "STEDI_LANDING_URI": str(home.parent / "empty"),
-        "STEDI_LAKEHOUSE_URI": str(home.parent / "empty" / "lakehouse"),
-    }
-    log = home.parent / "dagster_dev.log"
-    with log.open("wb") as output:
-        server = subprocess.Popen(
-            [BIN / "dagster", "dev", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}/graphql"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if graphql(url, "{ assetNodes { id } }")["assetNodes"]:
-                    break
-            except (OSError, KeyError, TypeError, GraphQLError):
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"dagster dev did not serve the code location within 120 s:\n{tail}")
-            time.sleep(1)
+    with serve_dagster_dev(home, {k: v for k, v in os.environ.items() if not k.startswith("STEDI_")}) as url:
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
 
 
 def test_ui_serves_every_asset_and_check(dagster_dev: str):

@@ -205,7 +205,7 @@ PLANNED_EVENTS_AS_SUBSETS = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
 @contextmanager
 def _one_planned_event_per_asset(instance: dg.DagsterInstance) -> Iterator[None]:
     """In an ephemeral instance, a run over a range of days records one planned event per asset
-    instead of one per day (about 1.5 s less for a whole build of 100 days). Dagster then does not
+    instead of one per day (about half a second less for a whole build of 100 days). Dagster then does not
     mark the days of a failed run as failed: that instance is gone when `stedi run` ends, and the
     run's own summary names the failure. A persistent instance keeps Dagster's default."""
     if not instance.is_ephemeral or PLANNED_EVENTS_AS_SUBSETS in os.environ:

@@ -92,7 +92,9 @@ def funnel_chart(rows: dict[str, int]) -> bytes:
         "symlog", linthresh=1, linscale=0.3
     )  # logarithmic, and an empty table still has its place
     top = max([*rows.values(), 1])
-    axes.set_xticks([10**power for power in range(len(str(top)) + 1)])
+    # plain labels (1, 10, 100, 1k, ...): the default 10^n ones go through matplotlib's TeX parser
+    ticks = [10**power for power in range(len(str(top)) + 1)]
+    axes.set_xticks(ticks, labels=[_short(tick) for tick in ticks])
     axes.set_xlim(0, top * 8)
     axes.set_xlabel("rows (logarithmic scale)")
     axes.set_title("Rows per table, landing → trusted → curated")
@@ -102,6 +104,14 @@ def funnel_chart(rows: dict[str, int]) -> bytes:
         handles=[Patch(color=c, label=z) for z, c in ZONE_COLOURS.items()], loc="outside right upper"
     )
     return _png(figure)
+
+
+def _short(number: int) -> str:
+    """1, 10, 100, 1k, 10k, 100k, 1M, ...: a power of ten as a tick label."""
+    for size, suffix in ((10**9, "G"), (10**6, "M"), (10**3, "k")):
+        if number >= size:
+            return f"{number // size:,}{suffix}"
+    return str(number)
 
 
 def histogram_chart(bins: pl.DataFrame, readings: int) -> bytes:

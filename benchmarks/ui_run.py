@@ -31,68 +31,46 @@ from benchmarks.replicas import ensure_scale
 from benchmarks.run import DEFAULT_BENCH_DIR, stedi_env
 from stedi_assets.cli import JOB
 from stedi_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
-from stedi_assets_tests.helpers import GraphQLError, dagster_dev, graphql
+from stedi_assets.rules.catalog import TABLES
+from stedi_assets.storage.lakehouse import Lakehouse
+from stedi_assets_tests.helpers import GraphQLError, dagster_dev, finished_run, materialize_from_ui, run_tags
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TARGET = 1.5
-FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
-
-LAUNCH = """
-mutation Launch($executionParams: ExecutionParams!) {
-  launchPipelineExecution(executionParams: $executionParams) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on Error { message }
-  }
-}
-"""
-RUN = "query Run($runId: ID!) { runOrError(runId: $runId) { ... on Run { status tags { key value } } } }"
-JOB_ASSETS = """
-{
-  repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } }
-  assetNodes { assetKey { path } jobNames }
-}
-"""
 
 
-def recorded_stedi_run(landing: Path, lakehouse: Path, env: dict[str, str]) -> tuple[float, str]:
-    """(a): wall seconds, and the id of its last run (the zones, whose days (u) targets)."""
+def recorded_stedi_run(
+    landing: Path, lakehouse: Path, env: dict[str, str]
+) -> tuple[float, str, dict[str, int]]:
+    """(a): wall seconds, the id of its last run (the zones, whose days (u) targets) and its rows per
+    table."""
     command = [str(BIN / "stedi"), "run", "--landing", str(landing), "--lakehouse", str(lakehouse), "--json"]
     sample = measure(command, env=env)
     summary = json.loads(sample.stdout.strip().splitlines()[-1])
     if not summary["success"]:
         raise CommandFailed(f"stedi run failed: {summary.get('errors')}")
-    return sample.wall_s, summary["run_ids"][-1]
+    rows = {name: table["rows"] for name, table in summary["tables"].items()}
+    return sample.wall_s, summary["run_ids"][-1], rows
 
 
-def ui_run(url: str, landing: Path, lakehouse: Path, days: tuple[str, str]) -> float:
-    """(u): seconds from the Materialize mutation until its run finished successfully."""
-    served = graphql(url, JOB_ASSETS)
+def ui_run(
+    url: str, landing: Path, lakehouse: Path, days: tuple[str, str], expected: dict[str, int]
+) -> float:
+    """(u): seconds from the Materialize mutation until its run finished successfully, having written
+    the same rows as (a): a run that did less would not be a comparison."""
     storage = {"landing_uri": str(landing), "lakehouse_uri": str(lakehouse)}
-    (repository,) = served["repositoriesOrError"]["nodes"]
-    params = {
-        "selector": {
-            "repositoryLocationName": repository["location"]["name"],
-            "repositoryName": repository["name"],
-            "pipelineName": JOB,
-            "assetSelection": [n["assetKey"] for n in served["assetNodes"] if JOB in n["jobNames"]],
-        },
-        "runConfigData": {"resources": {"storage": {"config": storage}}},
-        "executionMetadata": {
-            "tags": [{"key": RANGE_START_TAG, "value": days[0]}, {"key": RANGE_END_TAG, "value": days[1]}]
-        },
-    }
     start = time.perf_counter()
-    launched = graphql(url, LAUNCH, {"executionParams": params})["launchPipelineExecution"]
-    if launched["__typename"] != "LaunchRunSuccess":
-        raise CommandFailed(f"the UI did not launch the run: {launched}")
-    run_id = launched["run"]["runId"]
-    while (status := graphql(url, RUN, {"runId": run_id})["runOrError"]["status"]) not in FINISHED:
-        time.sleep(0.1)
+    run_id, _ = materialize_from_ui(url, JOB, storage, days)
+    status = finished_run(url, run_id, timeout=3600, poll=0.1)
     wall = time.perf_counter() - start
     if status != "SUCCESS":
         raise CommandFailed(f"the run launched from the UI ended {status} (run {run_id})")
+    written = Lakehouse(str(lakehouse))
+    rows = {name: written.rows(written.table_uri(TABLES[name].zone, name)) for name in expected}
+    if rows != expected:
+        wrong = {name: (rows[name], count) for name, count in expected.items() if rows[name] != count}
+        raise CommandFailed(f"the run launched from the UI wrote other rows than stedi run: {wrong}")
     return wall
 
 
@@ -117,17 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with dagster_dev(home, env) as url:
             for repeat in range(options.repeats):
-                wall, run_id = recorded_stedi_run(landing.root, work / f"a-{repeat}", env)
+                wall, run_id, rows = recorded_stedi_run(landing.root, work / f"a-{repeat}", env)
                 walls["a"].append(wall)
-                tags = {
-                    t["key"]: t["value"] for t in graphql(url, RUN, {"runId": run_id})["runOrError"]["tags"]
-                }
+                tags = run_tags(url, run_id)
                 days = tags[RANGE_START_TAG], tags[RANGE_END_TAG]
-                walls["u"].append(ui_run(url, landing.root, work / f"u-{repeat}", days))
+                walls["u"].append(ui_run(url, landing.root, work / f"u-{repeat}", days, rows))
                 print(
                     f"repeat {repeat + 1}: (a) {walls['a'][-1]:.2f} s, (u) {walls['u'][-1]:.2f} s", flush=True
                 )
-    except (CommandFailed, GraphQLError, RuntimeError) as error:
+    except (CommandFailed, GraphQLError, RuntimeError, TimeoutError) as error:
         print(f"ui_run: error: {error}", file=sys.stderr)
         return 1
     finally:

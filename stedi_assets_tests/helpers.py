@@ -19,6 +19,7 @@ from typing import Any
 import boto3
 import polars as pl
 
+from stedi_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
 from stedi_assets.storage.lakehouse import Lakehouse
 
 REFERENCE_ENV = "STEDI_REFERENCE_DATA"
@@ -155,6 +156,76 @@ def dagster_dev(home: Path, env: dict[str, str], timeout: float = 120) -> Iterat
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
+
+
+LAUNCH = """
+mutation Launch($executionParams: ExecutionParams!) {
+  launchPipelineExecution(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on Error { message }
+  }
+}
+"""
+RUN = """
+query Run($runId: ID!) {
+  runOrError(runId: $runId) { __typename ... on Run { status tags { key value } } }
+}
+"""
+JOB_ASSETS = """
+{
+  repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } }
+  assetNodes { assetKey { path } groupName jobNames }
+}
+"""
+RUN_FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def run_tags(url: str, run_id: str) -> dict[str, str]:
+    run = graphql(url, RUN, {"runId": run_id})["runOrError"]
+    return {tag["key"]: tag["value"] for tag in run["tags"]}
+
+
+def materialize_from_ui(
+    url: str, job: str, storage: dict[str, str], days: tuple[str, str]
+) -> tuple[str, list[dict[str, Any]]]:
+    """Every asset of `job` materialized as the UI's Materialize button launches it: the
+    launchPipelineExecution mutation with the job, its assets, `storage` in run config and the
+    partition-range tags of `days`. The run's id, and the served asset nodes of the job (assetKey
+    {path}, groupName)."""
+    served = graphql(url, JOB_ASSETS)
+    (repository,) = served["repositoriesOrError"]["nodes"]
+    assets = [node for node in served["assetNodes"] if job in node["jobNames"]]
+    params = {
+        "selector": {
+            "repositoryLocationName": repository["location"]["name"],
+            "repositoryName": repository["name"],
+            "pipelineName": job,
+            "assetSelection": [node["assetKey"] for node in assets],
+        },
+        "runConfigData": {"resources": {"storage": {"config": storage}}},
+        "executionMetadata": {
+            "tags": [
+                {"key": tag, "value": day}
+                for tag, day in zip((RANGE_START_TAG, RANGE_END_TAG), days, strict=True)
+            ]
+        },
+    }
+    launched = graphql(url, LAUNCH, {"executionParams": params})["launchPipelineExecution"]
+    if launched["__typename"] != "LaunchRunSuccess":
+        raise GraphQLError(f"the UI did not launch the run: {launched}")
+    return launched["run"]["runId"], assets
+
+
+def finished_run(url: str, run_id: str, timeout: float = 300, poll: float = 1.0) -> str:
+    """The status a run ends with (SUCCESS, FAILURE or CANCELED), polled every `poll` seconds."""
+    deadline = time.monotonic() + timeout
+    while (status := graphql(url, RUN, {"runId": run_id})["runOrError"]["status"]) not in RUN_FINISHED:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"run {run_id} is still {status} after {timeout} s")
+        time.sleep(poll)
+    return status
 
 
 def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 30) -> None:

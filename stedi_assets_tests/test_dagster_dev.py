@@ -31,8 +31,8 @@ import pytest
 from stedi_assets.definitions import defs
 from stedi_assets.defs.automation import lakehouse_job
 from stedi_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
+from stedi_assets_tests.helpers import RUN_FINISHED, finished_run, graphql, materialize_from_ui, run_tags
 from stedi_assets_tests.helpers import dagster_dev as serve_dagster_dev
-from stedi_assets_tests.helpers import graphql
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -111,27 +111,6 @@ def test_ui_shows_the_run_recorded_by_stedi_run(dagster_dev: str, recorded_run: 
     assert {"runId": run_id, "status": "SUCCESS", "jobName": "stedi_lakehouse_job"} in runs
 
 
-LAUNCH = """
-mutation Launch($executionParams: ExecutionParams!) {
-  launchPipelineExecution(executionParams: $executionParams) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on RunConfigValidationInvalid { errors { message } }
-    ... on Error { message }
-  }
-}
-"""
-RUN = """
-query Run($runId: ID!) {
-  runOrError(runId: $runId) { __typename ... on Run { status tags { key value } } }
-}
-"""
-JOB_ASSETS = """
-{
-  repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } }
-  assetNodes { assetKey { path } groupName jobNames }
-}
-"""
 CHECK_RESULTS = """
 query Checks($assetKeys: [AssetKeyInput!]) {
   assetNodes(assetKeys: $assetKeys) {
@@ -145,7 +124,6 @@ query Checks($assetKeys: [AssetKeyInput!]) {
   }
 }
 """
-FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 RUN_TIMEOUT = 300
 
 
@@ -159,11 +137,6 @@ class UiRun:
     lakehouse: Path
 
 
-def run_tags(url: str, run_id: str) -> dict[str, str]:
-    run = graphql(url, RUN, {"runId": run_id})["runOrError"]
-    return {tag["key"]: tag["value"] for tag in run["tags"]}
-
-
 @pytest.fixture(scope="module")
 def ui_run(dagster_dev: str, recorded_run: tuple[Path, str]) -> UiRun:
     """Every asset of stedi_lakehouse_job materialized as the UI's Materialize button launches it: the
@@ -172,33 +145,10 @@ def ui_run(dagster_dev: str, recorded_run: tuple[Path, str]) -> UiRun:
     home, recorded_run_id = recorded_run
     recorded = run_tags(dagster_dev, recorded_run_id)
     days = recorded[RANGE_START_TAG], recorded[RANGE_END_TAG]
-    served = graphql(dagster_dev, JOB_ASSETS)
-    (repository,) = served["repositoriesOrError"]["nodes"]
-    assets = [node for node in served["assetNodes"] if lakehouse_job.name in node["jobNames"]]
     lakehouse = home.parent / "ui_lakehouse"
     storage = {"landing_uri": str(home.parent / "landing"), "lakehouse_uri": str(lakehouse)}
-    params = {
-        "selector": {
-            "repositoryLocationName": repository["location"]["name"],
-            "repositoryName": repository["name"],
-            "pipelineName": lakehouse_job.name,
-            "assetSelection": [node["assetKey"] for node in assets],
-        },
-        "runConfigData": {"resources": {"storage": {"config": storage}}},
-        "executionMetadata": {
-            "tags": [{"key": RANGE_START_TAG, "value": days[0]}, {"key": RANGE_END_TAG, "value": days[1]}]
-        },
-    }
-    launched = graphql(dagster_dev, LAUNCH, {"executionParams": params})["launchPipelineExecution"]
-    assert launched["__typename"] == "LaunchRunSuccess", launched
-    run_id = launched["run"]["runId"]
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while (status := graphql(dagster_dev, RUN, {"runId": run_id})["runOrError"]["status"]) not in FINISHED:
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"run {run_id} launched through GraphQL is still {status} after {RUN_TIMEOUT} s"
-            )
-        time.sleep(1)
+    run_id, assets = materialize_from_ui(dagster_dev, lakehouse_job.name, storage, days)
+    status = finished_run(dagster_dev, run_id, RUN_TIMEOUT)
     return UiRun(run_id, status, days, assets, lakehouse)
 
 
@@ -407,7 +357,7 @@ def test_a_backfill_from_the_ui_of_a_range_of_days_is_one_run_for_the_days(dagst
             "partitionBackfillOrError"
         ]
         runs = backfill["runs"]
-        if backfill["status"] in BACKFILL_DONE and all(run["status"] in FINISHED for run in runs):
+        if backfill["status"] in BACKFILL_DONE and all(run["status"] in RUN_FINISHED for run in runs):
             break
         if time.monotonic() > deadline:
             raise TimeoutError(f"backfill {launched['backfillId']} is still {backfill['status']}")

@@ -149,7 +149,7 @@ def plan_rebuild(
     if targeted is None:
         return Rebuild(sorted(due), frames, record())
     # days outside the partitions' window belong to no Dagster partition: every run does its share
-    chosen = {day for day in due if day in set(targeted) or not in_window(day)}
+    chosen = (due & set(targeted)) | (due - in_window(due))
     left = due - chosen
     return Rebuild(sorted(chosen), frames, record(left), len(left))
 
@@ -174,12 +174,11 @@ LANDING_READINGS = (ACCELEROMETER.landing, STEP_TRAINER.landing)
 
 def _present(lakehouse: Lakehouse, tables: Sequence[Table]) -> set[str]:
     """The days of the partitions' window in which `tables` hold readings (from their logs)."""
-    return {
+    return in_window(
         day
         for table in tables
         for day in lakehouse.partition_values(lakehouse.table_uri(table.zone, table.name))
-        if day is not None and in_window(day)
-    }
+    )
 
 
 def days_due(lakehouse: Lakehouse, declared: Table) -> set[str]:
@@ -190,7 +189,7 @@ def days_due(lakehouse: Lakehouse, declared: Table) -> set[str]:
     inputs = inputs_of(declared)
     changed = _days_changed(lakehouse, _built_from(lakehouse, declared), inputs)
     days = changed if changed is not None else _present(lakehouse, list(inputs.values()))
-    return {day for day in days if in_window(day)}
+    return in_window(days)
 
 
 def decided_from_newer(lakehouse: Lakehouse, declared: Table) -> bool:
@@ -238,7 +237,7 @@ def mark_days_written(
     shows match the table. Days Dagster already knows keep their last materialization: a rebuild
     over a thousand days does not write a thousand events."""
     try:
-        held = {day for day in lakehouse.partition_values(uri, version) if day is not None and in_window(day)}
+        held = in_window(lakehouse.partition_values(uri, version))
     except StorageError:
         return  # best effort: the table is published either way
     known = context.instance.get_materialized_partitions(context.asset_key)

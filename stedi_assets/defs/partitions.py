@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import dagster as dg
 
@@ -86,10 +86,13 @@ def range_tags(start: str | None = None, end: str | None = None) -> dict[str, st
     }
 
 
-def in_window(day: str) -> bool:
-    """Whether a day (YYYY-MM-DD) is one of the partitions today."""
+def in_window(days: Iterable[str | None]) -> set[str]:
+    """The days (YYYY-MM-DD) that are partitions today; None (rows of no day) is none. The window's
+    ends are worked out once for all the days (Dagster derives each from its cron schedule)."""
     first, last = EVENT_DAYS.get_first_partition_key(), EVENT_DAYS.get_last_partition_key()
-    return first is not None and last is not None and first <= day <= last
+    if first is None or last is None:
+        return set()
+    return {day for day in days if day is not None and first <= day <= last}
 
 
 def targeted_days(context: dg.AssetExecutionContext) -> Sequence[str] | None:

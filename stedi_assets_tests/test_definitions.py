@@ -123,7 +123,7 @@ def test_the_glue_catalog_is_optional_and_runs_after_every_table():
 
 def test_the_report_runs_in_the_zones_run_after_the_tables_it_draws():
     node = _graph().get(dg.AssetKey("curated_report"))
-    assert (node.group_name, set(node.kinds)) == ("report", {"polars", "matplotlib", "html"})
+    assert (node.group_name, set(node.kinds)) == ("report", {"polars", "svg", "html"})
     assert node.description and node.partitions_def is None
     drawn = {name for name, group in ASSETS.items() if group in ("landing", "trusted", "curated")}
     assert {p.to_user_string() for p in node.parent_keys} == drawn

@@ -1,6 +1,6 @@
 """The report: pictures of the lakehouse for people, drawn after the tables they show.
 
-Three charts (PNG, drawn by matplotlib's Agg renderer, no display): the rows of each table from
+Three charts (SVG, written from their numbers by rules/charts.py): the rows of each table from
 landing to curated (from the Delta logs, no data read), the distribution of distanceFromObject, and
 the accelerometer magnitude of up to five customers, numbered, never named. They are written as one
 standalone HTML file at <lakehouse>/report/curated_report.html; the two aggregate charts are also
@@ -10,14 +10,13 @@ shown with the materialization (the per-person one is not: see PER_PERSON).
 # No `from __future__ import annotations` here: Dagster reads the context annotation at runtime.
 import base64
 import html
-import io
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dagster as dg
 import polars as pl
 
-from stedi_assets.defs import conditions
+from stedi_assets.defs import charts, conditions
 from stedi_assets.defs.check_scope import VERDICT, recorded, release, remember, state, what_was_seen
 from stedi_assets.defs.factories import STORAGE_RETRY
 from stedi_assets.defs.partitions import SINGLE_RUN
@@ -35,134 +34,61 @@ from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.resources import StediStorage, as_failure, pseudonym_of
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
 REPORT_GROUP = "report"
 REPORT_PATH = report.REPORT_PATH
 DISTANCE = "distanceFromObject"
 OWNER, READ_AT = "user", "timestamp"
 """The columns of accelerometer_trusted naming the phone's owner and when a reading was taken."""
-DPI = 100
-PALETTE = 256
-SIZE = (7.0, 3.6)
-"""Inches: 700 x 360 pixels at DPI, a few tens of KB of PNG."""
+FUNNEL_TITLE = "Rows per table, landing → trusted → curated"
+NOTHING = "no readings yet"
+SVG = "image/svg+xml"
 ZONE_COLOURS = {LANDING: "#8da0cb", TRUSTED: "#66c2a5", CURATED: "#fc8d62"}
 UNITS = ((86_400_000, "days"), (3_600_000, "hours"), (60_000, "minutes"), (1_000, "seconds"))
 
 
-def _figure() -> "Figure":
-    """A new figure of the report's size. matplotlib is imported here, when a report is drawn, not when
-    the definitions load (it costs a third of a second at every start of a run or the code server)."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=SIZE, dpi=DPI, layout="constrained")
-
-
-def _png(figure: "Figure") -> bytes:
-    """The figure as a PNG of 256 colours at most (a third of the bytes of a true-colour one, the
-    same to the eye) with no text chunk."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from PIL import Image
-
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    image = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
-    buffer = io.BytesIO()
-    image.quantize(PALETTE, method=Image.Quantize.MEDIANCUT).save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
-
-
-def _nothing(figure: "Figure", title: str) -> bytes:
-    axes = figure.subplots()
-    axes.set_axis_off()
-    axes.set_title(title)
-    axes.text(0.5, 0.5, "no readings yet", ha="center", va="center")
-    return _png(figure)
-
-
 def funnel_chart(rows: dict[str, int]) -> bytes:
-    """One bar per table, landing at the top, coloured by zone, each labelled with its row count."""
-    figure = _figure()
-    axes = figure.subplots()
-    names = list(reversed(rows))
-    bars = axes.barh(names, [rows[n] for n in names], color=[ZONE_COLOURS[TABLES[n].zone] for n in names])
-    axes.bar_label(bars, labels=[f"{rows[n]:,}" for n in names], padding=3, fontsize=8)
-    axes.set_xscale(
-        "symlog", linthresh=1, linscale=0.3
-    )  # logarithmic, and an empty table still has its place
-    top = max([*rows.values(), 1])
-    # plain labels (1, 10, 100, 1k, ...): the default 10^n ones go through matplotlib's TeX parser
-    ticks = [10**power for power in range(len(str(top)) + 1)]
-    axes.set_xticks(ticks, labels=[_short(tick) for tick in ticks])
-    axes.set_xlim(0, top * 8)
-    axes.set_xlabel("rows (logarithmic scale)")
-    axes.set_title("Rows per table, landing → trusted → curated")
-    from matplotlib.patches import Patch
-
-    figure.legend(
-        handles=[Patch(color=c, label=z) for z, c in ZONE_COLOURS.items()], loc="outside right upper"
-    )
-    return _png(figure)
-
-
-def _short(number: int) -> str:
-    """1, 10, 100, 1k, 10k, 100k, 1M, ...: a power of ten as a tick label."""
-    for size, suffix in ((10**9, "G"), (10**6, "M"), (10**3, "k")):
-        if number >= size:
-            return f"{number // size:,}{suffix}"
-    return str(number)
+    """One bar per table, landing at the top, coloured by zone, each labelled with its row count, on
+    a logarithmic scale where an empty table still has its place."""
+    bars = [(name, count, ZONE_COLOURS[TABLES[name].zone]) for name, count in rows.items()]
+    keys = [(colour, zone) for zone, colour in ZONE_COLOURS.items()]
+    return charts.log_bars(FUNNEL_TITLE, bars, "rows (logarithmic scale)", keys)
 
 
 def histogram_chart(bins: pl.DataFrame, readings: int) -> bytes:
-    figure = _figure()
     title = f"{DISTANCE} in {STEP_TRAINER_TRUSTED.name} ({readings:,} readings)"
     if bins.is_empty():
-        return _nothing(figure, title)
-    axes = figure.subplots()
-    starts = bins[report.START].to_numpy()
-    axes.bar(starts, bins[report.COUNT].to_numpy(), width=bins[report.END].to_numpy() - starts, align="edge")
-    axes.set_xlabel(DISTANCE)
-    axes.set_ylabel("readings")
-    axes.set_title(title)
-    return _png(figure)
+        return charts.nothing(title, NOTHING)
+    columns = (bins[name].to_list() for name in (report.START, report.END, report.COUNT))
+    return charts.histogram(title, *columns, DISTANCE, "readings")
 
 
 def magnitude_chart(series: pl.DataFrame) -> bytes:
     """A line per sampled customer, labelled only by its number, over the time since its first
     reading (never the time it was taken)."""
-    figure = _figure()
     title = "Accelerometer magnitude √(x² + y² + z²) of sampled customers"
     if series.is_empty():
-        return _nothing(figure, title)
+        return charts.nothing(title, NOTHING)
     longest = int(series[report.ELAPSED].max() or 0)
     unit, name = next((ms, n) for ms, n in UNITS if longest >= 2 * ms or ms == UNITS[-1][0])
-    axes = figure.subplots()
-    for (customer,), part in series.group_by(report.CUSTOMER, maintain_order=True):
-        axes.plot(
-            part[report.ELAPSED].to_numpy() / unit,
-            part[report.MAGNITUDE].to_numpy(),
-            marker=".",
-            linewidth=1,
-            label=f"customer {customer}",
-        )
-    axes.set_xlabel(f"{name} since the customer's first reading (bucket means)")
-    axes.set_ylabel("magnitude")
-    axes.set_title(title)
-    axes.legend(fontsize=8)
-    return _png(figure)
+    lines = [
+        (f"customer {customer}", [t / unit for t in part[report.ELAPSED]], part[report.MAGNITUDE].to_list())
+        for (customer,), part in series.group_by(report.CUSTOMER, maintain_order=True)
+    ]
+    return charts.lines(
+        title, lines, f"{name} since the customer's first reading (bucket means)", "magnitude"
+    )
 
 
 def _uri(lakehouse: Lakehouse, table: Table) -> str:
     return lakehouse.table_uri(table.zone, table.name)
 
 
-def _page(charts: dict[str, tuple[str, bytes]], rows: dict[str, int], made: str) -> str:
+def _page(drawn: dict[str, tuple[str, bytes]], rows: dict[str, int], made: str) -> str:
     """A standalone HTML page: every image inline, nothing fetched."""
     figures = "".join(
         f'<h2>{html.escape(title)}</h2>\n<img alt="{html.escape(title)}" '
-        f'src="data:image/png;base64,{base64.b64encode(png).decode()}">\n'
-        for title, png in charts.values()
+        f'src="data:{SVG};base64,{base64.b64encode(svg).decode()}">\n'
+        for title, svg in drawn.values()
     )
     table = "".join(f"<tr><td>{html.escape(n)}</td><td>{r:,}</td></tr>" for n, r in rows.items())
     return (
@@ -185,13 +111,13 @@ PER_PERSON = frozenset({"accelerometer_magnitude"})
 the next zones run (the one that carries out a withdrawal or an erasure) redraws without them. The
 Dagster instance keeps every materialization's metadata for good, so they never go there."""
 AGGREGATE_CHARTS = ("funnel", "distance_histogram")
-"""The charts the materialization shows; their PNGs are also kept beside the HTML file, to be shown
+"""The charts the materialization shows; their SVG files are also kept beside the HTML file, to be shown
 again while nothing they draw changes."""
 
 
 @dg.asset(
     group_name=REPORT_GROUP,
-    kinds={"polars", "matplotlib", "html"},
+    kinds={"polars", "svg", "html"},
     deps=[t.name for t in report.FUNNEL],
     retry_policy=STORAGE_RETRY,
     backfill_policy=SINGLE_RUN,
@@ -211,15 +137,15 @@ def curated_report(context: dg.AssetExecutionContext, storage: StediStorage) -> 
         seen |= {name: state(uri, table) for name, (uri, table) in opened.items()}
         kept = _kept(lakehouse, seen)
         if kept is not None:
-            uri, pngs, numbers = kept
-            return dg.MaterializeResult(metadata={**_metadata(uri, pngs, rows, numbers), REDRAWN: False})
+            uri, images, numbers = kept
+            return dg.MaterializeResult(metadata={**_metadata(uri, images, rows, numbers), REDRAWN: False})
         step_readings = lakehouse.scan_opened(*opened[STEP_TRAINER_TRUSTED.name])
         bins = lakehouse.reading(steps, report.histogram(step_readings, DISTANCE))
         readings = lakehouse.scan_opened(*opened[ACCELEROMETER_TRUSTED.name])
         people = lakehouse.reading(phones, report.sampled_people(readings, OWNER, key.secret))
         series = lakehouse.reading(phones, report.magnitude_series(readings, people, OWNER, READ_AT))
         distances = int(bins[report.COUNT].sum())
-        charts = {
+        drawn = {
             "funnel": ("Rows per table, landing to curated", funnel_chart(rows)),
             "distance_histogram": (
                 f"{DISTANCE} in {STEP_TRAINER_TRUSTED.name}",
@@ -231,23 +157,23 @@ def curated_report(context: dg.AssetExecutionContext, storage: StediStorage) -> 
             ),
         }
         made = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC by run {context.run.run_id}"
-        pngs = {name: png for name, (_, png) in charts.items() if name not in PER_PERSON}
-        for name, png in pngs.items():  # aggregates only, shown again while nothing they draw changes
-            lakehouse.put_bytes(_png_path(name), png, "image/png")
-        uri = lakehouse.put_bytes(REPORT_PATH, _page(charts, rows, made).encode(), "text/html; charset=utf-8")
+        images = {name: svg for name, (_, svg) in drawn.items() if name not in PER_PERSON}
+        for name, svg in images.items():  # aggregates only, shown again while nothing they draw changes
+            lakehouse.put_bytes(_image_path(name), svg, SVG)
+        uri = lakehouse.put_bytes(REPORT_PATH, _page(drawn, rows, made).encode(), "text/html; charset=utf-8")
         numbers = {
             "step_trainer_readings": distances,
             "customers_sampled": series[report.CUSTOMER].n_unique(),
-            "image_bytes": sum(len(png) for _, png in charts.values()),
+            "image_bytes": sum(len(svg) for _, svg in drawn.values()),
         }
         remember(lakehouse, REPORT_NAME, DRAWN, {**seen, VERDICT: numbers})
     except StorageError as error:
         raise as_failure(error) from error
-    return dg.MaterializeResult(metadata={**_metadata(uri, pngs, rows, numbers), REDRAWN: True})
+    return dg.MaterializeResult(metadata={**_metadata(uri, images, rows, numbers), REDRAWN: True})
 
 
-def _png_path(name: str) -> str:
-    return f"{report.REPORT_PATH.rsplit('/', 1)[0]}/{name}.png"
+def _image_path(name: str) -> str:
+    return f"{report.REPORT_PATH.rsplit('/', 1)[0]}/{name}.svg"
 
 
 def _kept(lakehouse: Lakehouse, seen: dict[str, Any]) -> tuple[str, dict[str, bytes], dict[str, int]] | None:
@@ -259,17 +185,17 @@ def _kept(lakehouse: Lakehouse, seen: dict[str, Any]) -> tuple[str, dict[str, by
     numbers = record.get(VERDICT)
     if not isinstance(numbers, dict) or not lakehouse.has_file(REPORT_PATH):
         return None
-    pngs = {name: lakehouse.get_bytes(_png_path(name)) for name in AGGREGATE_CHARTS}
-    kept = {name: png for name, png in pngs.items() if png is not None}
-    return (lakehouse.file_uri(REPORT_PATH), kept, numbers) if len(kept) == len(pngs) else None
+    images = {name: lakehouse.get_bytes(_image_path(name)) for name in AGGREGATE_CHARTS}
+    kept = {name: svg for name, svg in images.items() if svg is not None}
+    return (lakehouse.file_uri(REPORT_PATH), kept, numbers) if len(kept) == len(images) else None
 
 
 def _metadata(
-    uri: str, pngs: dict[str, bytes], rows: dict[str, int], numbers: dict[str, int]
+    uri: str, images: dict[str, bytes], rows: dict[str, int], numbers: dict[str, int]
 ) -> dict[str, Any]:
     images = {  # aggregates only: the instance keeps every materialization's metadata for good
-        name: dg.MetadataValue.md(f"![{name}](data:image/png;base64,{base64.b64encode(png).decode()})")
-        for name, png in pngs.items()
+        name: dg.MetadataValue.md(f"![{name}](data:{SVG};base64,{base64.b64encode(svg).decode()})")
+        for name, svg in images.items()
     }
     return {
         "dagster/uri": dg.MetadataValue.path(uri),

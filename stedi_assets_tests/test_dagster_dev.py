@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -311,6 +312,29 @@ def test_ui_shows_the_checks_of_the_training_table(
     assert succeeded, "the run launched through the UI has no succeeded check to show"
     expect(page.get_by_text("Succeeded", exact=True)).to_have_count(len(succeeded))
     page.screenshot(path=screenshots / "machine-learning-curated-checks.png")
+
+
+def test_ui_draws_the_reports_aggregate_charts(page: Page, dagster_dev: str, screenshots: Path):
+    """curated_report's materialization shows its two aggregate charts: each Markdown value opens to
+    an SVG image the browser decodes at the chart's size (the UI's sanitizer lets data: images
+    through; a chart it refused or could not decode would be 0 pixels wide)."""
+    from playwright.sync_api import expect
+
+    from stedi_assets.defs.charts import WIDTH
+    from stedi_assets.defs.report import AGGREGATE_CHARTS
+
+    page.goto(dagster_dev.removesuffix("/graphql") + "/assets/curated_report")
+    for name in AGGREGATE_CHARTS:
+        row = page.locator("tr").filter(has=page.get_by_text(name, exact=True))
+        row.get_by_text("[Show Markdown]").click()
+        image = page.get_by_role("dialog").locator("img")
+        expect(image).to_have_count(1)
+        expect(image).to_have_attribute("src", re.compile(r"^data:image/svg\+xml;base64,"))
+        image.evaluate("image => image.decode()")  # rejects when the browser cannot decode it
+        assert image.evaluate("image => image.naturalWidth") == WIDTH, name
+        page.screenshot(path=screenshots / f"report-{name}.png")
+        page.get_by_role("dialog").get_by_role("button", name="Close").click()
+        expect(page.get_by_role("dialog")).to_have_count(0)
 
 
 BACKFILL = """

@@ -452,7 +452,8 @@ class ConsentDecision:
             subjects = with_pseudonym(decided, "email", secret, into=KEY).select(KEY, since)
             owners = with_key(decided, "serialNumber", "_serial").group_by("_serial").agg(since.max())
             attributable = attributable.join(owners, on="_serial", how="inner")
-        return cls(consenting.collect().lazy(), subjects.collect().lazy(), attributable.collect().lazy())
+        collected = pl.collect_all([consenting, subjects, attributable])  # the three at once
+        return cls(*(frame.lazy() for frame in collected))
 
     def _people(self, declared: Table) -> pl.LazyFrame:
         return self.subjects if declared.person == SUBJECT_ID else self.consenting

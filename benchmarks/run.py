@@ -7,6 +7,9 @@ machine hits every contender alike:
   (a) `stedi run --json` on a fresh lakehouse: the whole Dagster graph with its checks;
   (b) benchmarks/plain_polars.py and (c) benchmarks/duckdb_sql.py: the same five transforms;
   (d) benchmarks/parse_only.py: only parsing the JSON, the floor of any pipeline;
+  (f) benchmarks/own_rules.py: the lakehouse's own data rules (stedi_assets.rules) as a plain
+      script, without Dagster, checks or Delta: what (a) costs beyond it is the orchestration and
+      the checks, what it costs beyond (b) is the data work the lakehouse does and (b) does not;
   (e) at the largest scale only, `stedi run` again on (a)'s lakehouse after one new day of
       readings (1% of the lines) landed: what a daily run costs.
 
@@ -177,7 +180,8 @@ class Contenders:
         return measure([sys.executable, "-m", f"benchmarks.{module}", *map(str, args)], cwd=REPO)
 
     def round(self) -> Iterator[tuple[str, Sample]]:
-        """Runs each contender once, in the order (a), (e), (b), (c), (d), checking what each produced."""
+        """Runs each contender once, in the order (a), (e), (b), (c), (d), (f), checking what each
+        produced."""
         lakehouse = _fresh(self.runs / "lakehouse")
         sample, tables = self._stedi(lakehouse, "(a) stedi run")
         expect(tables, self.tables, "(a) stedi run")
@@ -203,6 +207,12 @@ class Contenders:
         sample = self._script("parse_only", self.landing.root)
         expect(json.loads(sample.stdout)["lines"], self.landing.lines, "(d) parse_only")
         yield "d", sample
+        out = _fresh(self.runs / "f")
+        sample = self._script("own_rules", self.landing.root, out)
+        landed = {f"{s}_landing": n for s, n in self.landing.lines.items()}
+        expect(json.loads(sample.stdout)["tables"], self.tables | landed, "(f) own_rules")
+        shutil.rmtree(out)
+        yield "f", sample
 
 
 def stedi_tables(stdout: str, who: str) -> dict[str, int]:
@@ -229,7 +239,7 @@ def measure_scale(
     contenders = Contenders(
         landing, increment, options.bench_dir / "runs", {t: reference[t] * scale for t in TABLES}
     )
-    results = {label: Result(label, landing.total_lines) for label in "abcd"}
+    results = {label: Result(label, landing.total_lines) for label in "abcdf"}
     if increment:
         # the incremental run reads only the new lines (the manifest says the rest is ingested)
         results["e"] = Result("e", sum(increment.new_lines.values()))

@@ -1,6 +1,6 @@
 """The report: pictures of the lakehouse for people, drawn after the tables they show.
 
-Three charts (SVG, written from their numbers by rules/charts.py): the rows of each table from
+Three charts (SVG, written from their numbers by defs/charts.py): the rows of each table from
 landing to curated (from the Delta logs, no data read), the distribution of distanceFromObject, and
 the accelerometer magnitude of up to five customers, numbered, never named. They are written as one
 standalone HTML file at <lakehouse>/report/curated_report.html; the two aggregate charts are also

@@ -23,11 +23,14 @@ from stedi_assets.rules.catalog import (
     MACHINE_LEARNING_CURATED,
     STEP_TRAINER_TRUSTED,
 )
-from stedi_assets.rules.identity import SUBJECT_ID
+from stedi_assets.rules.identity import SUBJECT_ID, pseudonym_map
 from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.io_manager import Publication
 from stedi_assets.storage.resources import StediStorage, as_failure, pseudonym_of
 
+SUBJECTS = "_subjects"
+"""What the training table's write decides once for all its parts (incremental.recompute_by_day): the
+pseudonym of each spelling of the readings' users."""
 CUSTOMERS_HAVE_ACCELEROMETER_DATA = contracts.Membership(
     "customers_have_accelerometer_data",
     "customer_curated",
@@ -119,6 +122,7 @@ def machine_learning_curated(
             key.secret,
             ml_join,
             ml_identity,
+            part[SUBJECTS],
         ),
         lambda staged: USERS_ARE_CURATED_CUSTOMERS.verdict(staged, owners, key.secret),
         commit_properties(settings, key),
@@ -129,6 +133,7 @@ def machine_learning_curated(
             "pseudonym_key": key.origin,
         },
         guard=guard,
+        decided=lambda days: {SUBJECTS: pseudonym_map(days["accelerometer_trusted"], "user", key.secret)},
     )
 
 

@@ -259,11 +259,14 @@ def recompute_by_day(
     properties: Mapping[str, str],
     metadata: Mapping[str, object] | None = None,
     guard: Guard | None = None,
+    decided: Callable[[dict[str, pl.LazyFrame]], dict[str, pl.LazyFrame]] | None = None,
 ) -> dg.MaterializeResult:
     """A reading table's write: of the days the run targets (targeted_days), those to recompute
     (plan_rebuild) from its inputs (READING_INPUTS), `compute` applied to each part of them (a few
     days of every input at a time, each part at most ROWS_PER_PART rows of all inputs together unless
-    one day holds more: memory bounded by a part),
+    one day holds more: memory bounded by a part), given also what `decided` makes of the inputs'
+    rows in all those days (small frames, such as which spellings of an identity are allowed:
+    decided once in one streaming pass, not again in every part),
     published under the consent contract `verify` replacing just those days; no write when no input
     day changed. When `verify` is a blocking check's own predicate (`guard`), its pass on the staged
     files is recorded for that check (check_scope.vouch), which then examines nothing it already saw."""
@@ -280,11 +283,16 @@ def recompute_by_day(
         return dg.MaterializeResult(
             value=None, metadata={**held, **rebuild.metadata, DAYS_COMPUTED: 0, **extra}
         )
+    rebuilt = {name: on_rebuilt_days(frame, rebuild) for name, frame in rebuild.inputs.items()}
     # parts bounded by the rows of every input together: a join's part holds both of its sides
-    days = day_parts(
-        pl.concat([on_rebuilt_days(f, rebuild).select(EVENT_DAY) for f in rebuild.inputs.values()])
-    )
-    parts = [compute({name: on_days(frame, part) for name, frame in rebuild.inputs.items()}) for part in days]
+    days = day_parts(pl.concat([frame.select(EVENT_DAY) for frame in rebuilt.values()]))
+    plans = decided(rebuilt) if decided else {}
+    collected = pl.collect_all(list(plans.values()), engine="streaming")  # small: identities, not rows
+    shared = {name: frame.lazy() for name, frame in zip(plans, collected, strict=True)}
+    parts = [
+        compute({**{name: on_days(frame, part) for name, frame in rebuild.inputs.items()}, **shared})
+        for part in days
+    ]
     extra[DAYS_COMPUTED] = sum(len(part) for part in days)
     uri, made = lakehouse.table_uri(table.zone, table.name), rebuild.properties(properties)
 

@@ -64,6 +64,9 @@ SERIALS_BELONG_TO_CURATED_CUSTOMERS = contracts.Membership(
 )
 
 
+USERS, SERIALS = "_users", "_serials"
+"""What a reading table's write decides once for all its parts (incremental.recompute_by_day): the
+spellings of the identities it keeps, trusted customers' users and trusted devices' serials."""
 DOWNSTREAM_OF_CONSENT = (
     ACCELEROMETER_TRUSTED,
     STEP_TRAINER_TRUSTED,
@@ -274,11 +277,14 @@ def accelerometer_trusted(context, settings: StediSettings, storage: StediStorag
         ACCELEROMETER_TRUSTED,
         fingerprint(consenting, policy.value),
         lambda part: transforms.accelerometer_trusted(
-            part["accelerometer_landing"], consenting.lazy(), policy
+            part["accelerometer_landing"], consenting.lazy(), policy, part[USERS]
         ),
         lambda staged: USERS_ARE_TRUSTED_CUSTOMERS.verdict(staged, parent),
         commit_properties(settings, key),
         guard=guard,
+        decided=lambda days: {
+            USERS: transforms.trusted_users(days["accelerometer_landing"], consenting.lazy())
+        },
     )
 
 
@@ -310,10 +316,15 @@ def step_trainer_trusted(
         storage.lakehouse,
         STEP_TRAINER_TRUSTED,
         fingerprint(devices, settings.consent_policy.value),
-        lambda part: transforms.readings_of_devices(part["step_trainer_landing"], devices.lazy()),
+        lambda part: transforms.readings_of_devices(
+            part["step_trainer_landing"], devices.lazy(), part[SERIALS]
+        ),
         lambda staged: SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(staged, parent),
         commit_properties(settings, key),
         guard=guard,
+        decided=lambda days: {
+            SERIALS: transforms.device_serials(days["step_trainer_landing"], devices.lazy())
+        },
     )
 
 

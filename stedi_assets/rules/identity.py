@@ -75,14 +75,20 @@ def with_key(frame: pl.LazyFrame, column: str, key: str = KEY) -> pl.LazyFrame:
     )
 
 
+def spellings(frame: pl.LazyFrame, column: str, other: pl.LazyFrame, key: str = KEY) -> pl.LazyFrame:
+    """The distinct values of `column` in `frame` whose canonical identity is one of other's `key`s,
+    with other's other columns: a few thousand rows, what join_on_identity joins the frame with."""
+    distinct = frame.select(pl.col(column)).unique().filter(pl.col(column).is_not_null())
+    return distinct.with_columns(canonical(pl.col(column)).alias(key)).join(other, on=key).drop(key)
+
+
 def join_on_identity(
     frame: pl.LazyFrame, column: str, other: pl.LazyFrame, key: str = KEY, how: str = "inner"
 ) -> pl.LazyFrame:
     """`frame` joined (`inner` or `semi`) to `other` where the canonical identity of `column` is
     other's `key`, without a `key` column. The identity is computed once per distinct value and the
     frame joined once, on its own column: a table of millions of readings is never joined twice."""
-    distinct = frame.select(pl.col(column)).unique().filter(pl.col(column).is_not_null())
-    matched = distinct.with_columns(canonical(pl.col(column)).alias(key)).join(other, on=key).drop(key)
+    matched = spellings(frame, column, other, key)
     if how == "semi":
         matched = matched.select(column)
     return frame.join(matched, on=column, how=how)  # type: ignore[arg-type]
@@ -143,16 +149,28 @@ def _hashed(column: str, secret: bytes) -> pl.Expr:
     return pl.col(column).map_batches(lambda values: pseudonyms(values, secret), return_dtype=pl.String)
 
 
-def with_pseudonym(frame: pl.LazyFrame, column: str, secret: bytes, into: str = SUBJECT_ID) -> pl.LazyFrame:
-    """`frame` with the keyed hash of the canonical identity of `column` as `into`.
-
-    Hashed once per distinct identity (a few thousand), in Python's hmac; the distinct values are
-    mapped to their hashes first, so the frame itself is joined once, on its own column.
-    """
+def pseudonym_map(frame: pl.LazyFrame, column: str, secret: bytes, into: str = SUBJECT_ID) -> pl.LazyFrame:
+    """Each distinct value of `column` in `frame` (`column`) with the keyed hash of its canonical
+    identity (`into`): a few thousand rows, hashed once per identity in Python's hmac."""
     distinct = frame.select(pl.col(column)).unique().filter(pl.col(column).is_not_null())
     canonicals = distinct.with_columns(canonical(pl.col(column)).alias("_canonical"))
     hashed = canonicals.select("_canonical").unique().with_columns(_hashed("_canonical", secret).alias(into))
-    mapping = canonicals.join(hashed, on="_canonical").select(column, into)
+    return canonicals.join(hashed, on="_canonical").select(column, into)
+
+
+def with_pseudonym(
+    frame: pl.LazyFrame,
+    column: str,
+    secret: bytes,
+    into: str = SUBJECT_ID,
+    mapped: pl.LazyFrame | None = None,
+) -> pl.LazyFrame:
+    """`frame` with the keyed hash of the canonical identity of `column` as `into`.
+
+    The distinct values are mapped to their hashes first (pseudonym_map; `mapped`: that map made
+    already, from these rows or more), so the frame itself is joined once, on its own column.
+    """
+    mapping = pseudonym_map(frame, column, secret, into) if mapped is None else mapped
     return frame.join(mapping, on=column, how="left", maintain_order="left")
 
 

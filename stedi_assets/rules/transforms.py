@@ -29,6 +29,7 @@ from stedi_assets.rules.identity import (
     join_on_identity,
     keys,
     pseudonym_keys,
+    spellings,
     with_key,
     with_pseudonym,
 )
@@ -182,15 +183,23 @@ def customer_trusted(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFr
     return _declared(consenting_customers(customer_landing, customer_rejects), CUSTOMER_TRUSTED)
 
 
+def trusted_users(accelerometer_landing: pl.LazyFrame, customer_trusted: pl.LazyFrame) -> pl.LazyFrame:
+    """The spellings of `user` in the readings that name a trusted customer, with the customer's
+    consent date (`_since`): a few thousand rows, decided once for every part of a write."""
+    consenting = with_key(customer_trusted, "email").select(KEY, _since=pl.col("shareWithResearchAsOfDate"))
+    return spellings(accelerometer_landing, "user", consenting)
+
+
 def accelerometer_trusted(
     accelerometer_landing: pl.LazyFrame,
     customer_trusted: pl.LazyFrame,
     policy: ConsentPolicy = ConsentPolicy.any_time,
+    users: pl.LazyFrame | None = None,
 ) -> pl.LazyFrame:
     """Readings whose user is a trusted customer (under from_consent_date: taken since consenting),
-    each distinct reading once."""
-    consenting = with_key(customer_trusted, "email").select(KEY, _since=pl.col("shareWithResearchAsOfDate"))
-    readings = join_on_identity(accelerometer_landing, "user", consenting)
+    each distinct reading once. `users`: trusted_users of these readings (or more), decided already."""
+    allowed = trusted_users(accelerometer_landing, customer_trusted) if users is None else users
+    readings = accelerometer_landing.join(allowed, on="user")
     if ConsentPolicy(policy) is ConsentPolicy.from_consent_date:
         readings = readings.filter(pl.col("timestamp") >= pl.col("_since"))
     return _declared(readings, ACCELEROMETER_TRUSTED).unique()
@@ -277,9 +286,19 @@ def trusted_devices(
     return serials.join(since, on="_serial")
 
 
-def readings_of_devices(step_trainer_landing: pl.LazyFrame, devices: pl.LazyFrame) -> pl.LazyFrame:
-    """The readings of `devices` (see trusted_devices), each distinct reading once."""
-    readings = join_on_identity(step_trainer_landing, "serialNumber", devices, "_serial")
+def device_serials(step_trainer_landing: pl.LazyFrame, devices: pl.LazyFrame) -> pl.LazyFrame:
+    """The spellings of `serialNumber` in the readings that name one of `devices` (trusted_devices),
+    with its consent date when it has one: a few thousand rows, decided once for every part."""
+    return spellings(step_trainer_landing, "serialNumber", devices, "_serial")
+
+
+def readings_of_devices(
+    step_trainer_landing: pl.LazyFrame, devices: pl.LazyFrame, serials: pl.LazyFrame | None = None
+) -> pl.LazyFrame:
+    """The readings of `devices` (see trusted_devices), each distinct reading once. `serials`:
+    device_serials of these readings (or more), decided already."""
+    allowed = device_serials(step_trainer_landing, devices) if serials is None else serials
+    readings = step_trainer_landing.join(allowed, on="serialNumber")
     if "_since" in devices.collect_schema().names():
         readings = readings.filter(pl.col("sensorReadingTime") >= pl.col("_since"))
     return _declared(readings, STEP_TRAINER_TRUSTED).unique()
@@ -297,11 +316,13 @@ def machine_learning_curated(
     secret: bytes,
     ml_join: MlJoin = MlJoin.seed,
     ml_identity: MlIdentity = MlIdentity.subject_id,
+    subjects: pl.LazyFrame | None = None,
 ) -> pl.LazyFrame:
     """Each Step Trainer reading paired with the accelerometer readings taken at the same time, the
-    phone's owner identified by `subject_id` (keyed with `secret`), and by email only on request."""
+    phone's owner identified by `subject_id` (keyed with `secret`), and by email only on request.
+    `subjects`: the pseudonym_map of these readings' users (or more), made already."""
     # pseudonymised before the join: the distinct owners are read from the readings, not the pairs
-    accelerometer_trusted = with_pseudonym(accelerometer_trusted, "user", secret)
+    accelerometer_trusted = with_pseudonym(accelerometer_trusted, "user", secret, mapped=subjects)
     if MlJoin(ml_join) is MlJoin.seed:
         paired = step_trainer_trusted.join(
             accelerometer_trusted,

@@ -11,6 +11,7 @@ from polars.testing import assert_frame_equal
 
 from stedi_assets.rules import transforms
 from stedi_assets.rules.catalog import PROVENANCE
+from stedi_assets.rules.identity import pseudonym_map
 from stedi_assets.rules.transforms import MlIdentity, MlJoin
 from stedi_assets_tests.frames import CONSENT, NO_REJECTS, customer_rejects, landing, rows_frame
 
@@ -391,3 +392,48 @@ def test_from_consent_date_keeps_readings_taken_since_consenting() -> None:
         transforms.step_trainer_trusted(steps, trusted.lazy(), landing_customers, NO_REJECTS, policy),
         declared("step_trainer_trusted", step("s1", 100), step("s2", 300)),
     )
+
+
+def test_identities_decided_over_all_days_give_each_part_the_rows_it_gives_alone() -> None:
+    """A reading table's write decides once, over every day it recomputes, which spellings of an
+    identity it keeps (and their pseudonyms); a part given that decision keeps exactly the rows it
+    keeps deciding alone, under both consent policies, whatever other days' spellings it holds."""
+    day = 86_400_000
+    trusted = declared(
+        "customer_trusted", customer("a@x.com", "s1", consent=100), customer("b@x.com", "s2", consent=day)
+    ).lazy()
+    readings = landing(
+        "accelerometer",
+        reading("A@x.com ", 99),
+        reading("a@x.com", 150),
+        reading("c@x.com", 160),
+        reading("B@X.com", day + 5),
+        reading("b@x.com", day - 1),
+    )
+    first_day = readings.filter(pl.col("timestamp") < day)
+    users = transforms.trusted_users(readings, trusted).collect().lazy()
+    for policy in transforms.ConsentPolicy:
+        alone = transforms.accelerometer_trusted(first_day, trusted, policy).collect()
+        assert_rows(transforms.accelerometer_trusted(first_day, trusted, policy, users), alone)
+        assert alone.height == (3 if policy is transforms.ConsentPolicy.any_time else 1)
+
+    landing_customers = customers(
+        customer("a@x.com", "s1", consent=100), customer("b@x.com", "s2", consent=day)
+    )
+    steps = landing("step_trainer", step("S1 ", 99), step("s1", 150), step("s9", 160), step("s2", day + 5))
+    for policy in transforms.ConsentPolicy:
+        devices = transforms.trusted_devices(trusted, landing_customers, NO_REJECTS, policy).collect().lazy()
+        serials = transforms.device_serials(steps, devices).collect().lazy()
+        part = steps.filter(pl.col("sensorReadingTime") < day)
+        alone = transforms.readings_of_devices(part, devices).collect()
+        assert_rows(transforms.readings_of_devices(part, devices, serials), alone)
+        assert alone.height == (2 if policy is transforms.ConsentPolicy.any_time else 1)
+
+    subjects = pseudonym_map(ML_READINGS.lazy(), "user", SECRET).collect().lazy()
+    part = ML_READINGS.lazy().filter(pl.col("timestamp") < 20)
+    for join in MlJoin:
+        alone = transforms.machine_learning_curated(ML_STEPS.lazy(), part, ML_CURATED.lazy(), SECRET, join)
+        given = transforms.machine_learning_curated(
+            ML_STEPS.lazy(), part, ML_CURATED.lazy(), SECRET, join, subjects=subjects
+        )
+        assert_rows(given, alone.collect())

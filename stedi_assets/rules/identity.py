@@ -83,12 +83,18 @@ def spellings(frame: pl.LazyFrame, column: str, other: pl.LazyFrame, key: str = 
 
 
 def join_on_identity(
-    frame: pl.LazyFrame, column: str, other: pl.LazyFrame, key: str = KEY, how: str = "inner"
+    frame: pl.LazyFrame,
+    column: str,
+    other: pl.LazyFrame,
+    key: str = KEY,
+    how: str = "inner",
+    spelled: pl.LazyFrame | None = None,
 ) -> pl.LazyFrame:
     """`frame` joined (`inner` or `semi`) to `other` where the canonical identity of `column` is
     other's `key`, without a `key` column. The identity is computed once per distinct value and the
-    frame joined once, on its own column: a table of millions of readings is never joined twice."""
-    matched = spellings(frame, column, other, key)
+    frame joined once, on its own column: a table of millions of readings is never joined twice.
+    `spelled`: `spellings(...)` of these rows (or of more) when it was decided already."""
+    matched = spellings(frame, column, other, key) if spelled is None else spelled
     if how == "semi":
         matched = matched.select(column)
     return frame.join(matched, on=column, how=how)  # type: ignore[arg-type]

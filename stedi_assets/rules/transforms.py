@@ -183,11 +183,15 @@ def customer_trusted(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFr
     return _declared(consenting_customers(customer_landing, customer_rejects), CUSTOMER_TRUSTED)
 
 
+def _consenting(customer_trusted: pl.LazyFrame) -> pl.LazyFrame:
+    """The trusted customers' canonical emails (`_key`) with their consent dates (`_since`)."""
+    return with_key(customer_trusted, "email").select(KEY, _since=pl.col("shareWithResearchAsOfDate"))
+
+
 def trusted_users(accelerometer_landing: pl.LazyFrame, customer_trusted: pl.LazyFrame) -> pl.LazyFrame:
     """The spellings of `user` in the readings that name a trusted customer, with the customer's
     consent date (`_since`): a few thousand rows, decided once for every part of a write."""
-    consenting = with_key(customer_trusted, "email").select(KEY, _since=pl.col("shareWithResearchAsOfDate"))
-    return spellings(accelerometer_landing, "user", consenting)
+    return spellings(accelerometer_landing, "user", _consenting(customer_trusted))
 
 
 def accelerometer_trusted(
@@ -198,8 +202,7 @@ def accelerometer_trusted(
 ) -> pl.LazyFrame:
     """Readings whose user is a trusted customer (under from_consent_date: taken since consenting),
     each distinct reading once. `users`: trusted_users of these readings (or more), decided already."""
-    allowed = trusted_users(accelerometer_landing, customer_trusted) if users is None else users
-    readings = accelerometer_landing.join(allowed, on="user")
+    readings = join_on_identity(accelerometer_landing, "user", _consenting(customer_trusted), spelled=users)
     if ConsentPolicy(policy) is ConsentPolicy.from_consent_date:
         readings = readings.filter(pl.col("timestamp") >= pl.col("_since"))
     return _declared(readings, ACCELEROMETER_TRUSTED).unique()
@@ -297,8 +300,7 @@ def readings_of_devices(
 ) -> pl.LazyFrame:
     """The readings of `devices` (see trusted_devices), each distinct reading once. `serials`:
     device_serials of these readings (or more), decided already."""
-    allowed = device_serials(step_trainer_landing, devices) if serials is None else serials
-    readings = step_trainer_landing.join(allowed, on="serialNumber")
+    readings = join_on_identity(step_trainer_landing, "serialNumber", devices, "_serial", spelled=serials)
     if "_since" in devices.collect_schema().names():
         readings = readings.filter(pl.col("sensorReadingTime") >= pl.col("_since"))
     return _declared(readings, STEP_TRAINER_TRUSTED).unique()

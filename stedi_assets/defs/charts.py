@@ -49,17 +49,22 @@ def _n(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
+def _attributes(extra: dict[str, str]) -> str:
+    """SVG attributes from keyword arguments (`fill_opacity` is `fill-opacity`), escaped."""
+    return "".join(f' {name.replace("_", "-")}="{escape(value)}"' for name, value in extra.items())
+
+
 def text(x: float, y: float, words: str, size: int = NORMAL, anchor: str = "start", **extra: str) -> str:
-    attributes = "".join(f' {name.replace("_", "-")}="{escape(value)}"' for name, value in extra.items())
     return (
-        f'<text x="{_n(x)}" y="{_n(y)}" font-size="{size}" text-anchor="{anchor}"{attributes}>'
+        f'<text x="{_n(x)}" y="{_n(y)}" font-size="{size}" text-anchor="{anchor}"{_attributes(extra)}>'
         f"{escape(words)}</text>"
     )
 
 
-def rect(x: float, y: float, width: float, height: float, fill: str) -> str:
+def rect(x: float, y: float, width: float, height: float, fill: str, **extra: str) -> str:
+    """A rectangle; `extra`: more attributes (see _attributes)."""
     size = f'width="{_n(max(width, 0))}" height="{_n(max(height, 0))}"'
-    return f'<rect x="{_n(x)}" y="{_n(y)}" {size} fill="{fill}"/>'
+    return f'<rect x="{_n(x)}" y="{_n(y)}" {size} fill="{fill}"{_attributes(extra)}/>'
 
 
 def line(x1: float, y1: float, x2: float, y2: float, stroke: str = INK) -> str:
@@ -85,7 +90,8 @@ def nothing(title: str, message: str) -> bytes:
 
 
 def ticks(low: float, high: float, most: int = 6) -> list[float]:
-    """Round values (1, 2 or 5 times a power of ten apart) spanning low..high, at most `most` + 1."""
+    """Round values (1, 2 or 5 times a power of ten apart) from at or below `low` to at or above
+    `high`: at most `most` + 2 of them."""
     if not (math.isfinite(low) and math.isfinite(high)) or high <= low:
         return [low] if math.isfinite(low) else [0.0]
     raw = (high - low) / most
@@ -113,8 +119,7 @@ def axes(plot: Plot, x_ticks: Sequence[tuple[float, str]], y_ticks: Sequence[tup
         x = plot.x(at)
         drawn += [line(x, plot.bottom, x, plot.bottom + 4), text(x, plot.bottom + 16, words, SMALL, "middle")]
     drawn.append(
-        f'<rect x="{_n(plot.left)}" y="{_n(plot.top)}" width="{_n(plot.right - plot.left)}" '
-        f'height="{_n(plot.bottom - plot.top)}" fill="none" stroke="{INK}"/>'
+        rect(plot.left, plot.top, plot.right - plot.left, plot.bottom - plot.top, "none", stroke=INK)
     )
     return drawn
 
@@ -134,10 +139,7 @@ def legend(right: float, top: float, entries: Sequence[tuple[str, str]], size: i
     width = 28 + CHAR * size * max(len(words) for _, words in entries)
     height = 8 + (size + 6) * len(entries)
     left = right - width
-    drawn = [
-        f'<rect x="{_n(left)}" y="{_n(top)}" width="{_n(width)}" height="{_n(height)}" '
-        f'fill="{FACE}" fill-opacity="0.85" stroke="{GRID}"/>'
-    ]
+    drawn = [rect(left, top, width, height, FACE, fill_opacity="0.85", stroke=GRID)]
     for n, (colour, words) in enumerate(entries):
         y = top + 6 + (size + 6) * n
         drawn += [rect(left + 6, y + 2, 12, size - 2, colour), text(left + 22, y + size - 1, words, size)]
@@ -221,7 +223,7 @@ def log_bars(
 
     top = max([value for _, value, _ in bars] + [1])
     end = decades(top * 8)
-    powers = [10**p for p in range(len(str(top)) + 1)]
+    powers = [10**p for p in range(len(str(top)) + 1) if decades(10**p) <= end]  # those on the axis
     body = axes(plot, [(decades(p) / end, short(p)) for p in powers], [])
     slot = (plot.bottom - plot.top) / max(len(bars), 1)
     for n, (name, value, colour) in enumerate(bars):

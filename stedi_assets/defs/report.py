@@ -71,7 +71,7 @@ def magnitude_chart(series: pl.DataFrame) -> bytes:
     longest = int(series[report.ELAPSED].max() or 0)
     unit, name = next((ms, n) for ms, n in UNITS if longest >= 2 * ms or ms == UNITS[-1][0])
     lines = [
-        (f"customer {customer}", [t / unit for t in part[report.ELAPSED]], part[report.MAGNITUDE].to_list())
+        (f"customer {customer}", (part[report.ELAPSED] / unit).to_list(), part[report.MAGNITUDE].to_list())
         for (customer,), part in series.group_by(report.CUSTOMER, maintain_order=True)
     ]
     return charts.lines(

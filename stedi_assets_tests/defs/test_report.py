@@ -61,8 +61,9 @@ def _metadata(instance: dg.DagsterInstance, name: str) -> tuple[str, dict[str, A
 
 
 def _assert_names_no_one(html: str, metadata: dict[str, Any], people: set[str]) -> None:
-    drawn = " ".join(word for svg in _images(html) for word in _words(svg)).lower()
-    assert "customer 1" in drawn  # what the charts say is read, not only the page around them
+    images = _images(html)
+    assert "customer 1" in " ".join(word for svg in images for word in _words(svg))  # the charts are read
+    drawn = " ".join(svg.decode() for svg in images).lower()  # every word and attribute of them
     shown = json.dumps(metadata, default=str).lower()
     for value in people:
         assert value.lower() not in html.lower(), value
@@ -173,6 +174,20 @@ def test_the_charts_draw_empty_tables():
         t.name for t in report.FUNNEL
     ]  # every table has its bar, landing first, each labelled 0
     assert funnel.count("0") == len(report.FUNNEL)
+
+
+def test_the_funnel_marks_only_the_powers_of_ten_on_its_axis():
+    """A logarithmic axis from 0 to eight times the largest table, marked at 1, 10, 100, ... up to
+    its end: no mark drawn past the plot (at 100 rows the axis ends at 800, before 1k)."""
+    svg = ElementTree.fromstring(
+        funnel_chart({t.name: 100 if n == 0 else n for n, t in enumerate(report.FUNNEL)})
+    )
+    frame = next(e for e in svg.iter(f"{SVG_NAMESPACE}rect") if e.get("fill") == "none")
+    right = float(frame.get("x")) + float(frame.get("width"))
+    bottom = float(frame.get("y")) + float(frame.get("height"))
+    marks = [e for e in svg.iter(f"{SVG_NAMESPACE}text") if float(e.get("y")) == bottom + 16]
+    assert [e.text for e in marks] == ["1", "10", "100"]
+    assert all(float(frame.get("x")) <= float(e.get("x")) <= right for e in marks)
 
 
 def test_put_bytes_replaces_a_file_whole(lakehouse: Lakehouse):

@@ -20,8 +20,8 @@ from stedi_assets.rules.identity import (
     canonical,
     keys,
     pseudonym_keys,
-    with_key,
     with_pseudonym,
+    with_record_key,
 )
 from stedi_assets.rules.transforms import (
     ambiguous_serials,
@@ -75,7 +75,7 @@ def consent_violations(
         _consenting=pl.lit(True)
     )
     return (
-        with_key(customer_trusted, "email")
+        with_record_key(customer_trusted, "email")
         .join(consenting, on=KEY, how="left", maintain_order="left")
         .filter(pl.col("_consenting").is_null() | ~has_research_consent().fill_null(False))
         .drop(KEY, "_consenting")
@@ -259,7 +259,7 @@ def no_duplicate_rows(frame: pl.LazyFrame) -> Verdict:
 
 def unique_identity(frame: pl.LazyFrame, key: str) -> Verdict:
     return no_offending_rows(
-        with_key(frame, key).filter(pl.col(KEY).is_duplicated()).drop(KEY),
+        with_record_key(frame, key).filter(pl.col(KEY).is_duplicated()).drop(KEY),
         f"rows share their {key} with another row",
     )
 

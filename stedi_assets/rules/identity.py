@@ -75,6 +75,13 @@ def with_key(frame: pl.LazyFrame, column: str, key: str = KEY) -> pl.LazyFrame:
     )
 
 
+def with_record_key(frame: pl.LazyFrame, column: str, key: str = KEY) -> pl.LazyFrame:
+    """with_key for a table whose values seldom repeat, such as a customer table (a record or two
+    per customer): the canonical identity computed on every row, where finding the distinct values
+    first would cost a join and save no work."""
+    return frame.with_columns(canonical(pl.col(column)).alias(key))
+
+
 def spellings(frame: pl.LazyFrame, column: str, other: pl.LazyFrame, key: str = KEY) -> pl.LazyFrame:
     """The distinct values of `column` in `frame` whose canonical identity is one of other's `key`s,
     with other's other columns: a few thousand rows, what join_on_identity joins the frame with."""

@@ -32,6 +32,7 @@ from stedi_assets.rules.identity import (
     spellings,
     with_key,
     with_pseudonym,
+    with_record_key,
 )
 
 
@@ -85,7 +86,7 @@ def customer_current_state(customer_landing: pl.LazyFrame) -> pl.LazyFrame:
     # one sort of the table, then the last row of each customer: a group keeps its rows in the order
     # they come (Polars guarantees it), and sorting once is twice as fast as sorting each group
     return (
-        with_key(customer_landing, "email")
+        with_record_key(customer_landing, "email")
         .sort(order, nulls_last=False)
         .group_by(KEY)
         .agg(pl.all().last())
@@ -141,7 +142,7 @@ def customers_with_certain_consent(customer_landing: pl.LazyFrame) -> pl.LazyFra
     newest = pl.col("lastUpdateDate").max().over(KEY)
     undecided = pl.col("lastUpdateDate").is_null() | (pl.col("lastUpdateDate") == newest)
     return (
-        with_key(customer_landing, "email")
+        with_record_key(customer_landing, "email")
         .with_columns(_consents=has_research_consent() | ~undecided)
         .group_by(KEY)
         .agg(pl.col("_consents").all())
@@ -156,10 +157,12 @@ def customers_on_hold(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyF
     Such a line may be a withdrawal, so the customer is left out until the line is fixed or a valid
     record with a later lastUpdateDate than the line's arrives.
     """
-    newest = with_key(customer_landing, "email").group_by(KEY).agg(_newest=pl.col("lastUpdateDate").max())
+    newest = (
+        with_record_key(customer_landing, "email").group_by(KEY).agg(_newest=pl.col("lastUpdateDate").max())
+    )
     claims = recovered_customer_claims(customer_rejects).filter(pl.col("email").is_not_null())
     return (
-        with_key(claims, "email")
+        with_record_key(claims, "email")
         .select(KEY, _updated=pl.col("lastUpdateDate"))
         .join(newest, on=KEY, how="left")
         .filter(~(pl.col("_updated") < pl.col("_newest")).fill_null(False))
@@ -171,7 +174,7 @@ def customers_on_hold(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyF
 def consenting_customers(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame) -> pl.LazyFrame:
     """The current record of each customer whose research consent is certain and not on hold."""
     return (
-        with_key(customer_current_state(customer_landing), "email")
+        with_record_key(customer_current_state(customer_landing), "email")
         .join(customers_with_certain_consent(customer_landing), on=KEY, how="semi")
         .join(customers_on_hold(customer_landing, customer_rejects), on=KEY, how="anti")
         .drop(KEY)
@@ -185,7 +188,7 @@ def customer_trusted(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFr
 
 def _consenting(customer_trusted: pl.LazyFrame) -> pl.LazyFrame:
     """The trusted customers' canonical emails (`_key`) with their consent dates (`_since`)."""
-    return with_key(customer_trusted, "email").select(KEY, _since=pl.col("shareWithResearchAsOfDate"))
+    return with_record_key(customer_trusted, "email").select(KEY, _since=pl.col("shareWithResearchAsOfDate"))
 
 
 def trusted_users(accelerometer_landing: pl.LazyFrame, customer_trusted: pl.LazyFrame) -> pl.LazyFrame:
@@ -210,15 +213,15 @@ def accelerometer_trusted(
 
 def customer_curated(customer_trusted: pl.LazyFrame, accelerometer_trusted: pl.LazyFrame) -> pl.LazyFrame:
     """Trusted customers with at least one trusted accelerometer reading."""
-    curated = with_key(customer_trusted, "email").join(
+    curated = with_record_key(customer_trusted, "email").join(
         keys(accelerometer_trusted, "user"), on=KEY, how="semi"
     )
     return _declared(curated, CUSTOMER_CURATED)
 
 
 def _claims(frame: pl.LazyFrame) -> pl.LazyFrame:
-    serials = with_key(frame, "serialNumber", "_serial")
-    return with_key(serials, "email", "_email").select("_serial", "_email")
+    serials = with_record_key(frame, "serialNumber", "_serial")
+    return with_record_key(serials, "email", "_email").select("_serial", "_email")
 
 
 def serial_claims(customer_landing: pl.LazyFrame, customer_rejects: pl.LazyFrame) -> pl.LazyFrame:
@@ -282,7 +285,7 @@ def trusted_devices(
     if ConsentPolicy(policy) is ConsentPolicy.any_time:
         return serials
     since = (
-        with_key(customer_curated, "serialNumber", "_serial")
+        with_record_key(customer_curated, "serialNumber", "_serial")
         .group_by("_serial")
         .agg(_since=pl.col("shareWithResearchAsOfDate").max())
     )
@@ -307,8 +310,8 @@ def readings_of_devices(
 
 
 def _owner_serials(customer_curated: pl.LazyFrame) -> pl.LazyFrame:
-    owners = with_key(customer_curated, "email", "_user")
-    return with_key(owners, "serialNumber", "_owner_serial").select("_user", "_owner_serial")
+    owners = with_record_key(customer_curated, "email", "_user")
+    return with_record_key(owners, "serialNumber", "_owner_serial").select("_user", "_owner_serial")
 
 
 def machine_learning_curated(
@@ -358,7 +361,7 @@ def cross_customer_pairs(
     offending pairs are read: memory is bounded by the pairs, not the rows.
     """
     owners = with_pseudonym(customer_curated, "email", secret, "_subject")
-    owners = with_key(owners, "serialNumber", "_owner_serial").select("_subject", "_owner_serial")
+    owners = with_record_key(owners, "serialNumber", "_owner_serial").select("_subject", "_owner_serial")
     pairs = machine_learning_curated.select(SUBJECT_ID, "serialNumber").unique()
     offending = (
         with_key(pairs, "serialNumber", "_serial")
@@ -464,16 +467,16 @@ class ConsentDecision:
     ) -> ConsentDecision:
         """From the consenting customers' records (`decided`), less any erased canonical emails."""
         if erased is not None:
-            decided = with_key(decided, "email").join(erased, on=KEY, how="anti").drop(KEY)
+            decided = with_record_key(decided, "email").join(erased, on=KEY, how="anti").drop(KEY)
         decided = decided.collect().lazy()
         consenting = keys(decided, "email")
         subjects = pseudonym_keys(decided, "email", secret)
         attributable = attributable_serials(customer_landing, decided, customer_rejects)
         if ConsentPolicy(policy) is ConsentPolicy.from_consent_date:
             since = pl.col("shareWithResearchAsOfDate").alias(SINCE)
-            consenting = with_key(decided, "email").select(KEY, since)
+            consenting = with_record_key(decided, "email").select(KEY, since)
             subjects = with_pseudonym(decided, "email", secret, into=KEY).select(KEY, since)
-            owners = with_key(decided, "serialNumber", "_serial").group_by("_serial").agg(since.max())
+            owners = with_record_key(decided, "serialNumber", "_serial").group_by("_serial").agg(since.max())
             attributable = attributable.join(owners, on="_serial", how="inner")
         collected = pl.collect_all([consenting, subjects, attributable])  # the three at once
         return cls(*(frame.lazy() for frame in collected))

@@ -7,6 +7,7 @@ import polars as pl
 
 from stedi_assets.defs import conditions
 from stedi_assets.defs.check_scope import counted, examined
+from stedi_assets.defs.consent_sweep import sweep_guard
 from stedi_assets.defs.factories import (
     check_result,
     guard_of,
@@ -109,6 +110,16 @@ def machine_learning_curated(
     guard = guard_of(storage.lakehouse, USERS_ARE_CURATED_CUSTOMERS, key)
     owners = guard.scan(storage.lakehouse, CUSTOMER_CURATED.name)
     curated = owners.collect()
+    try:  # and the consent sweep's own predicate, against the published decision
+        swept, verify = sweep_guard(
+            storage.lakehouse,
+            MACHINE_LEARNING_CURATED,
+            key,
+            settings.consent_policy,
+            lambda staged: USERS_ARE_CURATED_CUSTOMERS.verdict(staged, owners, key.secret),
+        )
+    except StorageError as error:
+        raise as_failure(error) from error
     # equal timestamps share a day, so each part pairs readings of the same days
     return recompute_by_day(
         context,
@@ -124,7 +135,7 @@ def machine_learning_curated(
             ml_identity,
             part[SUBJECTS],
         ),
-        lambda staged: USERS_ARE_CURATED_CUSTOMERS.verdict(staged, owners, key.secret),
+        verify,
         commit_properties(settings, key),
         {
             "ml_join": ml_join.value,
@@ -132,7 +143,7 @@ def machine_learning_curated(
             "pseudonym_key_id": key.key_id,
             "pseudonym_key": key.origin,
         },
-        guard=guard,
+        guards=(guard, swept),
         decided=lambda days: {SUBJECTS: pseudonym_map(days["accelerometer_trusted"], "user", key.secret)},
     )
 

@@ -258,7 +258,7 @@ def recompute_by_day(
     verify: Callable[[pl.LazyFrame], Verdict],
     properties: Mapping[str, str],
     metadata: Mapping[str, object] | None = None,
-    guard: Guard | None = None,
+    guards: Sequence[Guard] = (),
     decided: Callable[[dict[str, pl.LazyFrame]], dict[str, pl.LazyFrame]] | None = None,
 ) -> dg.MaterializeResult:
     """A reading table's write: of the days the run targets (targeted_days), those to recompute
@@ -268,12 +268,13 @@ def recompute_by_day(
     rows in all those days (small frames, such as which spellings of an identity are allowed:
     decided once in one streaming pass, not again in every part),
     published under the consent contract `verify` replacing just those days; no write when no input
-    day changed. When `verify` is a blocking check's own predicate (`guard`), its pass on the staged
-    files is recorded for that check (check_scope.vouch), which then examines nothing it already saw."""
+    day changed. `verify` evaluates the predicate of each of `guards` (a blocking check's, the consent
+    sweep's): its pass on the staged files is recorded for each (check_scope.vouch), which then
+    examines nothing it already saw."""
     targeted = targeted_days(context)
     try:
-        parents = guard.parents if guard else {}
-        decided_from = {name: opened.version() for name, (_, opened) in parents.items()}
+        parents = {name: opened for guard in guards for name, (_, opened) in guard.parents.items()}
+        decided_from = {name: opened.version() for name, opened in parents.items()}
         rebuild = plan_rebuild(lakehouse, table, inputs_of(table), digest, targeted, decided_from)
     except StorageError as error:  # only a transient one is retried, as every other write's
         raise as_failure(error) from error
@@ -297,7 +298,7 @@ def recompute_by_day(
     uri, made = lakehouse.table_uri(table.zone, table.name), rebuild.properties(properties)
 
     def published(version: int, read_version: int | None) -> None:
-        if guard is not None and version != read_version:  # the guard's pass stands for its check
+        for guard in guards if version != read_version else ():  # each pass stands for its check
             vouch(lakehouse, table.name, uri, guard, read_version, rebuild.days, made)
         if rebuild.days is None and targeted is not None and version != read_version:
             mark_days_written(context, lakehouse, uri, version, targeted)

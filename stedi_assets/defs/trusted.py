@@ -16,6 +16,14 @@ from deltalake import DeltaTable
 
 from stedi_assets.defs import conditions
 from stedi_assets.defs.check_scope import days_to_examine, examined, release, remember, state, still_holds
+from stedi_assets.defs.consent_sweep import (
+    SWEEP,
+    allowed_only,
+    decide,
+    made_from,
+    remember_decision,
+    sweep_guard,
+)
 from stedi_assets.defs.factories import (
     check_result,
     guard_of,
@@ -33,7 +41,6 @@ from stedi_assets.rules.catalog import (
     CUSTOMER_TRUSTED,
     MACHINE_LEARNING_CURATED,
     STEP_TRAINER_TRUSTED,
-    Table,
     on_days,
 )
 from stedi_assets.rules.contracts import Severity
@@ -78,39 +85,29 @@ before the decision itself (customer_trusted) is published."""
 DECIDED = "decision_recomputed"
 """Materialization metadata: whether the consent decision was made again (False: its inputs, rules,
 settings and key were as it was last made from, so it stands)."""
-SWEEP = "consent_sweep"
-"""The record (check_scope) of the newest sweep that left a downstream table holding no one else."""
 
 
 def withdraw_downstream(
     lakehouse: Lakehouse,
-    decided: pl.LazyFrame,
-    customer_landing: pl.LazyFrame,
-    customer_rejects: pl.LazyFrame,
+    decision: transforms.ConsentDecision,
+    allowed: str,
     key: PseudonymKey,
     properties: dict[str, str],
-    policy: transforms.ConsentPolicy = transforms.ConsentPolicy.any_time,
 ) -> tuple[dict[str, int], list[str], bool, dict[str, int | str]]:
-    """Removes everyone the consent decision `decided` does not allow from every existing downstream
-    table; how many identities (people or devices) lost rows in each table, the tables whose subject_ids
+    """Removes everyone the consent decision does not allow from every existing downstream table;
+    how many identities (people or devices) lost rows in each table, the tables whose subject_ids
     were made under another pseudonym key (all their rows leave: no one's consent can be matched),
     whether the report file was removed (before the first table loses anyone), and how many days of
-    each table were examined ("all": the whole table).
+    each table were examined ("all": the whole table). `allowed` is the decision's digest.
 
     This runs before customer_trusted publishes, so whatever fails later in the run (a bad file, a
     full disk, a kill), no trusted or curated table holds a row the published decision disallows.
     A table is rewritten only when someone must leave it, stage -> verify -> commit like any write.
 
     Like a check (check_scope), the sweep of a day-partitioned table examines only the days changed
-    since a sweep under the same decision (a digest of who and which devices it allows, and since
-    when) last left it holding no one else; any other decision, or no record, examines every day.
+    since a sweep under the same decision last left it holding no one else, or since a write
+    verified under it (consent_sweep); any other decision, or no record, examines every day.
     """
-    decision = transforms.ConsentDecision.of(
-        decided, customer_landing, customer_rejects, key.secret, policy=policy
-    )
-    allowed = fingerprint(
-        decision.consenting.collect(), decision.subjects.collect(), decision.attributable.collect()
-    )
     removed, examined = {}, {}
     changed_keys: list[str] = []
     report_removed, report_handled = False, False
@@ -131,19 +128,15 @@ def withdraw_downstream(
                 days = None
         examined[declared.name] = "all" if days is None else len(days)
         in_days = current if days is None else on_days(current, days)
-        count = lakehouse.reading(uri, decision.outside(in_days, declared).select(pl.len())).item()
+        outside = decision.outside(in_days, declared).select(pl.len())
+        count = lakehouse.reading(uri, outside).item() if days != [] else 0
         if count and not report_handled:
             # the report's charts may show someone who is leaving: it goes first, so a retry after
             # any failure below still finds someone to remove and removes it
             report_removed, report_handled = lakehouse.remove_file(REPORT_PATH), True
         if count:
             kept = decision.within(current, declared)
-
-            def verify(staged: pl.LazyFrame, declared: Table = declared) -> contracts.Verdict:
-                return contracts.no_offending_rows(
-                    decision.outside(staged, declared), "identities the consent decision does not allow"
-                )
-
+            verify = allowed_only(decision, declared)
             rewrite = Publication(kept, "consent", verify, properties, no_history=True)
             publish(lakehouse, uri, as_declared(rewrite, definition_metadata(declared)))
             seen[declared.name] = state(uri, lakehouse.open(uri))  # verified on its staged files
@@ -200,15 +193,14 @@ def customer_trusted(
         if standing is not None
         else transforms.customer_trusted(customer_landing, customer_rejects).collect().lazy()
     )
+    policy, made = settings.consent_policy, {name: state(*table) for name, table in opened.items()}
     try:
+        decision, allowed = decide(decided, customer_landing, customer_rejects, key, policy)
+        if standing is not None:  # the writes that follow verify against this very decision
+            made[CUSTOMER_TRUSTED.name] = state(uri, standing)
+            remember_decision(made_from(made, key, policy), (decision, allowed))
         removed, changed_keys, report_removed, examined = withdraw_downstream(
-            lakehouse,
-            decided,
-            customer_landing,
-            customer_rejects,
-            key,
-            properties,
-            settings.consent_policy,
+            lakehouse, decision, allowed, key, properties
         )
     except StorageError as error:
         raise as_failure(error) from error
@@ -226,8 +218,10 @@ def customer_trusted(
 
     def published(version: int, _: int | None) -> None:
         with suppress(StorageError):  # best effort: without the record, the next run decides again
-            made = {**seen, CUSTOMER_TRUSTED.name: state(uri, lakehouse.open(uri, version))}
-            remember(lakehouse, CUSTOMER_TRUSTED.name, DECISION, made)
+            now = state(uri, lakehouse.open(uri, version))
+            remember(lakehouse, CUSTOMER_TRUSTED.name, DECISION, {**seen, CUSTOMER_TRUSTED.name: now})
+            made_then = made_from({**made, CUSTOMER_TRUSTED.name: now}, key, policy)
+            remember_decision(made_then, (decision, allowed))  # for the writes that follow
 
     publication = Publication(
         decided,
@@ -271,6 +265,17 @@ def accelerometer_trusted(context, settings: StediSettings, storage: StediStorag
     guard = guard_of(storage.lakehouse, USERS_ARE_TRUSTED_CUSTOMERS, key)
     parent = guard.scan(storage.lakehouse, CUSTOMER_TRUSTED.name)
     consenting = parent.collect()
+    try:  # and the sweep's own predicate, against the decision as the guard opened it
+        swept, verify = sweep_guard(
+            storage.lakehouse,
+            ACCELEROMETER_TRUSTED,
+            key,
+            policy,
+            lambda staged: USERS_ARE_TRUSTED_CUSTOMERS.verdict(staged, parent),
+            guard.parents[CUSTOMER_TRUSTED.name][1],
+        )
+    except StorageError as error:
+        raise as_failure(error) from error
     return recompute_by_day(
         context,
         storage.lakehouse,
@@ -279,9 +284,9 @@ def accelerometer_trusted(context, settings: StediSettings, storage: StediStorag
         lambda part: transforms.accelerometer_trusted(
             part["accelerometer_landing"], consenting.lazy(), policy, part[USERS]
         ),
-        lambda staged: USERS_ARE_TRUSTED_CUSTOMERS.verdict(staged, parent),
+        verify,
         commit_properties(settings, key),
-        guard=guard,
+        guards=(guard, swept),
         decided=lambda days: {
             USERS: transforms.trusted_users(days["accelerometer_landing"], consenting.lazy())
         },
@@ -311,6 +316,16 @@ def step_trainer_trusted(
     devices = transforms.trusted_devices(
         parent, customer_landing, customer_rejects, settings.consent_policy
     ).collect()
+    try:  # and the sweep's own predicate, against the published decision
+        swept, verify = sweep_guard(
+            storage.lakehouse,
+            STEP_TRAINER_TRUSTED,
+            key,
+            settings.consent_policy,
+            lambda staged: SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(staged, parent),
+        )
+    except StorageError as error:
+        raise as_failure(error) from error
     return recompute_by_day(
         context,
         storage.lakehouse,
@@ -319,9 +334,9 @@ def step_trainer_trusted(
         lambda part: transforms.readings_of_devices(
             part["step_trainer_landing"], devices.lazy(), part[SERIALS]
         ),
-        lambda staged: SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(staged, parent),
+        verify,
         commit_properties(settings, key),
-        guard=guard,
+        guards=(guard, swept),
         decided=lambda days: {
             SERIALS: transforms.device_serials(days["step_trainer_landing"], devices.lazy())
         },

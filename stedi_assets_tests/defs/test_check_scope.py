@@ -136,6 +136,9 @@ def _swept(instance: dg.DagsterInstance, table: str) -> Any:
     return event.asset_materialization.metadata[f"days_swept/{table}"].value
 
 
+READING_TABLES = ("accelerometer_trusted", "step_trainer_trusted", "machine_learning_curated")
+
+
 def _users(tmp_path: Path) -> set[str]:
     readings = pl.read_delta(str(tmp_path / "lakehouse" / "trusted" / "accelerometer_trusted"))
     return set(readings["user"].str.to_lowercase())
@@ -147,7 +150,8 @@ def test_the_consent_sweep_examines_the_days_changed_since_it_last_found_no_one_
     settings = _settings(tiny_landing, tmp_path)
     assert run_lakehouse(instance=instance, **settings)["success"]  # nothing downstream to sweep yet
     assert run_lakehouse(instance=instance, **settings)["success"]
-    assert _swept(instance, "accelerometer_trusted") == "all"  # no record yet
+    # each reading table's write verified the sweep's predicate on what it staged: nothing to read again
+    assert {table: _swept(instance, table) for table in READING_TABLES} == dict.fromkeys(READING_TABLES, 0)
     # Bob, who never consented, is slipped into the table behind the pipeline's back
     readings = str(tmp_path / "lakehouse" / "trusted" / "accelerometer_trusted")
     pl.read_delta(readings).head(1).with_columns(user=pl.lit("Bob@test.com")).write_delta(
@@ -170,6 +174,29 @@ def test_the_consent_sweep_examines_the_days_changed_since_it_last_found_no_one_
     assert run_lakehouse(instance=instance, **settings)["success"]
     assert _swept(instance, "accelerometer_trusted") == "all"
     assert _users(tmp_path) == {"erin@test.com"}
+
+
+@pytest.mark.parametrize("policy", ["any_time", "from_consent_date"])
+def test_a_reading_tables_write_leaves_the_record_a_sweep_of_the_whole_table_leaves(
+    tiny_landing: Path, tmp_path: Path, instance: dg.DagsterInstance, policy: str
+):
+    """Each write verified what it staged against the very decision the sweep makes (the same
+    digest, under either policy): what it recorded is what a sweep of every day records."""
+    settings = {**_settings(tiny_landing, tmp_path), "consent_policy": policy}
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    records = {
+        table: tmp_path / "lakehouse" / "verified" / table / "consent_sweep.json" for table in READING_TABLES
+    }
+    written = {table: json.loads(record.read_text()) for table, record in records.items()}
+    for record in records.values():
+        record.unlink()
+
+    assert run_lakehouse(instance=instance, **settings)["success"]
+
+    assert {table: _swept(instance, table) for table in READING_TABLES} == dict.fromkeys(
+        READING_TABLES, "all"
+    )
+    assert {table: json.loads(record.read_text()) for table, record in records.items()} == written
 
 
 def _observed(instance: dg.DagsterInstance, asset: str, check: str) -> Any:
@@ -296,7 +323,7 @@ def test_unchanged_customers_keep_their_consent_decision_and_its_verdicts(
     assert [_latest(instance, *check) for check in CUSTOMER_CHECKS] == [(True, 0)] * 5
     assert [_said(instance, *check) for check in CUSTOMER_CHECKS] == said  # what each said, at its severity
     assert _latest(instance, *MEMBERSHIP) == (True, 0)
-    assert _swept(instance, "accelerometer_trusted") == "all"  # still swept: its first sweep with tables
+    assert _swept(instance, "accelerometer_trusted") == 0  # its write verified it under this decision
 
     # the record of what the decision was made from is lost: it is made again (the same: not written)
     (tmp_path / "lakehouse" / "verified" / "customer_trusted" / "consent_decision.json").unlink()

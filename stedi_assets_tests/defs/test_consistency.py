@@ -194,6 +194,9 @@ def test_when_the_withdrawal_cannot_reach_a_table_the_decision_is_not_published(
     customer_trusted = lakehouse.table_uri("trusted", "customer_trusted")
     trusted_version = lakehouse.open(customer_trusted).version()
     _alice_withdraws(tiny_landing)
+    assert run_lakehouse(dg.AssetSelection.assets("customer_landing", "customer_rejects"), **settings)[
+        "success"
+    ]
     # the step_trainer_trusted table's data file is lost (a broken disk, a bad manual clean-up)
     for data_file in _data_files(lakehouse, "trusted", "step_trainer_trusted"):
         _delete(lakehouse, data_file)

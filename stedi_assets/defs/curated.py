@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
+from datetime import date
+
 import dagster as dg
 import polars as pl
 
 from stedi_assets.defs import conditions
-from stedi_assets.defs.check_scope import counted, examined
+from stedi_assets.defs.check_scope import (
+    counted,
+    days_to_examine,
+    examined,
+    recorded,
+    release,
+    remember,
+    state,
+)
 from stedi_assets.defs.consent_sweep import sweep_guard
 from stedi_assets.defs.factories import (
     check_result,
@@ -21,12 +32,15 @@ from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import (
     ACCELEROMETER_TRUSTED,
     CUSTOMER_CURATED,
+    CUSTOMER_TRUSTED,
     MACHINE_LEARNING_CURATED,
     STEP_TRAINER_TRUSTED,
+    on_days,
 )
 from stedi_assets.rules.identity import SUBJECT_ID, pseudonym_map
 from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.io_manager import Publication
+from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.resources import StediStorage, as_failure, pseudonym_of
 
 SUBJECTS = "_subjects"
@@ -60,31 +74,79 @@ USERS_ARE_CURATED_CUSTOMERS = contracts.Membership(
 )
 
 
-@table_asset(CUSTOMER_CURATED, automation=conditions.follows("accelerometer_trusted"))
-def customer_curated(
-    settings: StediSettings,
-    storage: StediStorage,
-    customer_trusted: pl.LazyFrame,
-    accelerometer_trusted: pl.LazyFrame,
-) -> dg.Output:
+CURATED_FROM = "customer_curated"
+"""The record (check_scope, kept under accelerometer_trusted) of what customer_curated was last
+published from: the states of customer_trusted, accelerometer_trusted and customer_curated itself."""
+DAYS_READ = "days_read"
+"""Materialization metadata: how many event days of accelerometer_trusted the write read ("all": the
+whole table)."""
+
+
+@table_asset(
+    CUSTOMER_CURATED,
+    automation=conditions.follows("accelerometer_trusted"),
+    deps=[CUSTOMER_TRUSTED.name, ACCELEROMETER_TRUSTED.name],
+)
+def customer_curated(settings: StediSettings, storage: StediStorage) -> dg.Output:
     """Trusted customers with at least one trusted accelerometer reading, one row each.
+
+    When customer_trusted and this table are as it was last published from, and accelerometer_trusted
+    has only gained days since (days it did not hold then), the customers already curated stay and
+    only the new days' users are read: a customer is curated once they have a reading, and no reading
+    left. Anything else (a new decision, a replaced or removed day, another writer, a lost record)
+    reads every reading.
 
     Its data version is a digest of its rows: the tables decided from it (step_trainer_trusted,
     machine_learning_curated) follow it by automation only when the population changed."""
-    plan = transforms.customer_curated(customer_trusted, accelerometer_trusted)
     lakehouse = storage.lakehouse
-    try:  # one row per customer, from every reading's user: collected in bounded memory
-        readings = lakehouse.table_uri(ACCELEROMETER_TRUSTED.zone, ACCELEROMETER_TRUSTED.name)
-        curated = lakehouse.reading(readings, plan, streaming=True)
+    try:
+        opened = {
+            declared.name: (uri, lakehouse.open(uri))
+            for declared in (CUSTOMER_TRUSTED, ACCELEROMETER_TRUSTED)
+            for uri in [lakehouse.table_uri(declared.zone, declared.name)]
+        }
+        customer_trusted, readings = (lakehouse.scan_opened(*table) for table in opened.values())
+        seen: dict[str, object] = {"release": release(), **{name: state(*t) for name, t in opened.items()}}
+        own = lakehouse.table_uri(CUSTOMER_CURATED.zone, CUSTOMER_CURATED.name)
+        held = lakehouse.open(own) if lakehouse.exists(own) else None
+        added = _added_days(lakehouse, {**seen, CUSTOMER_CURATED.name: state(own, held)}) if held else None
+        plan = transforms.customer_curated(
+            customer_trusted, readings if added is None else on_days(readings, added)
+        )
+        if added is not None:
+            plan = pl.concat([lakehouse.scan_opened(own, held), plan]).unique(maintain_order=True)
+        # one row per customer, from every reading's user: collected in bounded memory
+        curated = lakehouse.reading(opened[ACCELEROMETER_TRUSTED.name][0], plan, streaming=True)
     except StorageError as error:
         raise as_failure(error) from error
+
+    def published(version: int, _: int | None) -> None:  # best effort: without it, all days are read
+        with suppress(StorageError):
+            made = {**seen, CUSTOMER_CURATED.name: state(own, lakehouse.open(own, version))}
+            remember(lakehouse, ACCELEROMETER_TRUSTED.name, CURATED_FROM, made)
+
     publication = Publication(
         curated.lazy(),
         "consent",
         lambda staged: CURATED_CUSTOMERS_ARE_TRUSTED.verdict(staged, customer_trusted),
         commit_properties(settings, pseudonym_of(storage)),
+        published=published,
     )
-    return dg.Output(publication, data_version=dg.DataVersion(fingerprint(curated)))
+    metadata = {DAYS_READ: "all" if added is None else len(added)}
+    return dg.Output(publication, data_version=dg.DataVersion(fingerprint(curated)), metadata=metadata)
+
+
+def _added_days(lakehouse: Lakehouse, seen: dict[str, object]) -> list[date | None] | None:
+    """The days accelerometer_trusted gained since customer_curated was last published from it, the
+    rest (customer_trusted, customer_curated, the rules) being as then; None when anything else
+    changed: another decision, a day it held then that changed, no record."""
+    days = days_to_examine(lakehouse, ACCELEROMETER_TRUSTED.name, CURATED_FROM, seen)
+    if days is None or None in days:
+        return None
+    then = recorded(lakehouse, ACCELEROMETER_TRUSTED.name, CURATED_FROM) or {}
+    uri, version = then[ACCELEROMETER_TRUSTED.name]["uri"], then[ACCELEROMETER_TRUSTED.name]["version"]
+    held_then = lakehouse.partition_values(uri, version)
+    return None if any(day.isoformat() in held_then for day in days) else days
 
 
 @table_asset(

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
+import shutil
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 from deltalake import DeltaTable
 
 from stedi_assets.cli import run_lakehouse
-from stedi_assets_tests.helpers import T1, T2
+from stedi_assets_tests.helpers import T1, T2, write_jsonl
 
 STEP_COLUMNS = ["sensorReadingTime", "serialNumber", "distanceFromObject"]
 READING_COLUMNS = ["timestamp", "x", "y", "z"]
@@ -95,3 +98,52 @@ def test_same_customer_join_keeps_only_owners_pairs(tiny_landing: Path, tmp_path
         True,
         "0 rows pair one customer's Step Trainer with another customer's phone",
     )
+
+
+def _curated(instance: dg.DagsterInstance, lakehouse: Path) -> tuple[list[str], object]:
+    """customer_curated's emails, and how many days of readings its latest write read."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("customer_curated"))
+    emails = sorted(pl.read_delta(str(lakehouse / "curated" / "customer_curated"))["email"])
+    return emails, event.asset_materialization.metadata["days_read"].value
+
+
+def test_curated_customers_read_only_the_days_the_readings_gained(tiny_landing: Path, tmp_path: Path):
+    """A new day of readings adds its users to those already curated without reading the other days;
+    a day that changed (a reading left) reads them all, so no one stays curated without a reading."""
+    lakehouse = tmp_path / "lakehouse"
+    settings = {"landing_uri": str(tiny_landing), "lakehouse_uri": str(lakehouse)}
+    with dg.instance_for_test() as instance:
+        assert run_lakehouse(instance=instance, **settings)["success"]
+        assert _curated(instance, lakehouse) == (["Alice@test.com", "Erin@test.com"], "all")
+        # Carol (consenting, no phone data until now) and Bob (not consenting) read on a new day
+        next_day = T1 + 86_400_000
+        write_jsonl(
+            tiny_landing / "accelerometer" / "accelerometer-2.json",
+            [
+                {"user": u, "timestamp": next_day, "x": 5.0, "y": 0.0, "z": 0.0}
+                for u in ("Carol@test.com", "Bob@test.com")
+            ],
+        )
+
+        assert run_lakehouse(instance=instance, **settings)["success"]
+        assert _curated(instance, lakehouse) == (["Alice@test.com", "Carol@test.com", "Erin@test.com"], 1)
+
+        # the same population as reading every day (the record of what it was made from is lost)
+        shutil.rmtree(lakehouse / "verified" / "accelerometer_trusted")
+        assert run_lakehouse(instance=instance, **settings)["success"]
+        assert _curated(instance, lakehouse) == (["Alice@test.com", "Carol@test.com", "Erin@test.com"], "all")
+
+        # another reading on a day it held (a day that changed, not one gained): every day is read
+        write_jsonl(
+            tiny_landing / "accelerometer" / "accelerometer-3.json",
+            [{"user": "Alice@test.com", "timestamp": T1 + 1_000, "x": 6.0, "y": 0.0, "z": 0.0}],
+        )
+        assert run_lakehouse(instance=instance, **settings)["success"]
+        assert _curated(instance, lakehouse) == (["Alice@test.com", "Carol@test.com", "Erin@test.com"], "all")
+
+        # Erin's only reading is withdrawn from the first file: she is no longer curated
+        first = tiny_landing / "accelerometer" / "accelerometer-1.json"
+        readings = [json.loads(line) for line in first.read_text().splitlines()]
+        write_jsonl(first, [reading for reading in readings if reading["user"] != "Erin@test.com"])
+        assert run_lakehouse(instance=instance, **settings)["success"]
+        assert _curated(instance, lakehouse) == (["Alice@test.com", "Carol@test.com"], "all")

@@ -10,7 +10,7 @@ import polars as pl
 
 from stedi_assets.rules.catalog import PII_COLUMNS, Table
 from stedi_assets.rules.contracts import Verdict
-from stedi_assets.rules.identity import with_pseudonym
+from stedi_assets.rules.identity import KEY, with_pseudonym
 
 ZONE = "stedi/zone"
 """Definition metadata: the lakehouse zone (folder) of the asset's Delta table."""
@@ -58,8 +58,9 @@ def pii_columns(metadata: Mapping[str, Any]) -> frozenset[str]:
 def markdown_table(frame: pl.DataFrame, pii: frozenset[str] = PII_COLUMNS) -> str:
     """A GitHub-style markdown table for Dagster's metadata, which lives outside the lakehouse.
 
-    Values of personal-data columns are masked and every cell is cut short, so no name, email,
-    phone, birthday or raw customer line reaches the Dagster instance's event log.
+    Values of personal-data columns, and of the canonical identity (`_key`: an email or a serial,
+    as a contract's sample of identities names them), are masked and every cell is cut short, so no
+    name, email, phone, birthday or raw customer line reaches the Dagster instance's event log.
     """
 
     def cell(value: Any, masked: bool) -> str:
@@ -68,7 +69,7 @@ def markdown_table(frame: pl.DataFrame, pii: frozenset[str] = PII_COLUMNS) -> st
         text = MASK if masked else str(value).replace("|", "\\|").replace("\n", " ")
         return text if len(text) <= CELL_CHARACTERS else text[: CELL_CHARACTERS - 1] + "…"
 
-    masked = [name in pii for name in frame.columns]
+    masked = [name in pii or name == KEY for name in frame.columns]
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "|" + "---|" * frame.width
     rows = [

@@ -11,6 +11,7 @@ from polars.testing import assert_frame_equal
 
 from stedi_assets.cli import run_lakehouse
 from stedi_assets.definitions import defs
+from stedi_assets.rules import contracts
 from stedi_assets.rules.contracts import Verdict
 from stedi_assets.rules.identity import pseudonym
 from stedi_assets.storage.io_manager import Publication, publish
@@ -109,6 +110,17 @@ def test_a_contract_sample_names_people_by_keyed_hash_and_masks_the_rest():
         f"| email (keyed hash) | customerName | serialNumber |\n|---|---|---|\n| {alice} | [redacted] | S-A |"
     )
     assert "[redacted] | [redacted]" in verdict_metadata(verdict)["offending_rows"].value  # no key: masked
+
+
+def test_a_sample_of_identities_outside_consent_shows_none_of_them():
+    """The consent sweep's predicate (also every reading table's write guard) samples canonical
+    identities (`_key`): a broken contract's failure must not carry them out of the lakehouse."""
+    outside = pl.LazyFrame({"_key": ["bob@test.com", "s-b"]})
+    verdict = contracts.no_offending_rows(outside, "identities the consent decision does not allow")
+
+    for secret in (None, b"key"):
+        sample = verdict_metadata(verdict, secret)["offending_rows"].value
+        assert sample == "| _key |\n|---|\n| [redacted] |\n| [redacted] |"
 
 
 def test_a_rewrite_is_committed_only_when_its_rows_or_properties_differ(tmp_path: Path):

@@ -23,8 +23,10 @@ from stedi_assets.defs.check_scope import Guard, release, state
 from stedi_assets.defs.incremental import fingerprint
 from stedi_assets.rules import contracts, transforms
 from stedi_assets.rules.catalog import CUSTOMER, CUSTOMER_TRUSTED, Table
+from stedi_assets.storage.errors import StorageError
 from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.pseudonym import PseudonymKey
+from stedi_assets.storage.resources import as_failure
 
 SWEEP = "consent_sweep"
 """The record (check_scope) of the newest sweep, or guarded write, that left a downstream table
@@ -115,8 +117,12 @@ def sweep_guard(
     """The sweep's predicate as a privacy guard of a write of `declared`, after the write's own
     (`first`), against the published decision (customer_trusted as `trusted` was opened, when the
     write decided from it): the guard, whose pass is recorded as the sweep's, and the verification of
-    the staged files, which fails with the first contract broken."""
-    decision, digest = published_decision(lakehouse, key, policy, trusted)
+    the staged files, which fails with the first contract broken. A table that cannot be read is the
+    step's failure (retried when transient)."""
+    try:
+        decision, digest = published_decision(lakehouse, key, policy, trusted)
+    except StorageError as error:
+        raise as_failure(error) from error
     swept = allowed_only(decision, declared)
 
     def verify(staged: pl.LazyFrame) -> contracts.Verdict:

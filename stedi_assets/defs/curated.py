@@ -7,6 +7,7 @@ from datetime import date
 
 import dagster as dg
 import polars as pl
+from deltalake import DeltaTable
 
 from stedi_assets.defs import conditions
 from stedi_assets.defs.check_scope import (
@@ -38,7 +39,7 @@ from stedi_assets.rules.catalog import (
     on_days,
 )
 from stedi_assets.rules.identity import SUBJECT_ID, pseudonym_map
-from stedi_assets.storage.errors import StorageError
+from stedi_assets.storage.errors import StorageError, TableMissing
 from stedi_assets.storage.io_manager import Publication
 from stedi_assets.storage.lakehouse import Lakehouse
 from stedi_assets.storage.resources import StediStorage, as_failure, pseudonym_of
@@ -108,7 +109,10 @@ def customer_curated(settings: StediSettings, storage: StediStorage) -> dg.Outpu
         customer_trusted, readings = (lakehouse.scan_opened(*table) for table in opened.values())
         seen: dict[str, object] = {"release": release(), **{name: state(*t) for name, t in opened.items()}}
         own = lakehouse.table_uri(CUSTOMER_CURATED.zone, CUSTOMER_CURATED.name)
-        held = lakehouse.open(own) if lakehouse.exists(own) else None
+        try:
+            held: DeltaTable | None = lakehouse.open(own)
+        except TableMissing:
+            held = None
         added = _added_days(lakehouse, {**seen, CUSTOMER_CURATED.name: state(own, held)}) if held else None
         plan = transforms.customer_curated(
             customer_trusted, readings if added is None else on_days(readings, added)
@@ -172,16 +176,14 @@ def machine_learning_curated(
     guard = guard_of(storage.lakehouse, USERS_ARE_CURATED_CUSTOMERS, key)
     owners = guard.scan(storage.lakehouse, CUSTOMER_CURATED.name)
     curated = owners.collect()
-    try:  # and the consent sweep's own predicate, against the published decision
-        swept, verify = sweep_guard(
-            storage.lakehouse,
-            MACHINE_LEARNING_CURATED,
-            key,
-            settings.consent_policy,
-            lambda staged: USERS_ARE_CURATED_CUSTOMERS.verdict(staged, owners, key.secret),
-        )
-    except StorageError as error:
-        raise as_failure(error) from error
+    # and the consent sweep's own predicate, against the published decision
+    swept, verify = sweep_guard(
+        storage.lakehouse,
+        MACHINE_LEARNING_CURATED,
+        key,
+        settings.consent_policy,
+        lambda staged: USERS_ARE_CURATED_CUSTOMERS.verdict(staged, owners, key.secret),
+    )
     # equal timestamps share a day, so each part pairs readings of the same days
     return recompute_by_day(
         context,

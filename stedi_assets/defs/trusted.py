@@ -265,17 +265,15 @@ def accelerometer_trusted(context, settings: StediSettings, storage: StediStorag
     guard = guard_of(storage.lakehouse, USERS_ARE_TRUSTED_CUSTOMERS, key)
     parent = guard.scan(storage.lakehouse, CUSTOMER_TRUSTED.name)
     consenting = parent.collect()
-    try:  # and the sweep's own predicate, against the decision as the guard opened it
-        swept, verify = sweep_guard(
-            storage.lakehouse,
-            ACCELEROMETER_TRUSTED,
-            key,
-            policy,
-            lambda staged: USERS_ARE_TRUSTED_CUSTOMERS.verdict(staged, parent),
-            guard.parents[CUSTOMER_TRUSTED.name][1],
-        )
-    except StorageError as error:
-        raise as_failure(error) from error
+    # and the sweep's own predicate, against the decision as the guard opened it
+    swept, verify = sweep_guard(
+        storage.lakehouse,
+        ACCELEROMETER_TRUSTED,
+        key,
+        policy,
+        lambda staged: USERS_ARE_TRUSTED_CUSTOMERS.verdict(staged, parent),
+        guard.parents[CUSTOMER_TRUSTED.name][1],
+    )
     return recompute_by_day(
         context,
         storage.lakehouse,
@@ -316,16 +314,14 @@ def step_trainer_trusted(
     devices = transforms.trusted_devices(
         parent, customer_landing, customer_rejects, settings.consent_policy
     ).collect()
-    try:  # and the sweep's own predicate, against the published decision
-        swept, verify = sweep_guard(
-            storage.lakehouse,
-            STEP_TRAINER_TRUSTED,
-            key,
-            settings.consent_policy,
-            lambda staged: SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(staged, parent),
-        )
-    except StorageError as error:
-        raise as_failure(error) from error
+    # and the sweep's own predicate, against the published decision
+    swept, verify = sweep_guard(
+        storage.lakehouse,
+        STEP_TRAINER_TRUSTED,
+        key,
+        settings.consent_policy,
+        lambda staged: SERIALS_BELONG_TO_CURATED_CUSTOMERS.verdict(staged, parent),
+    )
     return recompute_by_day(
         context,
         storage.lakehouse,

@@ -47,7 +47,9 @@ COUNT = "count"
 VERDICT = "verdict"
 """In a record: what the passing evaluation said (summary, observed, expected; no data)."""
 DAYS_CHECKED = "days_checked"
-"""Check metadata: how many event days it examined ("all": the whole table)."""
+"""Check metadata: how many event days it examined ("all": the whole table; ADDED: see added_rows)."""
+ADDED = "added rows"
+"""days_checked of a table without days when only the rows it gained since the last pass were examined."""
 
 
 @cache
@@ -80,10 +82,13 @@ class Examined:
     seen: dict[str, Any]
     lakehouse: Lakehouse
     subject: str
+    added_only: bool = False
+    """`frame` holds only the rows added since the check last passed (added_rows)."""
 
     def metadata(self, passed: bool) -> dict[str, Any]:
         """What the evaluation reports: the days it examined and, when it passed, what it saw."""
-        checked = {DAYS_CHECKED: "all" if self.days is None else len(self.days)}
+        days = ADDED if self.added_only else "all" if self.days is None else len(self.days)
+        checked = {DAYS_CHECKED: days}
         return {**checked, VERIFIED: dg.MetadataValue.json(self.seen)} if passed else checked
 
     def remember(self, check: str, verdict: contracts.Verdict) -> None:
@@ -274,6 +279,55 @@ def _record(lakehouse: Lakehouse, subject: str, check: str) -> dict | None:
     except (StorageError, ValueError):
         return None
     return found if isinstance(found, dict) else None
+
+
+def gained_since(
+    lakehouse: Lakehouse,
+    record: Mapping[str, Any] | None,
+    now: Mapping[str, Any],
+    grown: str,
+    rewritten: Sequence[str] = (),
+) -> list[date | None] | None:
+    """The days the day-partitioned table `grown` gained since the state `record` saw, when that is
+    all that changed of it: every day it held then is exactly as then. The rest must be as then (the
+    release, the other tables, any other value), except the tables `rewritten`, which may be at a
+    later version of the same table. None otherwise (no record, another table or rule, a changed or
+    removed day, history that can no longer be read)."""
+    then = None if record is None else what_was_seen(record)
+    if then is None or set(then) != set(now):
+        return None
+    if any(then[name] != now[name] for name in now if name not in (grown, *rewritten)):
+        return None
+    for name in (grown, *rewritten):
+        before, current = then[name], now[name]
+        if not isinstance(before, dict) or not isinstance(before.get("version"), int):
+            return None
+        same_table = (before.get("uri"), before.get("id")) == (current["uri"], current["id"])
+        if not same_table or before["version"] > current["version"]:
+            return None
+    gained = lakehouse.gained_partitions(now[grown]["uri"], then[grown]["version"])
+    if gained is None:
+        return None
+    return sorted(
+        (None if day is None else date.fromisoformat(day) for day in gained),
+        key=lambda day: (day is None, day or date.min),
+    )
+
+
+def added_rows(seen: Examined, check: str, column: str, grown: str) -> pl.DataFrame | None:
+    """For a membership of an unpartitioned table's `column` in the day-partitioned parent `grown`:
+    the rows whose value the table did not hold when `check` last passed, when since then only the
+    table itself changed and `grown` only gained days (gained_since). Every value held then had its
+    parent rows then, on days that are all still as they were: the membership still holds for it,
+    so only the values added since need examining. None: examine what `seen` says."""
+    record = _record(seen.lakehouse, seen.subject, check)
+    if gained_since(seen.lakehouse, record, seen.seen, grown, [seen.subject]) is None or record is None:
+        return None
+    try:
+        held = seen.lakehouse.scan(seen.seen[seen.subject]["uri"], record[seen.subject]["version"])
+        return seen.whole.join(held.select(column).unique(), on=column, how="anti").collect()
+    except StorageError:
+        return None
 
 
 def _changed_days(

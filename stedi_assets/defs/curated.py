@@ -12,8 +12,8 @@ from deltalake import DeltaTable
 from stedi_assets.defs import conditions
 from stedi_assets.defs.check_scope import (
     counted,
-    days_to_examine,
     examined,
+    gained_since,
     recorded,
     release,
     remember,
@@ -144,13 +144,9 @@ def _added_days(lakehouse: Lakehouse, seen: dict[str, object]) -> list[date | No
     """The days accelerometer_trusted gained since customer_curated was last published from it, the
     rest (customer_trusted, customer_curated, the rules) being as then; None when anything else
     changed: another decision, a day it held then that changed, no record."""
-    days = days_to_examine(lakehouse, ACCELEROMETER_TRUSTED.name, CURATED_FROM, seen)
-    if days is None or None in days:
-        return None
-    then = recorded(lakehouse, ACCELEROMETER_TRUSTED.name, CURATED_FROM) or {}
-    uri, version = then[ACCELEROMETER_TRUSTED.name]["uri"], then[ACCELEROMETER_TRUSTED.name]["version"]
-    held_then = lakehouse.partition_values(uri, version)
-    return None if any(day.isoformat() in held_then for day in days) else days
+    made = recorded(lakehouse, ACCELEROMETER_TRUSTED.name, CURATED_FROM)
+    days = gained_since(lakehouse, made, seen, ACCELEROMETER_TRUSTED.name)
+    return None if days is None or None in days else days
 
 
 @table_asset(

@@ -5,12 +5,13 @@ privacy guard, and the check factories (referential contracts and table-level co
 # No `from __future__ import annotations` here: Dagster reads the context annotation at runtime.
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dagster as dg
+import polars as pl
 
-from stedi_assets.defs.check_scope import Examined, Guard, examined
+from stedi_assets.defs.check_scope import Examined, Guard, added_rows, examined
 from stedi_assets.defs.partitions import EVENT_DAYS, SINGLE_RUN
 from stedi_assets.defs.settings import StediSettings
 from stedi_assets.rules import contracts
@@ -96,7 +97,11 @@ def membership_check(membership: contracts.Membership) -> dg.AssetChecksDefiniti
         seen = examined(
             context, storage.lakehouse, membership.table, [membership.parent], _depends_on(membership, key)
         )
-        if seen.days == []:  # nothing it has not passed on (or its guard examined): no query at all
+        added = _added_members(seen, membership)
+        if added is not None:
+            seen = replace(seen, frame=added.lazy(), added_only=True)
+        if seen.days == [] or (added is not None and added.is_empty()):
+            # nothing it has not passed on (or its guard examined): no query at all
             verdict = membership.of_no_rows()
         else:
             parent = seen.parents[membership.parent]
@@ -111,6 +116,16 @@ def membership_check(membership: contracts.Membership) -> dg.AssetChecksDefiniti
         )
 
     return referential
+
+
+def _added_members(seen: Examined, membership: contracts.Membership) -> pl.DataFrame | None:
+    """Of a table without days whose parent has them (customer_curated in accelerometer_trusted),
+    examined whole: only its rows added since the check last passed, when the parent only gained
+    days since (check_scope.added_rows); else None."""
+    table, parent = TABLES[membership.table], TABLES[membership.parent]
+    if seen.days is not None or table.partition_by or not parent.partition_by:
+        return None
+    return added_rows(seen, membership.name, membership.key, membership.parent)
 
 
 def guard_of(lakehouse: Lakehouse, membership: contracts.Membership, key: PseudonymKey) -> Guard:

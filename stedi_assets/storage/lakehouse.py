@@ -336,12 +336,25 @@ class Lakehouse:
     def changed_partitions(self, uri: str, since: int) -> set[str | None] | None:
         """The partition values whose data files differ between version `since` and the latest, from
         the log alone; None when that version can no longer be read (then everything may have)."""
+        found = self._changes_since(uri, since)
+        return None if found is None else found[0]
+
+    def gained_partitions(self, uri: str, since: int) -> set[str | None] | None:
+        """The partition values the table gained since version `since` (held no data in then), when
+        those are all that changed: every partition it held then is exactly as it was. None when one
+        of them changed (rows added, removed or rewritten, compaction included) or that version can
+        no longer be read."""
+        found = self._changes_since(uri, since)
+        return None if found is None or found[0] & found[1] else found[0]
+
+    def _changes_since(self, uri: str, since: int) -> tuple[set[str | None], set[str | None]] | None:
+        """The partition values changed since version `since`, and those held then; None: unreadable."""
         try:
             now = self._files_by_partition(self.open(uri))
             then = self._files_by_partition(self.open(uri, since))
         except (StorageError, OSError, DeltaError):
             return None
-        return {value for path, value in now.items() ^ then.items()}
+        return {value for path, value in now.items() ^ then.items()}, set(then.values())
 
     def partition_values(self, uri: str, version: int | None = None) -> set[str | None]:
         """The partition values the table holds data in (at `version`, default the latest), from the

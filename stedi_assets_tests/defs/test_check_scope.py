@@ -130,6 +130,40 @@ def test_a_lakehouse_made_anew_at_the_same_place_is_examined_whole(
     assert _latest(instance, *CONTRACTS) == (True, "all")
 
 
+CURATED_MEMBERSHIP = ("customer_curated", "customers_have_accelerometer_data")
+
+
+def test_a_table_without_days_examines_only_its_rows_added_while_its_parent_only_gained_days(
+    tiny_landing: Path, tmp_path: Path, instance: dg.DagsterInstance
+):
+    """Every customer curated when the check passed had a reading then, on a day that is still as it
+    was: only a customer added since needs one looked for, and a day that changed looks again for all."""
+    settings = _settings(tiny_landing, tmp_path)
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    assert _latest(instance, *CURATED_MEMBERSHIP) == (True, "all")
+    _add_next_day_reading(tiny_landing)  # a day gained; the curated customers stay as they were
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    assert _latest(instance, *CURATED_MEMBERSHIP) == (True, "added rows")
+
+    # Mallory, curated behind the pipeline's back, has no reading on any day
+    curated = str(tmp_path / "lakehouse" / "curated" / "customer_curated")
+    mallory = pl.read_delta(curated).head(1).with_columns(email=pl.lit("Mallory@test.com"))
+    mallory.write_delta(curated, mode="append")
+    _run_check(instance, settings, *CURATED_MEMBERSHIP)
+    assert _latest(instance, *CURATED_MEMBERSHIP) == (False, "added rows")
+
+    # without her, passing again; then a reading slipped into a day the readings held: all are examined
+    pl.read_delta(curated).filter(pl.col("email") != "Mallory@test.com").write_delta(
+        curated, mode="overwrite"
+    )
+    _run_check(instance, settings, *CURATED_MEMBERSHIP)
+    assert _latest(instance, *CURATED_MEMBERSHIP) == (True, "added rows")  # none: no reading read
+    readings = str(tmp_path / "lakehouse" / "trusted" / "accelerometer_trusted")
+    pl.read_delta(readings).head(1).with_columns(x=pl.lit(9.0)).write_delta(readings, mode="append")
+    _run_check(instance, settings, *CURATED_MEMBERSHIP)
+    assert _latest(instance, *CURATED_MEMBERSHIP) == (True, "all")
+
+
 def _swept(instance: dg.DagsterInstance, table: str) -> Any:
     """How many days of `table` the latest consent sweep (customer_trusted) examined."""
     event = instance.get_latest_materialization_event(dg.AssetKey("customer_trusted"))

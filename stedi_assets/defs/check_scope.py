@@ -321,12 +321,12 @@ def added_rows(seen: Examined, check: str, column: str, grown: str) -> pl.DataFr
     parent rows then, on days that are all still as they were: the membership still holds for it,
     so only the values added since need examining. None: examine what `seen` says."""
     record = _record(seen.lakehouse, seen.subject, check)
-    if gained_since(seen.lakehouse, record, seen.seen, grown, [seen.subject]) is None or record is None:
+    if record is None or gained_since(seen.lakehouse, record, seen.seen, grown, [seen.subject]) is None:
         return None
     try:
         held = seen.lakehouse.scan(seen.seen[seen.subject]["uri"], record[seen.subject]["version"])
         return seen.whole.join(held.select(column).unique(), on=column, how="anti").collect()
-    except StorageError:
+    except (StorageError, OSError, pl.exceptions.PolarsError):  # that version's files are gone: all
         return None
 
 

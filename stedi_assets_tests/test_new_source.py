@@ -14,7 +14,7 @@ import polars as pl
 
 from stedi_assets.cli import run_config
 from stedi_assets.definitions import defs
-from stedi_assets.defs.factories import membership_check, table_asset, table_checks
+from stedi_assets.defs.factories import membership_part, table_asset, table_check_step
 from stedi_assets.defs.landing import source_definitions
 from stedi_assets.defs.partitions import range_tags
 from stedi_assets.rules.catalog import TRUSTED, Column, Source, Table
@@ -63,7 +63,7 @@ def extended_definitions() -> dg.Definitions:
         defs,
         dg.Definitions(
             assets=[ingest, heart_rate_trusted],
-            asset_checks=[*checks, table_checks(HEART_RATE_TRUSTED), membership_check(USERS_CONSENT)],
+            asset_checks=[*checks, table_check_step(HEART_RATE_TRUSTED, [membership_part(USERS_CONSENT)])],
         ),
     )
 

@@ -82,6 +82,8 @@ class Examined:
     seen: dict[str, Any]
     lakehouse: Lakehouse
     subject: str
+    partitioned: bool = False
+    """The subject table is partitioned by event day."""
     added_only: bool = False
     """`frame` holds only the rows added since the check last passed (added_rows)."""
 
@@ -166,13 +168,16 @@ def examined(
     subject: str,
     parents: Sequence[str] = (),
     depends_on: Mapping[str, str] | None = None,
+    *,
+    checks: Sequence[str],
 ) -> Examined:
-    """The days of table `subject` the step's checks must examine (see the module), with the parents'
-    current versions. Each table is opened once, and scanned at the version recorded. `depends_on`:
-    anything else the contract's answer depends on (the pseudonym key's id); another value examines
-    every day. A table that is not partitioned has no days: it is examined whole, or not at all (no
-    day, days_checked 0) when it and its parents are as every one of the step's checks last passed
-    on them, since the same rows under the same rules give the same verdict."""
+    """The days of table `subject` the `checks` (evaluated together, on the same tables) must examine
+    (see the module), with the parents' current versions. Each table is opened once, and scanned at
+    the version recorded. `depends_on`: anything else the contract's answer depends on (the
+    pseudonym key's id); another value examines every day. A table that is not partitioned has no
+    days: it is examined whole, or not at all (no day, days_checked 0) when it and its parents are
+    as every one of the checks last passed on them, since the same rows under the same rules give
+    the same verdict."""
     graph = context.op_execution_context.job_def.asset_layer.asset_graph
     opened, seen = {}, {"release": release(), **(depends_on or {})}
     for name in (subject, *parents):
@@ -182,7 +187,6 @@ def examined(
         opened[name] = (uri, table)
         seen[name] = state(uri, table)
     frames = {name: lakehouse.scan_opened(uri, table) for name, (uri, table) in opened.items()}
-    checks = [key.name for key in context.selected_asset_check_keys]
     days = _changed_days(lakehouse, subject, seen, [_record(lakehouse, subject, c) for c in checks])
     partitioned = bool(graph.get(dg.AssetKey(subject)).metadata.get(PARTITION_BY))
     if not partitioned and days:  # a table without days is examined whole or, unchanged, not at all
@@ -197,6 +201,7 @@ def examined(
         seen,
         lakehouse,
         subject,
+        partitioned,
     )
 
 
@@ -315,11 +320,11 @@ def gained_since(
 
 
 def added_rows(seen: Examined, check: str, column: str, grown: str) -> pl.DataFrame | None:
-    """For a membership of an unpartitioned table's `column` in the day-partitioned parent `grown`:
-    the rows whose value the table did not hold when `check` last passed, when since then only the
-    table itself changed and `grown` only gained days (gained_since). Every value held then had its
-    parent rows then, on days that are all still as they were: the membership still holds for it,
-    so only the values added since need examining. None: examine what `seen` says."""
+    """For a membership of a table's `column` in the parent `grown`: the rows whose value the table
+    did not hold when `check` last passed, when since then only the table itself changed and `grown`
+    only gained days (gained_since; a parent without days: did not change). Every value held then
+    had its parent rows then, on days that are all still as they were: the membership still holds
+    for it, so only the values added since need examining. None: examine what `seen` says."""
     record = _record(seen.lakehouse, seen.subject, check)
     if record is None or gained_since(seen.lakehouse, record, seen.seen, grown, [seen.subject]) is None:
         return None

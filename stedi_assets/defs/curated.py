@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import suppress
 from datetime import date
 
@@ -21,11 +22,12 @@ from stedi_assets.defs.check_scope import (
 )
 from stedi_assets.defs.consent_sweep import sweep_guard
 from stedi_assets.defs.factories import (
+    CheckPart,
     check_result,
     guard_of,
-    membership_check,
+    membership_part,
     table_asset,
-    table_checks,
+    table_check_step,
 )
 from stedi_assets.defs.incremental import fingerprint, recompute_by_day
 from stedi_assets.defs.settings import StediSettings, commit_properties
@@ -208,27 +210,37 @@ def machine_learning_curated(
     )
 
 
-@dg.asset_check(
-    asset=machine_learning_curated,
+BOTH_SIDES = dg.AssetCheckSpec(
+    "rows_have_both_sides",
+    asset=MACHINE_LEARNING_CURATED.name,
     blocking=True,
     description="Every training row has a Step Trainer side and an accelerometer side taken at the "
     "same time.",
 )
-def rows_have_both_sides(context, storage: StediStorage) -> dg.AssetCheckResult:  # context: see above
+
+
+def rows_have_both_sides(
+    context: dg.AssetCheckExecutionContext, _: StediSettings, storage: StediStorage, chosen: list[str]
+) -> Iterator[dg.AssetCheckResult]:
     """Of the days changed since it last passed (check_scope)."""
-    seen = examined(context, storage.lakehouse, MACHINE_LEARNING_CURATED.name)
+    seen = examined(context, storage.lakehouse, MACHINE_LEARNING_CURATED.name, checks=chosen)
     verdict = contracts.both_sides_present(seen.frame)
-    seen.remember("rows_have_both_sides", verdict)
-    return check_result(verdict, examined=seen)
+    seen.remember(BOTH_SIDES.name, verdict)
+    yield check_result(verdict, examined=seen, asset_key=BOTH_SIDES.asset_key, check_name=BOTH_SIDES.name)
 
 
-@dg.asset_check(
-    asset=machine_learning_curated,
-    additional_deps=["customer_curated"],
+CROSS_CUSTOMER_PAIRS = dg.AssetCheckSpec(
+    "cross_customer_pairs",
+    asset=MACHINE_LEARNING_CURATED.name,
+    additional_deps=[CUSTOMER_CURATED.name],
     description="Training rows pairing one customer's Step Trainer with another customer's phone "
     "(timestamp-only join). Warns when any; set ml_join=same_customer to remove them.",
 )
-def cross_customer_pairs(context, storage: StediStorage) -> dg.AssetCheckResult:  # context: see above
+
+
+def cross_customer_pairs(
+    context: dg.AssetCheckExecutionContext, _: StediSettings, storage: StediStorage, chosen: list[str]
+) -> Iterator[dg.AssetCheckResult]:
     """Counted over the whole table from the days changed since its last evaluation (check_scope)."""
     key = pseudonym_of(storage)
     secret = key.secret
@@ -238,24 +250,29 @@ def cross_customer_pairs(context, storage: StediStorage) -> dg.AssetCheckResult:
         MACHINE_LEARNING_CURATED.name,
         [CUSTOMER_CURATED.name],
         {"pseudonym_key": key.key_id},
+        checks=chosen,
     )
     owners = seen.parents[CUSTOMER_CURATED.name]
     verdict = counted(
         storage.lakehouse,
         seen,
-        "cross_customer_pairs",
+        CROSS_CUSTOMER_PAIRS.name,
         lambda frame: transforms.cross_customer_pairs(frame, owners, secret),
         contracts.CROSS_CUSTOMER,
     )
-    return check_result(verdict, secret, seen)
+    named = {"asset_key": CROSS_CUSTOMER_PAIRS.asset_key, "check_name": CROSS_CUSTOMER_PAIRS.name}
+    yield check_result(verdict, secret, seen, **named)
 
 
 curated_assets = [customer_curated, machine_learning_curated]
 curated_checks = [
-    rows_have_both_sides,
-    cross_customer_pairs,
-    membership_check(CUSTOMERS_HAVE_ACCELEROMETER_DATA),
-    membership_check(USERS_ARE_CURATED_CUSTOMERS),
-    table_checks(CUSTOMER_CURATED),
-    table_checks(MACHINE_LEARNING_CURATED),
+    table_check_step(CUSTOMER_CURATED, [membership_part(CUSTOMERS_HAVE_ACCELEROMETER_DATA)]),
+    table_check_step(
+        MACHINE_LEARNING_CURATED,
+        [
+            membership_part(USERS_ARE_CURATED_CUSTOMERS),
+            CheckPart((BOTH_SIDES,), rows_have_both_sides),
+            CheckPart((CROSS_CUSTOMER_PAIRS,), cross_customer_pairs),
+        ],
+    ),
 ]

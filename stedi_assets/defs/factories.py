@@ -4,7 +4,7 @@ privacy guard, and the check factories (referential contracts and table-level co
 
 # No `from __future__ import annotations` here: Dagster reads the context annotation at runtime.
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -73,29 +73,67 @@ def check_result(
     )
 
 
-def membership_check(membership: contracts.Membership) -> dg.AssetChecksDefinition:
+@dataclass(frozen=True)
+class CheckPart:
+    """Checks of one table evaluated together, as they share what they read; a table's checks run
+    as one step (check_step) of such parts."""
+
+    specs: tuple[dg.AssetCheckSpec, ...]
+    evaluate: Callable[
+        [dg.AssetCheckExecutionContext, StediSettings, StediStorage, list[str]], Iterable[dg.AssetCheckResult]
+    ]
+    """Yields the results of the named checks (those of `specs` the run selected), each with its
+    asset key and check name."""
+
+
+def check_step(name: str, parts: Sequence[CheckPart]) -> dg.AssetChecksDefinition:
+    """The checks of `parts` as one step named `name`: a step costs Dagster a few hundredths of a
+    second whatever it does (more for a day-partitioned table, whose days it enumerates), and most
+    checks of an incremental run read nothing. Any subset can be run (the launchpad's "Execute" of
+    one check runs that check alone); Dagster fails the step after all its results when a blocking
+    check failed."""
+
+    @dg.multi_asset_check(name=name, specs=[spec for part in parts for spec in part.specs], can_subset=True)
+    def step(
+        context: dg.AssetCheckExecutionContext, settings: StediSettings, storage: StediStorage
+    ) -> Iterator[dg.AssetCheckResult]:
+        selected = context.selected_asset_check_keys
+        for part in parts:
+            chosen = [spec.name for spec in part.specs if spec.key in selected]
+            if chosen:
+                yield from part.evaluate(context, settings, storage, chosen)
+
+    return step
+
+
+def table_check_step(declared: Table, parts: Sequence[CheckPart]) -> dg.AssetChecksDefinition:
+    """Every check of a trusted or curated table, its contracts included, as the step `<table>_checks`."""
+    return check_step(f"{declared.name}_checks", [*parts, table_contracts_part(declared)])
+
+
+def membership_part(membership: contracts.Membership) -> CheckPart:
     """A blocking referential check: the join contract behind a trusted or curated table (of a
     day-partitioned table, the days changed since it last passed, see check_scope)."""
-
-    @dg.multi_asset_check(
-        name=f"{membership.table}_{membership.name}",
-        specs=[
-            dg.AssetCheckSpec(
-                membership.name,
-                asset=membership.table,
-                description=membership.description,
-                blocking=True,
-                additional_deps=[membership.parent],
-            )
-        ],
+    spec = dg.AssetCheckSpec(
+        membership.name,
+        asset=membership.table,
+        description=membership.description,
+        blocking=True,
+        additional_deps=[membership.parent],
     )
+
     def referential(
-        context: dg.AssetCheckExecutionContext, storage: StediStorage
+        context: dg.AssetCheckExecutionContext, _: StediSettings, storage: StediStorage, chosen: list[str]
     ) -> Iterator[dg.AssetCheckResult]:
         key = pseudonym_of(storage)
         secret = key.secret
         seen = examined(
-            context, storage.lakehouse, membership.table, [membership.parent], _depends_on(membership, key)
+            context,
+            storage.lakehouse,
+            membership.table,
+            [membership.parent],
+            _depends_on(membership, key),
+            checks=chosen,
         )
         added = _added_members(seen, membership)
         if added is not None:
@@ -115,15 +153,14 @@ def membership_check(membership: contracts.Membership) -> dg.AssetChecksDefiniti
             check_name=membership.name,
         )
 
-    return referential
+    return CheckPart((spec,), referential)
 
 
 def _added_members(seen: Examined, membership: contracts.Membership) -> pl.DataFrame | None:
-    """Of a table without days whose parent has them (customer_curated in accelerometer_trusted),
-    examined whole: only its rows added since the check last passed, when the parent only gained
-    days since (check_scope.added_rows); else None."""
-    table, parent = TABLES[membership.table], TABLES[membership.parent]
-    if seen.days is not None or table.partition_by or not parent.partition_by:
+    """Of a table without days examined whole (customer_curated, whose parent accelerometer_trusted
+    gained a day): only its rows added since the check last passed, when the parent only gained days
+    since, or did not change (check_scope.added_rows); else None."""
+    if seen.days is not None or seen.partitioned:
         return None
     return added_rows(seen, membership.name, membership.key, membership.parent)
 
@@ -213,33 +250,40 @@ def table_contracts(declared: Table) -> list[TableCheck]:
     return found
 
 
-def table_checks(declared: Table) -> dg.AssetChecksDefinition:
-    """The table's contracts as one check step: the row count from the table's log, the schema from
-    its metadata, the rest each a query of the rows to examine (of a day-partitioned table, the days
-    changed since the step last passed, see check_scope)."""
+def table_contracts_part(declared: Table) -> CheckPart:
+    """The table's contracts: the row count from the table's log, the schema from its metadata, the
+    rest each a query of the rows to examine (of a day-partitioned table, the days changed since the
+    step last passed, see check_scope)."""
     name, checks = declared.name, table_contracts(declared)
-
-    @dg.multi_asset_check(
-        name=f"{name}_table_contracts",
-        specs=[
-            dg.AssetCheckSpec(
-                check.name,
-                asset=name,
-                description=check.description,
-                blocking=check.blocking,
-                additional_deps=[check.depends_on] if check.depends_on else None,
-            )
-            for check in checks
-        ],
+    specs = tuple(
+        dg.AssetCheckSpec(
+            check.name,
+            asset=name,
+            description=check.description,
+            blocking=check.blocking,
+            additional_deps=[check.depends_on] if check.depends_on else None,
+        )
+        for check in checks
     )
+
     def contracts_of_table(
-        context: dg.AssetCheckExecutionContext, settings: StediSettings, storage: StediStorage
+        context: dg.AssetCheckExecutionContext,
+        settings: StediSettings,
+        storage: StediStorage,
+        chosen: list[str],
     ) -> Iterator[dg.AssetCheckResult]:
         secret = pseudonym_of(storage).secret
-        seen = examined(context, storage.lakehouse, name)
+        seen = examined(context, storage.lakehouse, name, checks=chosen)
         for check in checks:
-            verdict = check.evaluate(seen, settings, context.instance)
-            seen.remember(check.name, verdict)
-            yield check_result(verdict, secret, seen, asset_key=name, check_name=check.name)
+            if check.name in chosen:
+                verdict = check.evaluate(seen, settings, context.instance)
+                seen.remember(check.name, verdict)
+                yield check_result(verdict, secret, seen, asset_key=name, check_name=check.name)
 
-    return contracts_of_table
+    return CheckPart(specs, contracts_of_table)
+
+
+def table_checks(declared: Table) -> dg.AssetChecksDefinition:
+    """The contracts of a table whose step has no other check (the erasure log) as the step
+    `<table>_table_contracts`."""
+    return check_step(f"{declared.name}_table_contracts", [table_contracts_part(declared)])

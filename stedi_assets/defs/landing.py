@@ -13,7 +13,15 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from stedi_assets.defs.factories import KINDS, STORAGE_RETRY, check_result, latest_metadata, table_checks
+from stedi_assets.defs.factories import (
+    KINDS,
+    STORAGE_RETRY,
+    CheckPart,
+    check_result,
+    check_step,
+    latest_metadata,
+    table_contracts_part,
+)
 from stedi_assets.defs.partitions import SINGLE_RUN
 from stedi_assets.defs.settings import StediSettings
 from stedi_assets.rules import contracts, erasure, parsing
@@ -213,63 +221,69 @@ def _of_files(parsed: pl.LazyFrame, plan: manifest.Plan, read: set[str]) -> pl.L
     return parsed.filter(pl.col(SOURCE_FILE).is_in(plan.uris))
 
 
-def lines_accounted_for(source: Source) -> dg.AssetChecksDefinition:
+def lines_accounted_for(source: Source) -> CheckPart:
     """Nothing silently dropped: every non-blank line is a landing row or a quarantined reject."""
-    landing, rejects = source.landing.name, source.rejects.name
-
-    @dg.multi_asset_check(
-        name=f"{source.name}_lines_accounted_for",
-        specs=[
-            dg.AssetCheckSpec(
-                "lines_conserved",
-                asset=landing,
-                description="Accepted rows plus quarantined rejects equal the non-blank lines the "
-                "ingest read.",
-                blocking=True,
-                additional_deps=[rejects],
-            ),
-            dg.AssetCheckSpec(
-                "reject_rate",
-                asset=landing,
-                description="Warns on any rejected line; fails above the configured max_reject_rate.",
-                additional_deps=[rejects],
-            ),
-        ],
-        ins={"accepted": dg.AssetIn(landing), "rejected": dg.AssetIn(rejects)},
+    landing, rejects = source.landing, source.rejects
+    specs = (
+        dg.AssetCheckSpec(
+            "lines_conserved",
+            asset=landing.name,
+            description="Accepted rows plus quarantined rejects equal the non-blank lines the ingest read.",
+            blocking=True,
+            additional_deps=[rejects.name],
+        ),
+        dg.AssetCheckSpec(
+            "reject_rate",
+            asset=landing.name,
+            description="Warns on any rejected line; fails above the configured max_reject_rate.",
+            additional_deps=[rejects.name],
+        ),
     )
+
     def accounted_for(
         context: dg.AssetCheckExecutionContext,
         settings: StediSettings,
-        accepted: pl.LazyFrame,
-        rejected: pl.LazyFrame,
+        storage: StediStorage,
+        chosen: list[str],
     ) -> Iterator[dg.AssetCheckResult]:
-        read = latest_metadata(context.instance, landing, LINES_READ)
-        erased = latest_metadata(context.instance, landing, LINES_ERASED) or 0
+        named = {"asset_key": landing.name}
+        read = latest_metadata(context.instance, landing.name, LINES_READ)
+        erased = latest_metadata(context.instance, landing.name, LINES_ERASED) or 0
         if read is None:
-            missing = contracts.Verdict(False, f"no materialization of {landing} recorded its {LINES_READ}")
-            yield check_result(missing, asset_key=landing, check_name="lines_conserved")
-            yield check_result(missing, asset_key=landing, check_name="reject_rate")
+            missing = contracts.Verdict(
+                False, f"no materialization of {landing.name} recorded its {LINES_READ}"
+            )
+            yield from (check_result(missing, check_name=name, **named) for name in chosen)
             return
-        n_accepted = accepted.select(pl.len()).collect().item()
-        n_rejected = rejected.select(pl.len()).collect().item()
-        yield check_result(
-            contracts.conservation(int(read), n_accepted, n_rejected, int(erased)),
-            asset_key=landing,
-            check_name="lines_conserved",
-        )
-        yield check_result(
-            contracts.reject_rate(int(read), n_rejected, settings.max_reject_rate),
-            asset_key=landing,
-            check_name="reject_rate",
-        )
+        try:
+            n_accepted, n_rejected = (
+                storage.lakehouse.scan(storage.lakehouse.table_uri(table.zone, table.name))
+                .select(pl.len())
+                .collect()
+                .item()
+                for table in (landing, rejects)
+            )
+        except StorageError as error:
+            raise as_failure(error) from error
+        if "lines_conserved" in chosen:
+            conserved = contracts.conservation(int(read), n_accepted, n_rejected, int(erased))
+            yield check_result(conserved, check_name="lines_conserved", **named)
+        if "reject_rate" in chosen:
+            rate = contracts.reject_rate(int(read), n_rejected, settings.max_reject_rate)
+            yield check_result(rate, check_name="reject_rate", **named)
 
-    return accounted_for
+    return CheckPart(specs, accounted_for)
 
 
 def source_definitions(source: Source) -> tuple[dg.AssetsDefinition, list[dg.AssetChecksDefinition]]:
-    """The ingest asset of a declared source and every check of its two tables."""
-    checks = [lines_accounted_for(source), table_checks(source.landing), table_checks(source.rejects)]
-    return ingest_asset(source), checks
+    """The ingest asset of a declared source and every check of its two tables, as one step
+    `<source>_landing_checks` (factories.check_step)."""
+    parts = [
+        lines_accounted_for(source),
+        table_contracts_part(source.landing),
+        table_contracts_part(source.rejects),
+    ]
+    return ingest_asset(source), [check_step(f"{source.name}_landing_checks", parts)]
 
 
 _generated = [source_definitions(source) for source in SOURCES]

@@ -25,11 +25,12 @@ from stedi_assets.defs.consent_sweep import (
     sweep_guard,
 )
 from stedi_assets.defs.factories import (
+    CheckPart,
     check_result,
     guard_of,
-    membership_check,
+    membership_part,
     table_asset,
-    table_checks,
+    table_check_step,
 )
 from stedi_assets.defs.incremental import fingerprint, recompute_by_day
 from stedi_assets.defs.settings import StediSettings, commit_properties
@@ -339,72 +340,88 @@ def step_trainer_trusted(
     )
 
 
-@dg.multi_asset_check(
-    name="customer_trusted_consent",
-    specs=[
-        dg.AssetCheckSpec(
-            "consent_given",
-            asset="customer_trusted",
-            blocking=True,
-            additional_deps=["customer_landing", "customer_rejects"],
-            description="Every trusted customer's consent is certain (every record that could be the "
-            "newest consents, no quarantined line names them), and every such customer is trusted.",
-        ),
-        dg.AssetCheckSpec(
-            "customers_on_hold",
-            asset="customer_trusted",
-            additional_deps=["customer_landing", "customer_rejects"],
-            description="Customers left out because a quarantined customer line names them and no later "
-            "valid record supersedes it (sample by subject_id, a keyed hash). Warns when any; fix the line "
-            "to release them.",
-        ),
-    ],
+CONSENT_CHECKS = (
+    dg.AssetCheckSpec(
+        "consent_given",
+        asset="customer_trusted",
+        blocking=True,
+        additional_deps=["customer_landing", "customer_rejects"],
+        description="Every trusted customer's consent is certain (every record that could be the "
+        "newest consents, no quarantined line names them), and every such customer is trusted.",
+    ),
+    dg.AssetCheckSpec(
+        "customers_on_hold",
+        asset="customer_trusted",
+        additional_deps=["customer_landing", "customer_rejects"],
+        description="Customers left out because a quarantined customer line names them and no later "
+        "valid record supersedes it (sample by subject_id, a keyed hash). Warns when any; fix the line "
+        "to release them.",
+    ),
 )
-def consent_checks(context, storage: StediStorage) -> Iterator[dg.AssetCheckResult]:
+
+
+def consent_checks(
+    context: dg.AssetCheckExecutionContext, _: StediSettings, storage: StediStorage, chosen: list[str]
+) -> Iterator[dg.AssetCheckResult]:
     """Both verdicts from the three tables as opened here, once each (their states are what a pass
     records); when they are as both checks last passed on them, under the same rules and key, the
     verdicts stand without reading any row (check_scope)."""
     asset, key = {"asset_key": "customer_trusted"}, pseudonym_of(storage)
     parents = [CUSTOMER.landing.name, CUSTOMER.rejects.name]
-    seen = examined(context, storage.lakehouse, CUSTOMER_TRUSTED.name, parents, {"pseudonym_key": key.key_id})
+    depends_on = {"pseudonym_key": key.key_id}
+    seen = examined(context, storage.lakehouse, CUSTOMER_TRUSTED.name, parents, depends_on, checks=chosen)
     if seen.days == []:
         for name, severity in (("consent_given", Severity.ERROR), ("customers_on_hold", Severity.WARN)):
-            yield check_result(still_holds(seen, name, severity), examined=seen, check_name=name, **asset)
+            if name in chosen:
+                yield check_result(still_holds(seen, name, severity), examined=seen, check_name=name, **asset)
         return
     landing, rejects = (seen.parents[name] for name in parents)
-    consent = contracts.consent(seen.whole, landing, rejects)
-    seen.remember("consent_given", consent)
-    yield check_result(consent, key.secret, seen, check_name="consent_given", **asset)
-    held = contracts.customers_held(landing, rejects, key.secret)
-    seen.remember("customers_on_hold", held)
-    yield check_result(held, examined=seen, check_name="customers_on_hold", **asset)
+    if "consent_given" in chosen:
+        consent = contracts.consent(seen.whole, landing, rejects)
+        seen.remember("consent_given", consent)
+        yield check_result(consent, key.secret, seen, check_name="consent_given", **asset)
+    if "customers_on_hold" in chosen:
+        held = contracts.customers_held(landing, rejects, key.secret)
+        seen.remember("customers_on_hold", held)
+        yield check_result(held, examined=seen, check_name="customers_on_hold", **asset)
 
 
-@dg.asset_check(
-    asset=step_trainer_trusted,
+SHARED_SERIALS_CHECK = dg.AssetCheckSpec(
+    SHARED_SERIALS,
+    asset=STEP_TRAINER_TRUSTED.name,
     additional_deps=[CUSTOMER.landing.name, CUSTOMER_CURATED.name, CUSTOMER.rejects.name],
     description="Serial numbers of curated customers also claimed by a record (accepted or quarantined) "
     "of someone who is not curated: their readings cannot be attributed, so they are left out. Warns "
     "when any are found.",
 )
-def shared_serials_excluded(context, storage: StediStorage) -> dg.AssetCheckResult:
+
+
+def shared_serials_excluded(
+    context: dg.AssetCheckExecutionContext, _: StediSettings, storage: StediStorage, chosen: list[str]
+) -> Iterator[dg.AssetCheckResult]:
     """A verdict on the customer tables alone: when they are as it last passed on them, it stands
     without reading any row (check_scope)."""
     parents = [CUSTOMER.landing.name, CUSTOMER.rejects.name]
-    seen = examined(context, storage.lakehouse, CUSTOMER_CURATED.name, parents)
+    seen = examined(context, storage.lakehouse, CUSTOMER_CURATED.name, parents, checks=chosen)
+    named = {"asset_key": STEP_TRAINER_TRUSTED.name, "check_name": SHARED_SERIALS}
     if seen.days == []:
-        return check_result(still_holds(seen, SHARED_SERIALS, Severity.WARN), examined=seen)
+        yield check_result(still_holds(seen, SHARED_SERIALS, Severity.WARN), examined=seen, **named)
+        return
     landing, rejects = (seen.parents[name] for name in parents)
     verdict = contracts.shared_serials(landing, seen.whole, rejects)
     seen.remember(SHARED_SERIALS, verdict)
-    return check_result(verdict, examined=seen)
+    yield check_result(verdict, examined=seen, **named)
 
 
 trusted_assets = [customer_trusted, accelerometer_trusted, step_trainer_trusted]
 trusted_checks = [
-    consent_checks,
-    shared_serials_excluded,
-    membership_check(USERS_ARE_TRUSTED_CUSTOMERS),
-    membership_check(SERIALS_BELONG_TO_CURATED_CUSTOMERS),
-    *(table_checks(declared) for declared in (CUSTOMER_TRUSTED, ACCELEROMETER_TRUSTED, STEP_TRAINER_TRUSTED)),
+    table_check_step(CUSTOMER_TRUSTED, [CheckPart(CONSENT_CHECKS, consent_checks)]),
+    table_check_step(ACCELEROMETER_TRUSTED, [membership_part(USERS_ARE_TRUSTED_CUSTOMERS)]),
+    table_check_step(
+        STEP_TRAINER_TRUSTED,
+        [
+            membership_part(SERIALS_BELONG_TO_CURATED_CUSTOMERS),
+            CheckPart((SHARED_SERIALS_CHECK,), shared_serials_excluded),
+        ],
+    ),
 ]

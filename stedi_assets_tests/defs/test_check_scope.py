@@ -56,15 +56,17 @@ def _add_next_day_reading(landing: Path) -> None:
 
 
 def _run_check(instance: dg.DagsterInstance, settings: dict[str, Any], asset: str, check: str) -> None:
-    """Runs one check alone, as the UI's "Execute" of a check does."""
+    """Runs one check alone, as the UI's "Execute" of a check does: of its table's step, only it."""
     key = dg.AssetCheckKey(dg.AssetKey(asset), check)
     job = defs.resolve_job_def(JOB).get_subset(asset_selection=set(), asset_check_selection={key})
-    job.execute_in_process(
+    result = job.execute_in_process(
         run_config=run_config(**settings),
         instance=instance,
         raise_on_error=False,
         tags=range_tags(TINY_DAY, NEXT_DAY),
     )
+    evaluated = [(e.asset_key.to_user_string(), e.check_name) for e in result.get_asset_check_evaluations()]
+    assert evaluated == [(asset, check)]
 
 
 def test_checks_examine_only_the_days_changed_since_they_last_passed(

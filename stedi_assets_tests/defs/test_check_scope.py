@@ -166,6 +166,22 @@ def test_a_table_without_days_examines_only_its_rows_added_while_its_parent_only
     assert _latest(instance, *CURATED_MEMBERSHIP) == (True, "all")
 
 
+def test_added_rows_fall_back_to_every_row_when_the_version_they_compare_with_is_gone(
+    tiny_landing: Path, tmp_path: Path, instance: dg.DagsterInstance
+):
+    """customer_curated rewritten and its earlier files vacuumed: the rows it held when the check
+    passed can no longer be read, so every customer is examined (not a crash, not a pass unexamined)."""
+    settings = _settings(tiny_landing, tmp_path)
+    assert run_lakehouse(instance=instance, **settings)["success"]
+    curated = str(tmp_path / "lakehouse" / "curated" / "customer_curated")
+    pl.read_delta(curated).write_delta(curated, mode="overwrite")  # the same rows, in new files
+    DeltaTable(curated).vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+
+    _run_check(instance, settings, *CURATED_MEMBERSHIP)
+
+    assert _latest(instance, *CURATED_MEMBERSHIP) == (True, "all")
+
+
 def _swept(instance: dg.DagsterInstance, table: str) -> Any:
     """How many days of `table` the latest consent sweep (customer_trusted) examined."""
     event = instance.get_latest_materialization_event(dg.AssetKey("customer_trusted"))

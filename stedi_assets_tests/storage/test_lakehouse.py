@@ -191,6 +191,28 @@ def test_a_partition_replacement_follows_a_rival_commit_only_when_it_may_rebase(
         assert sorted(lakehouse.scan(uri).collect()["x"]) == [1, 2, 20]
 
 
+def test_the_log_tells_the_days_a_table_gained_from_those_that_changed(lakehouse: Lakehouse):
+    """What the incremental checks and customer_curated start from: from the log alone, the days
+    written since a version, and whether those are all days the table did not hold then."""
+    uri = lakehouse.table_uri("trusted", "accelerometer_trusted")
+    lakehouse.commit(lakehouse.stage(uri, pl.LazyFrame({"day": ["2022-06-18"], "x": [1]}), ("day",)))
+    lakehouse.commit(
+        lakehouse.stage(uri, pl.LazyFrame({"day": ["2022-06-19"], "x": [2]}), ("day",)), append=True
+    )
+    assert lakehouse.gained_partitions(uri, 0) == lakehouse.changed_partitions(uri, 0) == {"2022-06-19"}
+    assert lakehouse.gained_partitions(uri, 1) == lakehouse.changed_partitions(uri, 1) == set()
+
+    # another row on a day it held at version 1: changed, not gained
+    lakehouse.commit(
+        lakehouse.stage(uri, pl.LazyFrame({"day": ["2022-06-18"], "x": [3]}), ("day",)), append=True
+    )
+    assert lakehouse.changed_partitions(uri, 1) == {"2022-06-18"}
+    assert lakehouse.gained_partitions(uri, 1) is None
+    assert lakehouse.gained_partitions(uri, 0) is None  # 2022-06-19 gained, but 2022-06-18 changed
+    # a version that cannot be read: nothing is known
+    assert lakehouse.gained_partitions(uri, 9) is None and lakehouse.changed_partitions(uri, 9) is None
+
+
 def test_a_plan_based_on_an_older_version_commits_only_after_it(lakehouse: Lakehouse):
     """Rows computed from the table at version 0 (`based_on`) are not written over version 1."""
     uri = lakehouse.table_uri("landing", "customer_landing")

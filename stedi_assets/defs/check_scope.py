@@ -82,8 +82,10 @@ class Examined:
     seen: dict[str, Any]
     lakehouse: Lakehouse
     subject: str
-    partitioned: bool = False
+    partitioned: bool
     """The subject table is partitioned by event day."""
+    records: dict[str, dict | None]
+    """What each check examined together last recorded (as read for `days`)."""
     added_only: bool = False
     """`frame` holds only the rows added since the check last passed (added_rows)."""
 
@@ -92,6 +94,10 @@ class Examined:
         days = ADDED if self.added_only else "all" if self.days is None else len(self.days)
         checked = {DAYS_CHECKED: days}
         return {**checked, VERIFIED: dg.MetadataValue.json(self.seen)} if passed else checked
+
+    def record(self, check: str) -> dict | None:
+        """What `check` last recorded: as read for `days` when it was examined with them."""
+        return self.records[check] if check in self.records else _record(self.lakehouse, self.subject, check)
 
     def remember(self, check: str, verdict: contracts.Verdict) -> None:
         """After a passing evaluation of `check`: records what it saw, and its verdict, for the next."""
@@ -136,14 +142,14 @@ def counted(
     whatever the outcome), less those days' count as they were then, plus their count now. With no
     day changed, the recorded count stands without a query."""
     if seen.days == []:
-        before = _record(lakehouse, seen.subject, check) or {}
+        before = seen.record(check) or {}
         if isinstance(before.get(COUNT), int):
             nothing = contracts.Verdict(True, "", 0, 0, severity=severity)
             return contracts.recounted(nothing, 0, before[COUNT], what)
     now = contracts.no_offending_rows(offending(seen.frame), what, severity)
     verdict = now
     if seen.days is not None:
-        before = _record(lakehouse, seen.subject, check) or {}
+        before = seen.record(check) or {}
         try:
             uri, version = seen.seen[seen.subject]["uri"], int(before[seen.subject]["version"])
             held = lakehouse.partition_values(uri, version)
@@ -187,7 +193,8 @@ def examined(
         opened[name] = (uri, table)
         seen[name] = state(uri, table)
     frames = {name: lakehouse.scan_opened(uri, table) for name, (uri, table) in opened.items()}
-    days = _changed_days(lakehouse, subject, seen, [_record(lakehouse, subject, c) for c in checks])
+    records = {check: _record(lakehouse, subject, check) for check in checks}
+    days = _changed_days(lakehouse, subject, seen, list(records.values()))
     partitioned = bool(graph.get(dg.AssetKey(subject)).metadata.get(PARTITION_BY))
     if not partitioned and days:  # a table without days is examined whole or, unchanged, not at all
         days = None
@@ -202,6 +209,7 @@ def examined(
         lakehouse,
         subject,
         partitioned,
+        records,
     )
 
 
@@ -209,7 +217,7 @@ def still_holds(seen: Examined, check: str, severity: contracts.Severity) -> con
     """The verdict of a check whose table and parents are as it last passed on them (seen.days is
     empty, see examined): it passes again, on the same rows under the same rules, and says what it
     said then."""
-    said = (_record(seen.lakehouse, seen.subject, check) or {}).get(VERDICT)
+    said = (seen.record(check) or {}).get(VERDICT)
     if not isinstance(said, dict) or not isinstance(said.get("summary"), str):
         said = {"summary": f"{seen.subject} is as when this check last passed on it", "observed": seen.rows}
     return contracts.Verdict(
@@ -325,7 +333,7 @@ def added_rows(seen: Examined, check: str, column: str, grown: str) -> pl.DataFr
     only gained days (gained_since; a parent without days: did not change). Every value held then
     had its parent rows then, on days that are all still as they were: the membership still holds
     for it, so only the values added since need examining. None: examine what `seen` says."""
-    record = _record(seen.lakehouse, seen.subject, check)
+    record = seen.record(check)
     if record is None or gained_since(seen.lakehouse, record, seen.seen, grown, [seen.subject]) is None:
         return None
     try:

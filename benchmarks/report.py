@@ -2,7 +2,10 @@
 
 Printed to the terminal and written to `<work dir>/results.md` as the same text, so what is seen
 is what gets pasted into benchmarks/RESULTS.md. Wall time is the median of the repeats; peak RSS
-is the largest of the repeats, because the memory targets are about the worst run.
+is the largest of the repeats, because the memory targets are about the worst run. CPU seconds
+(user plus system, median) show how much work a command does whatever the cores: a wall-time target
+on a machine of N cores is also a budget of N × that wall in CPU seconds, which a command that does
+more work than that cannot meet however well it uses the cores.
 """
 
 from __future__ import annotations
@@ -55,6 +58,15 @@ class Result:
         return max(s.peak_rss_mib for s in self.samples)
 
     @property
+    def cpu_s(self) -> float:
+        return statistics.median(s.cpu_s for s in self.samples)
+
+    @property
+    def cores_busy(self) -> float:
+        """CPU seconds per wall second: how many cores the command kept busy on average."""
+        return self.cpu_s / self.wall_s
+
+    @property
     def lines_per_s(self) -> float:
         return self.lines / self.wall_s
 
@@ -69,30 +81,59 @@ class ScaleResult:
     """Lines the incremental case added (0 when it did not run at this scale)."""
 
 
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _verdict(value: float, limit: float) -> str:
     return f"≤ {limit:g}: {'met' if value <= limit else '**missed**'}"
 
 
+RATIO_HEADER = ["| ratio | wall | CPU | peak RSS | target |", "|---|---:|---:|---:|---|"]
+
+
+def _ratio_row(res: dict[str, Result], top: str, other: str, limit: float | None = None) -> str:
+    """One row of the ratio table: `top` over `other` in wall, CPU and peak RSS, the wall's target."""
+    high, low = res[top], res[other]
+    wall = high.wall_s / low.wall_s
+    target = "" if limit is None else _verdict(wall, limit) + " (wall)"
+    return (
+        f"| ({top})/({other}) | {wall:.2f} | {high.cpu_s / low.cpu_s:.2f} | "
+        f"{high.peak_rss_mib / low.peak_rss_mib:.2f} | {target} |"
+    )
+
+
 def _ratio_rows(scale: ScaleResult) -> list[str]:
     res = scale.results
-    rows = []
-    for top, other in (("a", "b"), ("a", "c"), ("a", "d"), ("a", "f"), ("f", "b")):
-        if top not in res or other not in res:
-            continue
-        high, low = res[top], res[other]
-        wall, rss = high.wall_s / low.wall_s, high.peak_rss_mib / low.peak_rss_mib
-        target = _verdict(wall, MAX_WALL_VS_POLARS) + " (wall)" if (top, other) == ("a", "b") else ""
-        rows.append(f"| ({top})/({other}) | {wall:.2f} | {rss:.2f} | {target} |")
+    pairs = [("a", "b"), ("a", "c"), ("a", "d"), ("a", "f"), ("f", "b")]
+    rows = [
+        _ratio_row(res, top, other, MAX_WALL_VS_POLARS if (top, other) == ("a", "b") else None)
+        for top, other in pairs
+        if top in res and other in res
+    ]
     if "e" in res:
-        ratio = res["e"].wall_s / res["a"].wall_s
-        rows.append(
-            f"| (e)/(a) | {ratio:.2f} | {res['e'].peak_rss_mib / res['a'].peak_rss_mib:.2f} | "
-            f"{_verdict(ratio, MAX_INCREMENTAL_VS_FULL)} (wall) |"
-        )
+        rows.append(_ratio_row(res, "e", "a", MAX_INCREMENTAL_VS_FULL))
     if scale.scale == 100:
         rss = res["a"].peak_rss_mib
-        rows.append(f"| (a) peak RSS, MiB | | {rss:,.0f} | {_verdict(rss, MAX_RSS_MIB_AT_100)} |")
+        rows.append(f"| (a) peak RSS, MiB | | | {rss:,.0f} | {_verdict(rss, MAX_RSS_MIB_AT_100)} |")
     return rows
+
+
+def cpu_budget(scale: ScaleResult, cores: int) -> str:
+    """What the (a)/(b) wall target allows in CPU seconds on this machine, against what (a) and (f)
+    used: the target cannot be met by using the cores better when the work alone is over budget."""
+    res = scale.results
+    if "a" not in res or "b" not in res:
+        return ""
+    wall = MAX_WALL_VS_POLARS * res["b"].wall_s
+    text = (
+        f"CPU budget of (a)/(b) ≤ {MAX_WALL_VS_POLARS:g}: {wall:.2f} s of wall, so at most "
+        f"{cores * wall:.1f} CPU s on {cores} core(s); (a) used {res['a'].cpu_s:.1f} "
+        f"({res['a'].cores_busy:.2f} cores busy)"
+    )
+    if "f" in res:
+        text += f", (f), its data rules alone, {res['f'].cpu_s:.1f} ({res['f'].cores_busy:.2f} cores busy)"
+    return text + "."
 
 
 def scale_section(scale: ScaleResult) -> str:
@@ -103,14 +144,15 @@ def scale_section(scale: ScaleResult) -> str:
         f"### {scale.scale}× — {landing.total_lines:,} landing lines, "
         f"{landing.size_bytes / 2**20:,.0f} MiB of JSON ({origin}, `{landing.root}`)",
         "",
-        "| | command | wall s (median) | min–max s | peak RSS MiB | lines/s |",
-        "|---|---|---:|---:|---:|---:|",
+        "| | command | wall s (median) | min–max s | CPU s (median) | cores busy | peak RSS MiB | lines/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for label, result in scale.results.items():
         walls = [s.wall_s for s in result.samples]
         lines.append(
             f"| ({label}) | {TITLES[label]} | {result.wall_s:.2f} | {min(walls):.2f}–{max(walls):.2f} | "
-            f"{result.peak_rss_mib:,.0f} | {result.lines_per_s:,.0f} |"
+            f"{result.cpu_s:.2f} | {result.cores_busy:.2f} | {result.peak_rss_mib:,.0f} | "
+            f"{result.lines_per_s:,.0f} |"
         )
     if scale.new_lines:
         lines += [
@@ -118,8 +160,9 @@ def scale_section(scale: ScaleResult) -> str:
             f"(e) added {scale.new_lines:,} lines ({scale.new_lines / landing.total_lines:.2%}) "
             "in one new file per reading source, one day after all others.",
         ]
-    lines += ["", "| ratio | wall | peak RSS | target |", "|---|---:|---:|---|", *_ratio_rows(scale)]
-    return "\n".join(lines)
+    lines += ["", *RATIO_HEADER, *_ratio_rows(scale)]
+    budget = cpu_budget(scale, usable_cores())
+    return "\n".join([*lines, *(["", budget] if budget else [])])
 
 
 def scaling_section(scales: list[ScaleResult]) -> str:
@@ -193,12 +236,11 @@ def load_average() -> str:
 def machine_facts(code: Path) -> dict[str, str]:
     """What the numbers depend on: the code measured (`code`: the folder stedi_assets is imported
     from), the machine, the versions, and the load when the benchmark started (others' work)."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "code measured": code_version(code),
         "CPU": _cpu_model(),
-        "cores": f"{os.cpu_count()} ({usable} usable)",
+        "cores": f"{os.cpu_count()} ({usable_cores()} usable)",
         "RAM": f"{_ram_gib():.1f} GiB",
         "OS": platform.platform(),
         "load average at start": load_average(),
@@ -216,8 +258,9 @@ def render(scales: list[ScaleResult], facts: dict[str, str], repeats: int, warmu
         "## Results",
         "",
         f"{repeats} repeat(s) after {warmups} warm-up run(s), the commands alternating within each "
-        "repeat; wall = median, peak RSS = largest of the repeats (of the measured process tree); "
-        "lines/s = landing lines read / median wall.",
+        "repeat; wall and CPU (user + system seconds) = median, peak RSS = largest of the repeats "
+        "(of the measured process tree); cores busy = CPU / wall; lines/s = landing lines read / "
+        "median wall.",
         "",
         "| machine | |",
         "|---|---|",

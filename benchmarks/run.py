@@ -248,8 +248,8 @@ def measure_scale(
         name = f"repeat {number - options.warmups + 1}/{options.repeats}" if measured else "warm-up"
         for label, sample in contenders.round():
             _progress(
-                f"[{scale}×] {name:<12} ({label}) {sample.wall_s:8.2f} s {sample.peak_rss_mib:8,.0f} MiB  "
-                f"{TITLES[label]}"
+                f"[{scale}×] {name:<12} ({label}) {sample.wall_s:8.2f} s {sample.cpu_s:8.2f} CPU s "
+                f"{sample.peak_rss_mib:8,.0f} MiB  {TITLES[label]}"
             )
             if measured:
                 results[label].samples.append(sample)

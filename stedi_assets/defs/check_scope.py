@@ -318,7 +318,9 @@ def gained_since(
         same_table = (before.get("uri"), before.get("id")) == (current["uri"], current["id"])
         if not same_table or before["version"] > current["version"]:
             return None
-    gained = lakehouse.gained_partitions(now[grown]["uri"], then[grown]["version"])
+    if then[grown]["version"] == now[grown]["version"]:  # one version of one table: the same files
+        return []
+    gained = lakehouse.gained_partitions(now[grown]["uri"], then[grown]["version"], now[grown]["version"])
     if gained is None:
         return None
     return sorted(
@@ -347,8 +349,11 @@ def _changed_days(
     lakehouse: Lakehouse, subject: str, now: Mapping[str, Any], earlier: Sequence[dict | None]
 ) -> list[date | None] | None:
     """The days of `subject` changed since every one of the `earlier` passing evaluations, or None
-    when one of them cannot vouch for the rest (see the module)."""
+    when one of them cannot vouch for the rest (see the module). The days are those that differ
+    between the version each record saw and the version `now` examines (not a later one): none when
+    they are the same version of the same table, and each earlier version is compared once."""
     days: set[date | None] = set()
+    compared: dict[int, set[str | None] | None] = {}
     for record in earlier:
         then = None if record is None else what_was_seen(record)
         if then is None or set(then) != set(now) or then["release"] != now["release"]:
@@ -363,7 +368,13 @@ def _changed_days(
             return None
         if not isinstance(before.get("version"), int) or before["version"] > current["version"]:
             return None
-        changed = lakehouse.changed_partitions(current["uri"], before["version"])
+        if before["version"] == current["version"]:  # one version of one table: the same files
+            continue
+        if before["version"] not in compared:
+            compared[before["version"]] = lakehouse.changed_partitions(
+                current["uri"], before["version"], current["version"]
+            )
+        changed = compared[before["version"]]
         if changed is None:
             return None
         days |= {None if day is None else date.fromisoformat(day) for day in changed}

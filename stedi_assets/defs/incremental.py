@@ -99,18 +99,26 @@ def _built_from(lakehouse: Lakehouse, table: Table) -> dict | None:
     return built if isinstance(built, dict) else None
 
 
-def _days_changed(lakehouse: Lakehouse, built: dict | None, inputs: Mapping[str, Table]) -> set[str] | None:
+def _days_changed(
+    lakehouse: Lakehouse,
+    built: dict | None,
+    inputs: Mapping[str, Table],
+    versions: Mapping[str, int] | None = None,
+) -> set[str] | None:
     """The days whose `inputs` partitions changed since the build `built` recorded, with the days it
     left pending; None when that is not known (no record, other inputs, history that can no longer
-    be read, a change that is not a day's)."""
+    be read, a change that is not a day's). Changed up to the input `versions` the caller read
+    (default: the latest); an input still at the version the build read changed nothing."""
     if built is None or set(built.get("inputs", {})) != set(inputs):
         return None
     pending = built.get("pending", [])
     days = {day if isinstance(day, str) else None for day in pending} if isinstance(pending, list) else {None}
     for name, declared in inputs.items():
-        changed = lakehouse.changed_partitions(
-            lakehouse.table_uri(declared.zone, declared.name), int(built["inputs"][name])
-        )
+        since, until = int(built["inputs"][name]), (versions or {}).get(name)
+        if since == until:
+            continue
+        uri = lakehouse.table_uri(declared.zone, declared.name)
+        changed = lakehouse.changed_partitions(uri, since, until)
         days |= changed if changed is not None else {None}
     return None if None in days else {day for day in days if day is not None}
 
@@ -143,7 +151,7 @@ def plan_rebuild(
         return json.dumps(made | {"decided_from": dict(decided_from or {})}, sort_keys=True)
 
     built = _built_from(lakehouse, table)
-    due = _days_changed(lakehouse, built, inputs)
+    due = _days_changed(lakehouse, built, inputs, versions)
     if due is None or built is None or built.get("digest") != digest:
         return Rebuild(None, frames, record())
     if targeted is None:

@@ -252,13 +252,15 @@ class DeltaIOManager(dg.ConfigurableIOManager):
 
 
 def held_metadata(lakehouse: Lakehouse, uri: str) -> dict[str, Any]:
-    """What a materialization that wrote no new version says: what the table holds (from its log)."""
+    """What a materialization that wrote no new version says: what the table holds (from its log),
+    the count and the version from one opening of it."""
+    table = lakehouse.open(uri)
     return {
-        "dagster/row_count": lakehouse.rows(uri),
+        "dagster/row_count": lakehouse.rows(uri, table),
         ROWS_WRITTEN: 0,
         "dagster/uri": dg.MetadataValue.path(uri),
         "table_uri": dg.MetadataValue.path(uri),
-        "delta_version": lakehouse.open(uri).version(),
+        "delta_version": table.version(),
     }
 
 

@@ -333,24 +333,28 @@ class Lakehouse:
             raise self._failure(uri, error) from error
         return next((entry for entry in history if entry.get("operation") not in MAINTENANCE), {})
 
-    def changed_partitions(self, uri: str, since: int) -> set[str | None] | None:
-        """The partition values whose data files differ between version `since` and the latest, from
-        the log alone; None when that version can no longer be read (then everything may have)."""
-        found = self._changes_since(uri, since)
+    def changed_partitions(self, uri: str, since: int, until: int | None = None) -> set[str | None] | None:
+        """The partition values whose data files differ between version `since` and version `until`
+        (default: the latest), from the log alone; None when a version can no longer be read (then
+        everything may have)."""
+        found = self._changes_since(uri, since, until)
         return None if found is None else found[0]
 
-    def gained_partitions(self, uri: str, since: int) -> set[str | None] | None:
-        """The partition values the table gained since version `since` (held no data in then), when
-        those are all that changed: every partition it held then is exactly as it was. None when one
-        of them changed (rows added, removed or rewritten, compaction included) or that version can
-        no longer be read."""
-        found = self._changes_since(uri, since)
+    def gained_partitions(self, uri: str, since: int, until: int | None = None) -> set[str | None] | None:
+        """The partition values the table gained between version `since` and version `until` (default:
+        the latest; held no data in then), when those are all that changed: every partition it held
+        then is exactly as it was. None when one of them changed (rows added, removed or rewritten,
+        compaction included) or a version can no longer be read."""
+        found = self._changes_since(uri, since, until)
         return None if found is None or found[0] & found[1] else found[0]
 
-    def _changes_since(self, uri: str, since: int) -> tuple[set[str | None], set[str | None]] | None:
-        """The partition values changed since version `since`, and those held then; None: unreadable."""
+    def _changes_since(
+        self, uri: str, since: int, until: int | None
+    ) -> tuple[set[str | None], set[str | None]] | None:
+        """The partition values changed from version `since` to `until` (None: the latest), and those
+        held then; None: unreadable."""
         try:
-            now = self._files_by_partition(self.open(uri))
+            now = self._files_by_partition(self.open(uri, until))
             then = self._files_by_partition(self.open(uri, since))
         except (StorageError, OSError, DeltaError):
             return None

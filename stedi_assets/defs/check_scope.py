@@ -318,8 +318,6 @@ def gained_since(
         same_table = (before.get("uri"), before.get("id")) == (current["uri"], current["id"])
         if not same_table or before["version"] > current["version"]:
             return None
-    if then[grown]["version"] == now[grown]["version"]:  # one version of one table: the same files
-        return []
     gained = lakehouse.gained_partitions(now[grown]["uri"], then[grown]["version"], now[grown]["version"])
     if gained is None:
         return None
@@ -350,8 +348,8 @@ def _changed_days(
 ) -> list[date | None] | None:
     """The days of `subject` changed since every one of the `earlier` passing evaluations, or None
     when one of them cannot vouch for the rest (see the module). The days are those that differ
-    between the version each record saw and the version `now` examines (not a later one): none when
-    they are the same version of the same table, and each earlier version is compared once."""
+    between the version each record saw and the version `now` examines (not a later one), each
+    earlier version compared once."""
     days: set[date | None] = set()
     compared: dict[int, set[str | None] | None] = {}
     for record in earlier:
@@ -368,8 +366,6 @@ def _changed_days(
             return None
         if not isinstance(before.get("version"), int) or before["version"] > current["version"]:
             return None
-        if before["version"] == current["version"]:  # one version of one table: the same files
-            continue
         if before["version"] not in compared:
             compared[before["version"]] = lakehouse.changed_partitions(
                 current["uri"], before["version"], current["version"]

@@ -108,17 +108,14 @@ def _days_changed(
     """The days whose `inputs` partitions changed since the build `built` recorded, with the days it
     left pending; None when that is not known (no record, other inputs, history that can no longer
     be read, a change that is not a day's). Changed up to the input `versions` the caller read
-    (default: the latest); an input still at the version the build read changed nothing."""
+    (default: the latest)."""
     if built is None or set(built.get("inputs", {})) != set(inputs):
         return None
     pending = built.get("pending", [])
     days = {day if isinstance(day, str) else None for day in pending} if isinstance(pending, list) else {None}
     for name, declared in inputs.items():
-        since, until = int(built["inputs"][name]), (versions or {}).get(name)
-        if since == until:
-            continue
         uri = lakehouse.table_uri(declared.zone, declared.name)
-        changed = lakehouse.changed_partitions(uri, since, until)
+        changed = lakehouse.changed_partitions(uri, int(built["inputs"][name]), (versions or {}).get(name))
         days |= changed if changed is not None else {None}
     return None if None in days else {day for day in days if day is not None}
 

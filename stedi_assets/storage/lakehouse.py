@@ -352,7 +352,10 @@ class Lakehouse:
         self, uri: str, since: int, until: int | None
     ) -> tuple[set[str | None], set[str | None]] | None:
         """The partition values changed from version `since` to `until` (None: the latest), and those
-        held then; None: unreadable."""
+        held then; None: unreadable. From a version to itself nothing changed, and nothing is read:
+        one version of one table is one set of files (the callers pass versions they opened)."""
+        if since == until:
+            return set(), set()
         try:
             now = self._files_by_partition(self.open(uri, until))
             then = self._files_by_partition(self.open(uri, since))

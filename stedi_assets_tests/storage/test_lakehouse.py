@@ -212,6 +212,7 @@ def test_the_log_tells_the_days_a_table_gained_from_those_that_changed(lakehouse
     # up to a given version (the one a check examines), not the latest: version 2's change is not in it
     assert lakehouse.gained_partitions(uri, 0, 1) == lakehouse.changed_partitions(uri, 0, 1) == {"2022-06-19"}
     assert lakehouse.changed_partitions(uri, 1, 2) == {"2022-06-18"}
+    assert lakehouse.changed_partitions(uri, 2, 2) == lakehouse.gained_partitions(uri, 2, 2) == set()
     # a version that cannot be read: nothing is known
     assert lakehouse.gained_partitions(uri, 9) is None and lakehouse.changed_partitions(uri, 9) is None
 
